@@ -1,0 +1,172 @@
+"""Training and evaluation loops shared by main.py, val.py and the tools."""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Callable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from pipeline.dataset import collate_skipping_bad, to_model_input
+from utils import distributed as du
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def lr_factor(step: int, iters_per_epoch: int, warmup_epochs: float, decay_every: int, gamma: float = 0.1) -> float:
+    """Learning-rate multiplier before optimiser step ``step`` (0-based, counted over all epochs).
+
+    Linear warm-up from 0 over the first ``warmup_epochs`` epochs, per iteration; then x``gamma``
+    every ``decay_every`` epochs, counted from the start of training.
+    """
+    warm_iters = warmup_epochs * iters_per_epoch
+    warm = min(1.0, step / warm_iters) if warm_iters > 0 else 1.0
+    epoch = step // iters_per_epoch
+    return warm * gamma ** (epoch // decay_every if decay_every > 0 else 0)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+class SeededShardSampler(Sampler):
+    """Shuffles per epoch from (seed, epoch), shards across ranks without padding (each sample
+    once per epoch), and yields ``(index, sample_seed)`` so augmentation is reproducible.
+    ``start`` skips the first items of this rank's shard, to resume mid-epoch."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def shard(self) -> List[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=g)[self.rank::self.world].tolist()
+
+    def __iter__(self) -> Iterator:
+        for i in self.shard()[self.start:]:
+            yield (i, sample_seed(self.seed, self.epoch, i))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world)) - self.start
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, sampler, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_skipping_bad, pin_memory=device.type == "cuda",
+                      persistent_workers=False, drop_last=False)
+
+
+def autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epoch: int,
+                    start_iter: int, iters_per_epoch: int, lr_fn: Callable[[int], float], device: torch.device,
+                    mean: Sequence[float], std: Sequence[float], amp: str = "off", scaler=None, ema=None,
+                    channels_last: bool = False, on_step: Optional[Callable[[int], None]] = None,
+                    print_freq: int = 100) -> dict:
+    """One epoch from iteration ``start_iter``; ``on_step(iter_done)`` runs after each step."""
+    model.train()
+    criterion = nn.BCEWithLogitsLoss()
+    loss_sum, seen, skipped = 0.0, 0, 0
+    t0 = time.time()
+    join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+    bar = tqdm(total=iters_per_epoch, initial=start_iter, desc=f"epoch {epoch + 1}", disable=not du.is_main(),
+               dynamic_ncols=True, mininterval=1.0)
+    it = start_iter
+    with join:
+        for batch, n_skipped in loader:
+            skipped += n_skipped
+            step = epoch * iters_per_epoch + it
+            factor = lr_fn(step)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            if batch is not None:
+                images, targets = batch[0], batch[1]
+                x = to_model_input(images, mean, std, device, channels_last)
+                y = targets.to(device, non_blocking=True).float()
+                with autocast(device, amp):
+                    logits = model(x)
+                loss = criterion(logits.float(), y)
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
+                                             f"(global step {step + 1}); stopped, last good checkpoint kept")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None and scaler.is_enabled():
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model.module if hasattr(model, "module") else model)
+                loss_sum += loss_value * len(images)
+                seen += len(images)
+            it += 1
+            elapsed = max(time.time() - t0, 1e-9)
+            if du.is_main():
+                bar.update(1)
+                if it % max(1, min(print_freq, 10)) == 0 or it == iters_per_epoch:
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                    img_s=f"{seen * du.world_size() / elapsed:.1f}")
+            if on_step is not None:
+                on_step(it)
+    bar.close()
+    totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], device)
+    elapsed = max(time.time() - t0, 1e-9)
+    return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),
+            "images_per_s": totals[1] / elapsed,
+            "lr": [g["lr"] for g in optimizer.param_groups]}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, device: torch.device,
+            mean: Sequence[float], std: Sequence[float], amp: str = "off", channels_last: bool = False,
+            desc: str = "eval"):
+    """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
+
+    Returns (indices, scores (N, C), targets (N, C), paths) for the images that could be read.
+    """
+    model.eval()
+    shard = list(range(du.rank(), len(dataset), du.world_size()))
+    loader = make_loader(dataset, batch_size, num_workers, shard, device)
+    idx_parts, score_parts, paths = [], [], []
+    for batch, _ in tqdm(loader, desc=desc, disable=not du.is_main(), dynamic_ncols=True, mininterval=1.0):
+        if batch is None:
+            continue
+        images, _, batch_paths, indices = batch
+        x = to_model_input(images, mean, std, device, channels_last)
+        with autocast(device, amp):
+            logits = model(x)
+        score_parts.append(torch.sigmoid(logits.float()).cpu().numpy())
+        idx_parts.append(indices.numpy())
+        paths.extend(batch_paths)
+    num_classes = dataset.num_classes or 0
+    local = (np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64),
+             np.concatenate(score_parts) if score_parts else np.zeros((0, num_classes)), paths)
+    parts = du.all_gather_objects(local)
+    indices = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
+    all_paths = [q for p in parts for q in p[2]]
+    order = np.argsort(indices, kind="stable")
+    indices = indices[order]
+    scores = scores[order]
+    all_paths = [all_paths[i] for i in order]
+    targets = dataset.targets()[indices] if dataset.has_labels else None
+    return indices, scores, targets, all_paths

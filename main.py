@@ -1,0 +1,264 @@
+"""Train CSRA (or the GAP baseline) with the paper's recipe, then evaluate every epoch.
+
+    python main.py --num_heads 1 --lam 0.1 --dataset voc07 --num_cls 20
+    torchrun --nproc_per_node 4 main.py --num_heads 6 --lam 0.5 --dataset coco --num_cls 80
+    python main.py --dataset demo                       # built-in demo data, CPU, a few minutes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from engine import NonFiniteLossError, SeededShardSampler, lr_factor, make_loader, predict, train_one_epoch
+from pipeline.checkpoint import TRAIN_STATE_FORMAT, CheckpointError, safe_load, save_atomic
+from pipeline.dataset import DATASETS, DataError, resolve_dataset_files
+from pipeline.model import PretrainedWeightsError
+from utils import distributed as du
+from utils.cli import AUG_CHOICES, add_data_args, add_model_args, build_dataset, build_model, fill_defaults, norm
+from utils.evaluation import MetricsError, evaluate, format_report, report_to_dict
+
+STATE_FILE = "train_state.pth"
+LOG_FILE = "log.jsonl"
+DEMO_SETTINGS = dict(total_epoch=10, warmup_epoch=1, lr=0.05, pretrained="none")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train CSRA.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    add_data_args(p)
+    g = p.add_argument_group("training (paper recipe by default)")
+    g.add_argument("--train_json", default=None, help="train on this prepared JSON instead of the dataset's")
+    g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
+    g.add_argument("--pretrained", default=None, choices=["imagenet", "none"],
+                   help="backbone initialisation (default imagenet; none for --dataset demo)")
+    g.add_argument("--lr", type=float, default=None, help="backbone learning rate (default 0.01); the CSRA head "
+                   "uses --head_lr_mult times it")
+    g.add_argument("--head_lr_mult", type=float, default=10.0, help="CSRA head LR multiplier (GAP head: always 1)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--w_d", type=float, default=1e-4, help="weight decay")
+    g.add_argument("--warmup_epoch", type=float, default=None, help="linear warm-up epochs (default 2)")
+    g.add_argument("--total_epoch", type=int, default=None, help="epochs (default 30)")
+    g.add_argument("--decay_every", type=int, default=None, help="x0.1 every N epochs (default 4 VOC, 5 COCO/WIDER)")
+    g.add_argument("--print_freq", type=int, default=100, help="progress-bar refresh, in iterations")
+    g.add_argument("--train_aug", nargs="+", choices=AUG_CHOICES, default=None,
+                   help="accepted for compatibility with the authors' scripts; the recipe's augmentation is used")
+    g.add_argument("--test_aug", nargs="*", default=None, help="accepted for compatibility; ignored")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"], help="mixed precision on CUDA")
+    g.add_argument("--no_channels_last", action="store_true", help="CUDA: keep NCHW memory format")
+    g.add_argument("--ema", type=float, default=None, metavar="DECAY", help="also keep an EMA of the weights")
+    g.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and always the last)")
+    g.add_argument("--state_every", type=int, default=500,
+                   help="also save the training state every N iterations (0: only at epoch ends)")
+    g.add_argument("--output_dir", default=None, help="run folder (default checkpoint/<model>)")
+    g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
+                   help="continue an interrupted run: its folder or train_state.pth (default: --output_dir)")
+    args = p.parse_args(argv)
+    if args.dataset == "demo":
+        for k, v in DEMO_SETTINGS.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    for k, v in dict(lr=0.01, warmup_epoch=2, total_epoch=30, pretrained="imagenet").items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.decay_every is None:
+        args.decay_every = DATASETS[args.dataset]["decay_every"]
+    return fill_defaults(args)
+
+
+def ensure_demo_data(args) -> None:
+    train_json, test_json = resolve_dataset_files(args.dataset, args.train_json, args.test_json)
+    if args.dataset == "demo" and not (os.path.isfile(train_json) and os.path.isfile(test_json)):
+        if du.is_main():
+            from utils.prepare.prepare_demo import generate_demo
+            print(f"generating the demo dataset in {os.path.dirname(train_json)} ...")
+            generate_demo(os.path.dirname(train_json), quiet=True)
+        du.barrier()
+
+
+def run_folder(args) -> str:
+    """The run's folder: an existing run is never overwritten; a new run gets a fresh suffix."""
+    base = args.output_dir or os.path.join("checkpoint", args.model)
+    if args.resume:
+        if args.resume != "auto":
+            return args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+        return base
+    folder, n = base, 1
+    while os.path.isdir(folder) and os.listdir(folder):
+        n += 1
+        folder = f"{base}_{n}"
+    if folder != base:
+        print(f"note: {base} already holds a run; this run writes to {folder}")
+    return folder
+
+
+def param_groups(model, args):
+    lr_head = args.lr * (args.head_lr_mult if args.head == "csra" else 1.0)
+    return [
+        {"params": model.backbone_parameters(), "lr": args.lr, "base_lr": args.lr, "name": "backbone"},
+        {"params": list(model.head_parameters()), "lr": lr_head, "base_lr": lr_head, "name": "head"},
+    ]
+
+
+def load_state(path: str) -> dict:
+    state = safe_load(path)
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a training-state file written by main.py")
+    return state
+
+
+def truncate_log(path: str, last_epoch: int) -> None:
+    """Drop log lines for epochs after the resumed state (written before an interruption)."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln)["epoch"] <= last_epoch:
+                kept.append(ln)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def train(args) -> dict:
+    device = du.init_distributed()
+    torch.manual_seed(args.seed)
+    ensure_demo_data(args)
+    train_json, test_json = resolve_dataset_files(args.dataset, args.train_json, args.test_json)
+    train_set = build_dataset(train_json, args, train=True)
+    test_set = build_dataset(test_json, args, train=False)
+    mean, std = norm(args)
+
+    model = build_model(args, pretrained=args.pretrained, cutmix=args.cutmix).to(device)
+    channels_last = device.type == "cuda" and not args.no_channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = args.amp if device.type == "cuda" else "off"
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        amp = "fp16"
+    optimizer = torch.optim.SGD(param_groups(model, args), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.w_d)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
+
+    sampler = SeededShardSampler(len(train_set), args.seed, du.rank(), du.world_size())
+    iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / args.batch_size)
+    lr_fn = lambda step: lr_factor(step, iters_per_epoch, args.warmup_epoch, args.decay_every)  # noqa: E731
+
+    folder = du.broadcast_object(run_folder(args) if du.is_main() else None)
+    state_path = os.path.join(folder, STATE_FILE)
+    start_epoch, start_iter, best = 0, 0, {"mAP": -1.0, "epoch": None, "source": None}
+    if args.resume:
+        path = args.resume if args.resume.endswith(".pth") else state_path
+        if not os.path.isfile(path):
+            sys.exit(f"error: --resume: no training state at {path}")
+        state = load_state(path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start_epoch, start_iter, best = state["epoch"], state["iter"], state["best"]
+        if du.is_main():
+            truncate_log(os.path.join(folder, LOG_FILE), start_epoch)
+            print(f"resumed from {path}: epoch {start_epoch + 1}, iteration {start_iter}")
+    elif du.is_main():
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump({k: v for k, v in vars(args).items()}, f, indent=1, default=str)
+
+    train_model = model
+    if du.is_dist():
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loader = make_loader(train_set, args.batch_size, args.num_workers, sampler, device)
+
+    def save_state(epoch: int, it: int) -> None:
+        if not du.is_main():
+            return
+        save_atomic({"format": TRAIN_STATE_FORMAT, "version": 1, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "iter": it,
+                     "best": best, "args": {k: str(v) for k, v in vars(args).items()}}, state_path)
+
+    if du.is_main():
+        print(f"training {args.model} + {args.head}"
+              f"{f' ({args.num_heads} heads, lam {args.lam})' if args.head == 'csra' else ''} on {len(train_set)} "
+              f"images ({args.dataset}), {du.world_size()} process(es) on {device.type}, amp {amp}; run folder {folder}")
+    last = {}
+    for epoch in range(start_epoch, args.total_epoch):
+        sampler.set_epoch(epoch, start_iter * args.batch_size)
+
+        def on_step(it: int, epoch=epoch) -> None:
+            if args.state_every and it % args.state_every == 0 and it < iters_per_epoch:
+                save_state(epoch, it)
+
+        try:
+            stats = train_one_epoch(train_model, loader, optimizer, epoch=epoch, start_iter=start_iter,
+                                    iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, device=device, mean=mean,
+                                    std=std, amp=amp, scaler=scaler, ema=ema, channels_last=channels_last,
+                                    on_step=on_step, print_freq=args.print_freq)
+        except NonFiniteLossError as e:
+            sys.exit(f"error: {e}")
+        start_iter = 0
+        entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
+                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1]}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch:
+            candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
+            for source, net in candidates:
+                _, scores, targets, paths = predict(net, test_set, batch_size=args.batch_size,
+                                                    num_workers=args.num_workers, device=device, mean=mean,
+                                                    std=std, amp=amp, channels_last=channels_last,
+                                                    desc=f"eval {source}")
+                report = evaluate(scores, targets, paths=paths)
+                prefix = "" if source == "model" else "ema_"
+                entry.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
+                              prefix + "OF1": report.overall["OF1"]})
+                if du.is_main():
+                    print(f"epoch {epoch + 1} {source}: mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
+                          f"OF1 {report.overall['OF1']:.2f}")
+                if report.map > best["mAP"]:
+                    best = {"mAP": report.map, "epoch": epoch + 1, "source": source}
+                    if du.is_main():
+                        save_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
+                if source == "model":
+                    last = {"report": report}
+        if du.is_main():
+            save_atomic(model.state_dict(), os.path.join(folder, f"epoch_{epoch + 1}.pth"))
+            entry["best_mAP"], entry["best_epoch"], entry["best_source"] = best["mAP"], best["epoch"], best["source"]
+            with open(os.path.join(folder, LOG_FILE), "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        save_state(epoch + 1, 0)
+        du.barrier()
+    if du.is_main() and last:
+        print(format_report(last["report"], args.class_names, per_class=True))
+        print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), "
+              f"saved as {os.path.join(folder, 'best.pth')}")
+    du.cleanup()
+    return {"folder": folder, "best": best}
+
+
+def main(argv=None) -> None:
+    args = get_args(argv)
+    try:
+        train(args)
+    except (DataError, CheckpointError, PretrainedWeightsError, MetricsError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CSRA models, heads, backbones, checkpoints and datasets."""

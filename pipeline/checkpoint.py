@@ -1,0 +1,185 @@
+"""Reading checkpoints safely, in every layout our users bring, with one-line errors.
+
+Accepted layouts (all converted to the authors' key layout, SPEC section 6):
+- the authors' plain state dict (``conv1.weight`` ... ``classifier.multi_head.<k>.head.weight``);
+- the same saved from DataParallel/DDP (every key prefixed ``module.``);
+- the model-zoo toolbox's ``{"state_dict": {"backbone.<key>", "head.csra_heads.<k>.head.weight"}, "meta": ...}``;
+- our own training-state files (``{"format": "csra-train-state", "model": {...}, ...}``).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Dict, Mapping, Optional
+
+import torch
+
+TRAIN_STATE_FORMAT = "csra-train-state"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit the model (message is one line)."""
+
+
+def safe_load(path: str) -> object:
+    """torch.load with weights_only=True; refuses files holding arbitrary pickled objects."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled Python objects beyond tensors "
+            f"and plain containers, which could run code ({first[:160]}). "
+            "Re-save it as a plain state dict from a trusted environment."
+        ) from None
+    except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+
+
+def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    if sd and all(k.startswith(prefix) for k in sd):
+        return {k[len(prefix):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+_TOOLBOX_HEAD = re.compile(r"^head\.csra_heads\.(\d+)\.head\.weight$")
+
+
+def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """Return a flat state dict in the authors' key layout from any accepted layout."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    if obj.get("format") == TRAIN_STATE_FORMAT or (
+        "model" in obj and isinstance(obj["model"], Mapping)
+    ):
+        sd = obj["model"]
+    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+    else:
+        sd = obj
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors")
+    sd = _strip_prefix(sd, "module.")
+    if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox
+        out = {}
+        for k, v in sd.items():
+            m = _TOOLBOX_HEAD.match(k)
+            if m:
+                out[f"classifier.multi_head.{m.group(1)}.head.weight"] = v
+            elif k.startswith("backbone."):
+                out[k[len("backbone."):]] = v
+            elif k.startswith("head.fc."):
+                out["fc." + k[len("head.fc."):]] = v
+        sd = out
+    return sd
+
+
+_RESNET_BLOCKS = {
+    (False, (2, 2, 2, 2)): "resnet18",
+    (False, (3, 4, 6, 3)): "resnet34",
+    (True, (3, 4, 6, 3)): "resnet50",
+    (True, (3, 4, 23, 3)): "resnet101",
+    (True, (3, 8, 36, 3)): "resnet152",
+}
+_PRETTY = {
+    "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
+    "resnet101": "ResNet-101", "resnet152": "ResNet-152",
+    "vit_B16_224": "ViT-B/16", "vit_L16_224": "ViT-L/16",
+}
+
+
+def describe(sd: Mapping[str, torch.Tensor]) -> dict:
+    """Infer backbone, head type, head count and class count from a state dict's keys."""
+    info: dict = {"model": None, "head": None, "num_heads": 0, "num_classes": None}
+    if "small_cnn.stem.0.weight" in sd:
+        info["model"] = "small_cnn"
+    elif "conv_proj.weight" in sd:
+        width = sd["conv_proj.weight"].shape[0]
+        info["model"] = {768: "vit_B16_224", 1024: "vit_L16_224"}.get(width, f"ViT width {width}")
+    elif "conv1.weight" in sd:
+        bottleneck = "layer1.0.conv3.weight" in sd
+        blocks = []
+        for layer in range(1, 5):
+            ids = {int(m.group(1)) for k in sd for m in [re.match(rf"layer{layer}\.(\d+)\.", k)] if m}
+            blocks.append(len(ids))
+        info["model"] = _RESNET_BLOCKS.get((bottleneck, tuple(blocks)), f"ResNet with blocks {blocks}")
+    heads = sorted(
+        int(m.group(1)) for k in sd for m in [re.match(r"classifier\.multi_head\.(\d+)\.head\.weight$", k)] if m
+    )
+    if heads:
+        info["head"] = "csra"
+        info["num_heads"] = len(heads)
+        info["num_classes"] = sd[f"classifier.multi_head.{heads[0]}.head.weight"].shape[0]
+    elif "fc.weight" in sd:
+        info["head"] = "gap"
+        info["num_classes"] = sd["fc.weight"].shape[0]
+    return info
+
+
+def pretty_model(name: Optional[str]) -> str:
+    return _PRETTY.get(name, name or "unknown model")
+
+
+def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
+    """Raise a one-line CheckpointError naming the first thing that does not match."""
+    info = describe(sd)
+    if info["model"] is not None and info["model"] != model.model_name:
+        raise CheckpointError(
+            f"{path}: checkpoint is a {pretty_model(info['model'])}, --model is {model.model_name}"
+        )
+    if info["head"] is None:
+        raise CheckpointError(f"{path}: checkpoint has no classifier weights (no classifier.* or fc.* keys)")
+    if info["head"] != model.head_type:
+        names = {"csra": "a CSRA head", "gap": "a GAP (baseline) head"}
+        raise CheckpointError(f"{path}: checkpoint has {names[info['head']]}, --head is {model.head_type}")
+    if info["head"] == "csra" and info["num_heads"] != model.num_heads:
+        raise CheckpointError(
+            f"{path}: checkpoint has {info['num_heads']} heads, --num_heads is {model.num_heads}"
+        )
+    if info["num_classes"] != model.num_classes:
+        raise CheckpointError(
+            f"{path}: checkpoint has {info['num_classes']} classes, --num_cls is {model.num_classes}"
+        )
+
+
+def load_model_weights(model, path: str) -> dict:
+    """Load any accepted checkpoint into ``model`` (strict), returning what was described."""
+    sd = to_authors_layout(safe_load(path), path)
+    if model.head_type == "csra":
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    check_compatible(sd, model, path)
+    model.adapt_state_dict(sd)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{path}: does not match the model: " + ", ".join(parts))
+    for k, v in sd.items():
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(
+                f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+            )
+    model.load_state_dict(sd, strict=True)
+    return describe(sd)
+
+
+def save_atomic(obj: object, path: str) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

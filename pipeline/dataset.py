@@ -1,0 +1,269 @@
+"""Multi-label datasets from the prepared JSON files (SPEC section 3), and their transforms.
+
+Workers return uint8 image tensors; conversion to float and normalisation happen on the
+device (``to_model_input``), which moves 4x fewer bytes between processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import warnings
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES
+
+# Known datasets: default files and settings (SPEC sections 2 and 3).
+DATASETS = {
+    "voc07": dict(num_cls=20, train_json="data/voc07/trainval_voc07.json", test_json="data/voc07/test_voc07.json",
+                  classes=VOC_CLASSES, decay_every=4, img_size=448, batch_size=16),
+    "voc12": dict(num_cls=20, train_json="data/voc12/trainval_voc12.json", test_json="data/voc12/test_voc12.json",
+                  classes=VOC_CLASSES, decay_every=4, img_size=448, batch_size=16),
+    "coco": dict(num_cls=80, train_json="data/coco/train_coco2014.json", test_json="data/coco/val_coco2014.json",
+                 classes=COCO_CLASSES, decay_every=5, img_size=448, batch_size=16),
+    "wider": dict(num_cls=14, train_json="data/wider/trainval_wider.json", test_json="data/wider/test_wider.json",
+                  classes=WIDER_ATTRIBUTES, decay_every=5, img_size=224, batch_size=64),
+    "demo": dict(num_cls=len(DEMO_CLASSES), train_json="data/demo/train_demo.json",
+                 test_json="data/demo/test_demo.json", classes=DEMO_CLASSES, decay_every=4,
+                 img_size=64, batch_size=32),
+}
+
+
+class DataError(Exception):
+    """Bad dataset input; the message names the file and record."""
+
+
+def load_records(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True) -> List[dict]:
+    """Read and validate a prepared JSON file: a list of {"img_path", "target"[, "bbox"]}."""
+    if not os.path.isfile(json_path):
+        raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            records = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(records, list):
+        raise DataError(f"{json_path}: expected a JSON list of records, found {type(records).__name__}")
+    if not records:
+        raise DataError(f"{json_path}: holds no records")
+    labelled = None
+    for i, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("img_path"), str):
+            raise DataError(f"{json_path}: record {i} is not an object with a string 'img_path'")
+        has = "target" in r
+        if labelled is None:
+            labelled = has
+        elif has != labelled:
+            raise DataError(f"{json_path}: record {i} ({r['img_path']}) {'has' if has else 'lacks'} a target, "
+                            f"unlike record 0")
+        if has:
+            t = r["target"]
+            if not isinstance(t, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in t):
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}): target must be a list of integers")
+            if num_classes is not None and len(t) != num_classes:
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(t)} labels, "
+                                f"--num_cls is {num_classes}")
+        if "bbox" in r:
+            b = r["bbox"]
+            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}): bbox must be [x, y, w, h]")
+    if require_labels and not labelled:
+        raise DataError(f"{json_path}: records have no 'target' labels (a test list without labels "
+                        "can only be used to write predictions)")
+    if num_classes is None and labelled:
+        n = len(records[0]["target"])
+        for i, r in enumerate(records):
+            if len(r["target"]) != n:
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(r['target'])} labels, "
+                                f"record 0 has {n}")
+    return records
+
+
+def _split(path: str) -> List[str]:
+    return [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def reroot(records: List[dict], data_root: str, json_path: str = "") -> List[dict]:
+    """Replace the folder part of every img_path that lies before the dataset's own layout.
+
+    The number of leading components to drop is found on the first record, as the smallest
+    that makes ``data_root/<rest>`` an existing file, and applied to all records.
+    """
+    parts = _split(records[0]["img_path"])
+    for drop in range(len(parts)):
+        if os.path.isfile(os.path.join(data_root, *parts[drop:])):
+            break
+    else:
+        raise DataError(f"{json_path}: --data_root {data_root}: no tail of record 0's path "
+                        f"{records[0]['img_path']} exists under it")
+    out = []
+    for r in records:
+        r = dict(r)
+        r["img_path"] = os.path.join(data_root, *_split(r["img_path"])[drop:])
+        out.append(r)
+    return out
+
+
+def resolve_relative(records: List[dict], json_path: str) -> List[dict]:
+    """Relative img_paths are taken from the working directory (the authors' convention); when
+    that fails for record 0 but works from the JSON file's folder, all are taken from there."""
+    first = records[0]["img_path"]
+    base = os.path.dirname(os.path.abspath(json_path))
+    if os.path.isabs(first) or os.path.exists(first) or not os.path.exists(os.path.join(base, first)):
+        return records
+    return [dict(r, img_path=os.path.join(base, r["img_path"])) if not os.path.isabs(r["img_path"]) else r
+            for r in records]
+
+
+# --- transforms --------------------------------------------------------------------------
+def _resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.7, 1.0), ratio=(3 / 4, 4 / 3)):
+    """A random crop box of the given area scale and aspect ratio (RandomResizedCrop's rule)."""
+    area = w * h
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_r))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            x = rng.randint(0, w - cw)
+            y = rng.randint(0, h - ch)
+            return (x, y, x + cw, y + ch)
+    in_ratio = w / h  # fallback: central crop clamped to the ratio range
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    x, y = (w - cw) // 2, (h - ch) // 2
+    return (x, y, x + cw, y + ch)
+
+
+def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+class ImageTransform:
+    """Train: random flip + random resized crop (scale 0.7-1.0) to a square, or flip + resize
+    (``crop=False``, WIDER). Test: resize to a square. Output: uint8 (3, S, S)."""
+
+    def __init__(self, img_size: int, train: bool, crop: bool = True):
+        self.img_size = img_size
+        self.train = train
+        self.crop = crop
+
+    def __call__(self, img: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
+        rng = rng or random
+        size = (self.img_size, self.img_size)
+        box = None
+        if self.train and self.crop:
+            box = _resized_crop_box(img.width, img.height, rng)
+        img = img.resize(size, Image.BILINEAR, box=box)
+        if self.train and rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return pil_to_uint8_tensor(img)
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                   device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float on ``device``, scaled to [0, 1] then normalised."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    if any(m != 0.0 for m in mean) or any(s != 1.0 for s in std):
+        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        x = (x - m) / s
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+# --- dataset -----------------------------------------------------------------------------
+class MultiLabelDataset(Dataset):
+    """Images, targets and paths from a prepared JSON file.
+
+    An index may be an int or ``(index, seed)``: with a seed the random augmentation is a
+    function of the seed alone, which makes training reproducible and exactly resumable.
+    """
+
+    def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
+                 data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True):
+        self.json_path = json_path
+        self.records = load_records(json_path, num_classes, require_labels)
+        if data_root:
+            self.records = reroot(self.records, data_root, json_path)
+        else:
+            self.records = resolve_relative(self.records, json_path)
+        self.has_labels = "target" in self.records[0]
+        self.num_classes = num_classes or (len(self.records[0]["target"]) if self.has_labels else None)
+        self.transform = transform
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def targets(self) -> np.ndarray:
+        return np.array([r["target"] for r in self.records], dtype=np.int64)
+
+    def load_image(self, idx: int) -> Image.Image:
+        rec = self.records[idx]
+        path = rec["img_path"]
+        try:
+            with Image.open(path) as im:
+                if "bbox" not in rec:  # JPEG: decode at a reduced scale when the image is much larger
+                    side = int(self.transform.img_size * 1.2)
+                    im.draft("RGB", (side, side))
+                img = im.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DataError(f"{path} (record {idx} of {self.json_path}): cannot read image: {e}") from None
+        if "bbox" in rec:
+            x, y, w, h = rec["bbox"]
+            left, top = max(0, int(x)), max(0, int(y))
+            right, bottom = min(img.width, int(math.ceil(x + w))), min(img.height, int(math.ceil(y + h)))
+            if right <= left or bottom <= top:
+                raise DataError(f"{path} (record {idx} of {self.json_path}): bbox {rec['bbox']} lies outside "
+                                f"the {img.width}x{img.height} image")
+            img = img.crop((left, top, right, bottom))
+        return img
+
+    def __getitem__(self, key):
+        idx, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            img = self.load_image(idx)
+        except DataError as e:
+            if not self.skip_bad_images:
+                raise
+            warnings.warn(f"skipped: {e}")
+            return None
+        rng = random.Random(seed) if seed is not None else None
+        image = self.transform(img, rng)
+        rec = self.records[idx]
+        if self.has_labels:
+            target = torch.tensor(rec["target"], dtype=torch.int64)
+        else:
+            target = torch.zeros(self.num_classes or 0, dtype=torch.int64)
+        return image, target, rec["img_path"], idx
+
+
+def collate_skipping_bad(batch):
+    """Default collation, dropping samples that were skipped as unreadable (None)."""
+    kept = [b for b in batch if b is not None]
+    skipped = len(batch) - len(kept)
+    if not kept:
+        return None, skipped
+    images = torch.stack([b[0] for b in kept])
+    targets = torch.stack([b[1] for b in kept])
+    paths = [b[2] for b in kept]
+    indices = torch.tensor([b[3] for b in kept], dtype=torch.int64)
+    return (images, targets, paths, indices), skipped
+
+
+def resolve_dataset_files(dataset: str, train_json: Optional[str], test_json: Optional[str]) -> Tuple[str, str]:
+    spec = DATASETS.get(dataset, {})
+    return train_json or spec.get("train_json"), test_json or spec.get("test_json")

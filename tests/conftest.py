@@ -1,0 +1,21 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_SAMPLES = os.path.join(ROOT, "..", "shared", "data", "voc_samples")
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch, tmp_path):
+    """Tests never download: any attempt fails loudly; torch's hub cache points at a temp folder."""
+    import torch.hub
+
+    def refuse(*a, **k):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    torch.hub.set_dir(str(tmp_path / "torch_home" / "hub"))

@@ -1,0 +1,87 @@
+"""Prepare MS-COCO JSON files (SPEC section 3) with pycocotools.
+
+    python utils/prepare/prepare_coco.py --data_path Dataset/COCO2014 [--year 2014|2017] [--keep_empty]
+
+Expects annotations/instances_{train,val}<year>.json and images/{train,val}<year>/. 80 classes in
+category-id order; a class is 1 if any instance of it (crowd included) is present. Images without
+annotations are left out by default (82,081 train / 40,137 val for 2014); --keep_empty keeps them
+as all-negative.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from pycocotools.coco import COCO  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+
+
+def load_coco(path: str) -> COCO:
+    require_file(path)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(path)
+    except json.JSONDecodeError as e:
+        raise PrepareError(f"{path}: not valid JSON ({e})") from None
+    except (KeyError, TypeError, ValueError, AssertionError) as e:
+        raise PrepareError(f"{path}: not a COCO instances file ({type(e).__name__}: {e})") from None
+
+
+def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tuple[List[dict], List[str]]:
+    cat_ids = sorted(coco.getCatIds())
+    if len(cat_ids) == 0:
+        raise PrepareError(f"{desc}: no categories in the annotation file")
+    index = {cid: i for i, cid in enumerate(cat_ids)}
+    names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
+    records = []
+    for img_id in tqdm(sorted(coco.getImgIds()), desc=desc, mininterval=1.0):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
+        if not anns and not keep_empty:
+            continue
+        target = [0] * len(cat_ids)
+        for a in anns:
+            if a["category_id"] not in index:
+                raise PrepareError(f"{desc}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
+            target[index[a["category_id"]]] = 1
+        info = coco.loadImgs(img_id)[0]
+        records.append({"img_path": os.path.join(image_dir, info["file_name"]), "target": target})
+    if not records:
+        raise PrepareError(f"{desc}: empty split")
+    return records, names
+
+
+def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False) -> Dict[str, str]:
+    require_dir(data_path)
+    outputs = {}
+    for split, out_name in (("train", f"train_coco{year}.json"), ("val", f"val_coco{year}.json")):
+        ann = os.path.join(data_path, "annotations", f"instances_{split}{year}.json")
+        image_dir = require_dir(os.path.join(data_path, "images", f"{split}{year}"))
+        records, names = build_split(load_coco(ann), image_dir, keep_empty, desc=ann)
+        path = os.path.join(out_dir, out_name)
+        write_json_atomic(records, path)
+        print(summarize(path, records, names))
+        outputs[split] = path
+    return outputs
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_path", required=True, help="folder holding annotations/ and images/")
+    p.add_argument("--year", default="2014", choices=["2014", "2017"])
+    p.add_argument("--out_dir", default="data/coco")
+    p.add_argument("--keep_empty", action="store_true", help="keep images without annotations (all-negative)")
+    a = p.parse_args(argv)
+    prepare(a.data_path, a.year, a.out_dir, a.keep_empty)
+
+
+if __name__ == "__main__":
+    run_main(main)

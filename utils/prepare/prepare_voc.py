@@ -1,0 +1,106 @@
+"""Prepare PASCAL VOC2007 / VOC2012 JSON files (SPEC section 3).
+
+    python utils/prepare/prepare_voc.py --data_path Dataset/VOCdevkit [--year 2007|2012] [--out_dir data/voc07]
+
+Labels per class: 1 if any non-difficult object of the class is present, 0 if all its objects are
+difficult, -1 if absent. Trainval is made binary (-1 -> 0); test keeps 1 / 0 / -1.
+VOC2012: trainval, plus a test list without labels when ImageSets/Main/test.txt is present.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import xml.etree.ElementTree as ET
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from tqdm import tqdm  # noqa: E402
+
+from pipeline.classes import VOC_CLASSES  # noqa: E402
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+
+CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
+
+
+def read_ids(path: str) -> List[str]:
+    require_file(path)
+    with open(path) as f:
+        ids = [line.split()[0] for line in f if line.strip()]
+    if not ids:
+        raise PrepareError(f"{path}: empty split")
+    return ids
+
+
+def voc_labels(xml_path: str) -> List[int]:
+    """Ternary labels of one annotation file: 1 present, 0 difficult only, -1 absent."""
+    try:
+        root = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        raise PrepareError(f"{xml_path}: no such annotation file") from None
+    except (ET.ParseError, OSError) as e:
+        raise PrepareError(f"{xml_path}: unreadable annotation ({e})") from None
+    labels = [-1] * len(VOC_CLASSES)
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASS_INDEX:
+            raise PrepareError(f"{xml_path}: unknown class name {name!r}")
+        difficult = (obj.findtext("difficult") or "0").strip() == "1"
+        c = CLASS_INDEX[name]
+        if not difficult:
+            labels[c] = 1
+        elif labels[c] == -1:
+            labels[c] = 0
+    return labels
+
+
+def build_split(voc_dir: str, ids: List[str], binary: bool, with_labels: bool = True, desc: str = "") -> List[dict]:
+    records = []
+    for image_id in tqdm(ids, desc=desc, mininterval=1.0):
+        img = os.path.join(voc_dir, "JPEGImages", image_id + ".jpg")
+        if not os.path.isfile(img):
+            raise PrepareError(f"{img}: image listed in the split is missing")
+        rec = {"img_path": img}
+        if with_labels:
+            labels = voc_labels(os.path.join(voc_dir, "Annotations", image_id + ".xml"))
+            rec["target"] = [max(v, 0) for v in labels] if binary else labels
+        records.append(rec)
+    return records
+
+
+def prepare(data_path: str, year: str, out_dir: str) -> Dict[str, str]:
+    voc_dir = require_dir(os.path.join(data_path, f"VOC{year}"))
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        require_dir(os.path.join(voc_dir, sub))
+    main_dir = os.path.join(voc_dir, "ImageSets", "Main")
+    ids = read_ids(os.path.join(main_dir, "train.txt")) + read_ids(os.path.join(main_dir, "val.txt"))
+    ids = list(dict.fromkeys(ids))
+    tag = "voc07" if year == "2007" else "voc12"
+    outputs = {}
+    splits = [("trainval", ids, True, True)]
+    test_txt = os.path.join(main_dir, "test.txt")
+    if year == "2007":
+        splits.append(("test", read_ids(test_txt), False, True))
+    elif os.path.isfile(test_txt):
+        splits.append(("test", read_ids(test_txt), False, False))
+    for split, split_ids, binary, with_labels in splits:
+        records = build_split(voc_dir, split_ids, binary, with_labels, desc=f"VOC{year} {split}")
+        path = os.path.join(out_dir, f"{split}_{tag}.json")
+        write_json_atomic(records, path)
+        print(summarize(path, records, VOC_CLASSES))
+        outputs[split] = path
+    return outputs
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_path", required=True, help="the VOCdevkit folder")
+    p.add_argument("--year", default="2007", choices=["2007", "2012"])
+    p.add_argument("--out_dir", default=None, help="default data/voc07 or data/voc12")
+    a = p.parse_args(argv)
+    prepare(a.data_path, a.year, a.out_dir or ("data/voc07" if a.year == "2007" else "data/voc12"))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -74,8 +74,10 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def ensure_demo_data(args) -> None:
-    train_json, test_json = resolve_dataset_files(args.dataset, args.train_json, args.test_json)
-    if args.dataset == "demo" and not (os.path.isfile(train_json) and os.path.isfile(test_json)):
+    if args.dataset != "demo" or args.train_json or args.test_json:
+        return
+    train_json, test_json = resolve_dataset_files(args.dataset, None, None)
+    if not (os.path.isfile(train_json) and os.path.isfile(test_json)):
         if du.is_main():
             from utils.prepare.prepare_demo import generate_demo
             print(f"generating the demo dataset in {os.path.dirname(train_json)} ...")

@@ -62,25 +62,31 @@ def masks(targets: np.ndarray, voc: Optional[bool] = None):
 
 
 def average_precision(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """Non-interpolated AP per column; entries neither positive nor negative are ignored."""
-    n, c = scores.shape
-    order = np.argsort(-scores, axis=0, kind="stable")
-    s = np.take_along_axis(scores, order, axis=0)
-    tp = np.cumsum(np.take_along_axis(pos, order, axis=0), axis=0)
-    fp = np.cumsum(np.take_along_axis(neg, order, axis=0), axis=0)
-    is_pos = np.take_along_axis(pos, order, axis=0)
-    # index of the last row of each tie block, for every row
-    block_end = np.empty_like(s, dtype=bool)
-    block_end[:-1] = s[1:] != s[:-1]
-    block_end[-1] = True
-    idx = np.where(block_end, np.arange(n)[:, None], n - 1)
-    end = np.minimum.accumulate(idx[::-1], axis=0)[::-1]
-    tp_end = np.take_along_axis(tp, end, axis=0)
-    fp_end = np.take_along_axis(fp, end, axis=0)
+    """Non-interpolated AP per column; entries neither positive nor negative are ignored.
+
+    Works on (C, N) rows for memory locality. The sort need not be stable: within a tie block
+    every positive gets the precision at the block's end, whatever the order inside it.
+    """
+    S = np.ascontiguousarray(scores.T)
+    n = S.shape[1]
+    order = np.argsort(-S, axis=1)
+    s = np.take_along_axis(S, order, axis=1)
+    is_pos = np.take_along_axis(np.ascontiguousarray(pos.T), order, axis=1)
+    is_neg = np.take_along_axis(np.ascontiguousarray(neg.T), order, axis=1)
+    tp = np.cumsum(is_pos, axis=1, dtype=np.int64)
+    fp = np.cumsum(is_neg, axis=1, dtype=np.int64)
+    block_end = np.ones_like(s, dtype=bool)
+    block_end[:, :-1] = s[:, 1:] != s[:, :-1]
+    if not block_end.all():  # ties: read the counts at the end of each block
+        idx = np.where(block_end, np.arange(n)[None, :], n - 1)
+        end = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
+        tp = np.take_along_axis(tp, end, axis=1)
+        fp = np.take_along_axis(fp, end, axis=1)
+    n_pos = is_pos.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp_end / (tp_end + fp_end)
-        n_pos = pos.sum(axis=0)
-        ap = np.where(is_pos, precision, 0.0).sum(axis=0) / n_pos
+        precision_sum = (tp[is_pos] / (tp[is_pos] + fp[is_pos]))
+        row = np.nonzero(is_pos)[0]
+        ap = np.bincount(row, weights=precision_sum, minlength=S.shape[0]) / n_pos
     ap[n_pos == 0] = np.nan
     return ap
 

@@ -141,7 +141,10 @@ def train(args) -> dict:
     ensure_demo_data(args)
     train_json, test_json = resolve_dataset_files(args.dataset, args.train_json, args.test_json)
     train_set = build_dataset(train_json, args, train=True)
-    test_set = build_dataset(test_json, args, train=False)
+    test_set = build_dataset(test_json, args, train=False, require_labels=False)
+    if not test_set.has_labels and du.is_main():
+        print(f"note: {test_json} has no labels (e.g. VOC2012 test): training without evaluation; "
+              "use val.py --voc_submission on the saved epochs")
     mean, std = norm(args)
 
     model = build_model(args, pretrained=args.pretrained, cutmix=args.cutmix).to(device)
@@ -219,7 +222,8 @@ def train(args) -> dict:
         start_iter = 0
         entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
                  "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1]}
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch:
+        due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
+        if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
             for source, net in candidates:
                 _, scores, targets, paths = predict(net, test_set, batch_size=args.batch_size,

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -21,8 +20,9 @@ from pipeline.checkpoint import TRAIN_STATE_FORMAT, CheckpointError, safe_load, 
 from pipeline.dataset import DATASETS, DataError, resolve_dataset_files
 from pipeline.model import PretrainedWeightsError
 from utils import distributed as du
+from utils.fileio import atomic_write
 from utils.cli import AUG_CHOICES, add_data_args, add_model_args, build_dataset, build_model, fill_defaults, norm
-from utils.evaluation import MetricsError, evaluate, format_report, report_to_dict
+from utils.evaluation import MetricsError, evaluate, format_report
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "log.jsonl"
@@ -129,10 +129,8 @@ def truncate_log(path: str, last_epoch: int) -> None:
                 kept.append(ln)
         except (json.JSONDecodeError, KeyError, TypeError):
             pass
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.writelines(kept)
-    os.replace(tmp, path)
 
 
 def train(args) -> dict:

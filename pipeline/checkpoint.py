@@ -15,6 +15,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
+from utils.fileio import atomic_write
+
 TRAIN_STATE_FORMAT = "csra-train-state"
 
 
@@ -40,7 +42,7 @@ def safe_load(path: str) -> object:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
 
 
-def _strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
     if sd and all(k.startswith(prefix) for k in sd):
         return {k[len(prefix):]: v for k, v in sd.items()}
     return dict(sd)
@@ -64,7 +66,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
-    sd = _strip_prefix(sd, "module.")
+    sd = strip_prefix(sd, "module.")
     if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox
         out = {}
         for k, v in sd.items():
@@ -174,12 +176,6 @@ def load_model_weights(model, path: str) -> dict:
 
 
 def save_atomic(obj: object, path: str) -> None:
-    """Write to a temporary name in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """torch.save through a temporary file and a rename (see utils.fileio)."""
+    with atomic_write(path, "wb") as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.models as tvm
 
-from pipeline.checkpoint import CheckpointError, _strip_prefix, safe_load
+from pipeline.checkpoint import CheckpointError, safe_load, strip_prefix
 from pipeline.csra import MHA, GAPHead
 
 RESNETS: Dict[str, Tuple[Callable, object]] = {
@@ -76,7 +76,7 @@ def load_cutmix_weights(path: str) -> Dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise PretrainedWeightsError(f"--cutmix {path}: not a state dict")
-    sd = _strip_prefix({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, "module.")
+    sd = strip_prefix({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, "module.")
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
 
 

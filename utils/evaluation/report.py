@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from utils.evaluation.metrics import Report
+from utils.fileio import atomic_write
 
 KEYS = ["CP", "CR", "CF1", "OP", "OR", "OF1"]
 
@@ -54,12 +55,8 @@ def report_to_dict(report: Report, class_names: Optional[Sequence[str]] = None) 
 
 
 def write_json_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         json.dump(obj, f)
-    os.replace(tmp, path)
 
 
 def save_scores(path: str, paths: List[str], scores: np.ndarray, targets: Optional[np.ndarray],
@@ -84,10 +81,8 @@ def write_voc_submission(out_dir: str, paths: List[str], scores: np.ndarray, cla
     written = []
     for c, name in enumerate(class_names):
         path = os.path.join(out_dir, f"comp2_cls_test_{name}.txt")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        with atomic_write(path) as f:
             for image_id, s in zip(ids, scores[:, c]):
                 f.write(f"{image_id} {s:.6f}\n")
-        os.replace(tmp, path)
         written.append(path)
     return written

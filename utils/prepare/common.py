@@ -6,25 +6,17 @@ import os
 import sys
 from typing import List, Sequence
 
+from utils.fileio import atomic_write
+
 
 class PrepareError(Exception):
     """Bad raw dataset input; the message names the file."""
 
 
 def write_json_atomic(records: object, path: str) -> None:
-    """Write to a temporary file in the target folder, then rename: never a half-written JSON."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(records, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Never a half-written JSON: a temporary file, then a rename."""
+    with atomic_write(path) as f:
+        json.dump(records, f)
 
 
 def require_dir(path: str) -> str:

@@ -147,7 +147,9 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
     shard = list(range(du.rank(), len(dataset), du.world_size()))
     loader = make_loader(dataset, batch_size, num_workers, shard, device)
     idx_parts, score_parts, paths = [], [], []
-    for batch, _ in tqdm(loader, desc=desc, disable=not du.is_main(), dynamic_ncols=True, mininterval=1.0):
+    skipped = 0
+    for batch, n_skipped in tqdm(loader, desc=desc, disable=not du.is_main(), dynamic_ncols=True, mininterval=1.0):
+        skipped += n_skipped
         if batch is None:
             continue
         images, _, batch_paths, indices = batch
@@ -161,6 +163,9 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
     local = (np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64),
              np.concatenate(score_parts) if score_parts else np.zeros((0, num_classes)), paths)
     parts = du.all_gather_objects(local)
+    skipped = int(du.all_reduce_sum([float(skipped)], device)[0])
+    if skipped and du.is_main():
+        print(f"warning: {skipped} unreadable images skipped (--skip_bad_images); metrics cover the rest")
     indices = np.concatenate([p[0] for p in parts])
     scores = np.concatenate([p[1] for p in parts])
     all_paths = [q for p in parts for q in p[2]]

@@ -74,8 +74,8 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
             if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): bbox must be [x, y, w, h]")
     if require_labels and not labelled:
-        raise DataError(f"{json_path}: records have no 'target' labels (a test list without labels "
-                        "can only be used to write predictions)")
+        raise DataError(f"{json_path}: records have no 'target' labels; for an unlabelled test list, "
+                        "write predictions with val.py --voc_submission DIR or --save_scores PATH")
     if num_classes is None and labelled:
         n = len(records[0]["target"])
         for i, r in enumerate(records):

@@ -87,47 +87,49 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     bar = tqdm(total=iters_per_epoch, initial=start_iter, desc=f"epoch {epoch + 1}", disable=not du.is_main(),
                dynamic_ncols=True, mininterval=1.0)
     it = start_iter
-    with join:
-        for batch, n_skipped in loader:
-            skipped += n_skipped
-            step = epoch * iters_per_epoch + it
-            factor = lr_fn(step)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            if batch is not None:
-                images, targets = batch[0], batch[1]
-                x = to_model_input(images, mean, std, device, channels_last)
-                y = targets.to(device, non_blocking=True).float()
-                with autocast(device, amp):
-                    logits = model(x)
-                loss = criterion(logits.float(), y)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
-                                             f"(global step {step + 1}); stopped, last good checkpoint kept")
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None and scaler.is_enabled():
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                if ema is not None:
-                    ema.update_parameters(model.module if hasattr(model, "module") else model)
-                loss_sum += loss_value * len(images)
-                seen += len(images)
-            it += 1
-            elapsed = max(time.time() - t0, 1e-9)
-            if du.is_main():
-                bar.update(1)
-                if it % max(1, min(print_freq, 10)) == 0 or it == iters_per_epoch:
-                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
-                                    lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                    img_s=f"{seen * du.world_size() / elapsed:.1f}")
-            if on_step is not None:
-                on_step(it)
-    bar.close()
+    try:
+        with join:
+            for batch, n_skipped in loader:
+                skipped += n_skipped
+                step = epoch * iters_per_epoch + it
+                factor = lr_fn(step)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * factor
+                if batch is not None:
+                    images, targets = batch[0], batch[1]
+                    x = to_model_input(images, mean, std, device, channels_last)
+                    y = targets.to(device, non_blocking=True).float()
+                    with autocast(device, amp):
+                        logits = model(x)
+                    loss = criterion(logits.float(), y)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
+                                                 f"(global step {step + 1}); stopped, last good checkpoint kept")
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None and scaler.is_enabled():
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    if ema is not None:
+                        ema.update_parameters(model.module if hasattr(model, "module") else model)
+                    loss_sum += loss_value * len(images)
+                    seen += len(images)
+                it += 1
+                elapsed = max(time.time() - t0, 1e-9)
+                if du.is_main():
+                    bar.update(1)
+                    if it % max(1, min(print_freq, 10)) == 0 or it == iters_per_epoch:
+                        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
+                                        lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                                        img_s=f"{seen * du.world_size() / elapsed:.1f}")
+                if on_step is not None:
+                    on_step(it)
+    finally:
+        bar.close()
     totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], device)
     elapsed = max(time.time() - t0, 1e-9)
     return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),

@@ -73,6 +73,30 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               targets: torch.Tensor, *, device: torch.device, mean: Sequence[float], std: Sequence[float],
+               amp: str, scaler, channels_last: bool) -> float:
+    """One optimiser step on one batch; returns the loss. A non-finite loss is returned before
+    any update, so the caller can stop with the weights as they were."""
+    x = to_model_input(images, mean, std, device, channels_last)
+    y = targets.to(device, non_blocking=True).float()
+    with autocast(device, amp):
+        logits = model(x)
+    loss = criterion(logits.float(), y)
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        return loss_value
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss_value
+
+
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epoch: int,
                     start_iter: int, iters_per_epoch: int, lr_fn: Callable[[int], float], device: torch.device,
                     mean: Sequence[float], std: Sequence[float], amp: str = "off", scaler=None, ema=None,
@@ -96,28 +120,16 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 if batch is not None:
-                    images, targets = batch[0], batch[1]
-                    x = to_model_input(images, mean, std, device, channels_last)
-                    y = targets.to(device, non_blocking=True).float()
-                    with autocast(device, amp):
-                        logits = model(x)
-                    loss = criterion(logits.float(), y)
-                    loss_value = loss.item()
+                    loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], device=device,
+                                            mean=mean, std=std, amp=amp, scaler=scaler,
+                                            channels_last=channels_last)
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
                                                  f"(global step {step + 1}); stopped, last good checkpoint kept")
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None and scaler.is_enabled():
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
                     if ema is not None:
                         ema.update_parameters(model.module if hasattr(model, "module") else model)
-                    loss_sum += loss_value * len(images)
-                    seen += len(images)
+                    loss_sum += loss_value * len(batch[0])
+                    seen += len(batch[0])
                 it += 1
                 elapsed = max(time.time() - t0, 1e-9)
                 if du.is_main():

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from pipeline.checkpoint import CheckpointError, load_model_weights
-from pipeline.dataset import ImageTransform, to_model_input
+from pipeline.dataset import DATASETS, ImageTransform, to_model_input
 from utils.cli import add_model_args, build_model, fill_defaults, norm
 from utils.evaluation.report import class_name
 from utils.visualize import list_images, save_heatmaps
-from pipeline.dataset import DATASETS
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -155,7 +155,7 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
             desc: str = "eval"):
     """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
 
-    Returns (indices, scores (N, C), targets (N, C), paths) for the images that could be read.
+    Returns (scores (N, C), targets (N, C) or None, paths) for the images that could be read.
     """
     model.eval()
     shard = list(range(du.rank(), len(dataset), du.world_size()))
@@ -188,4 +188,4 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
     scores = scores[order]
     all_paths = [all_paths[i] for i in order]
     targets = dataset.targets()[indices] if dataset.has_labels else None
-    return indices, scores, targets, all_paths
+    return scores, targets, all_paths

@@ -105,7 +105,7 @@ def param_groups(model, args):
     lr_head = args.lr * (args.head_lr_mult if args.head == "csra" else 1.0)
     return [
         {"params": model.backbone_parameters(), "lr": args.lr, "base_lr": args.lr, "name": "backbone"},
-        {"params": list(model.head_parameters()), "lr": lr_head, "base_lr": lr_head, "name": "head"},
+        {"params": model.head_parameters(), "lr": lr_head, "base_lr": lr_head, "name": "head"},
     ]
 
 
@@ -131,6 +131,32 @@ def truncate_log(path: str, last_epoch: int) -> None:
             pass
     with atomic_write(path) as f:
         f.writelines(kept)
+
+
+def evaluate_and_keep_best(candidates, test_set, args, *, epoch: int, best: dict, folder: str,
+                           device: torch.device, amp: str, channels_last: bool):
+    """Evaluate each (source, weights); whenever one beats ``best``, those exact weights become
+    best.pth. Returns (log fields, updated best, the regular model's report)."""
+    mean, std = norm(args)
+    fields, model_report = {}, None
+    for source, net in candidates:
+        scores, targets, paths = predict(net, test_set, batch_size=args.batch_size, num_workers=args.num_workers,
+                                         device=device, mean=mean, std=std, amp=amp, channels_last=channels_last,
+                                         desc=f"eval {source}")
+        report = evaluate(scores, targets, paths=paths)
+        prefix = "" if source == "model" else f"{source}_"
+        fields.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
+                       prefix + "OF1": report.overall["OF1"]})
+        if du.is_main():
+            print(f"epoch {epoch + 1} {source}: mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
+                  f"OF1 {report.overall['OF1']:.2f}")
+        if report.map > best["mAP"]:
+            best = {"mAP": report.map, "epoch": epoch + 1, "source": source}
+            if du.is_main():
+                save_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
+        if source == "model":
+            model_report = report
+    return fields, best, model_report
 
 
 def train(args) -> dict:
@@ -181,8 +207,8 @@ def train(args) -> dict:
             print(f"resumed from {path}: epoch {start_epoch + 1}, iteration {start_iter}")
     elif du.is_main():
         os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump({k: v for k, v in vars(args).items()}, f, indent=1, default=str)
+        with atomic_write(os.path.join(folder, "args.json")) as f:
+            json.dump(vars(args), f, indent=1, default=str)
 
     train_model = model
     if du.is_dist():
@@ -202,7 +228,7 @@ def train(args) -> dict:
         print(f"training {args.model} + {args.head}"
               f"{f' ({args.num_heads} heads, lam {args.lam})' if args.head == 'csra' else ''} on {len(train_set)} "
               f"images ({args.dataset}), {du.world_size()} process(es) on {device.type}, amp {amp}; run folder {folder}")
-    last = {}
+    last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)
 
@@ -223,24 +249,10 @@ def train(args) -> dict:
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
-            for source, net in candidates:
-                _, scores, targets, paths = predict(net, test_set, batch_size=args.batch_size,
-                                                    num_workers=args.num_workers, device=device, mean=mean,
-                                                    std=std, amp=amp, channels_last=channels_last,
-                                                    desc=f"eval {source}")
-                report = evaluate(scores, targets, paths=paths)
-                prefix = "" if source == "model" else "ema_"
-                entry.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
-                              prefix + "OF1": report.overall["OF1"]})
-                if du.is_main():
-                    print(f"epoch {epoch + 1} {source}: mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
-                          f"OF1 {report.overall['OF1']:.2f}")
-                if report.map > best["mAP"]:
-                    best = {"mAP": report.map, "epoch": epoch + 1, "source": source}
-                    if du.is_main():
-                        save_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
-                if source == "model":
-                    last = {"report": report}
+            fields, best, last_report = evaluate_and_keep_best(
+                candidates, test_set, args, epoch=epoch, best=best, folder=folder, device=device,
+                amp=amp, channels_last=channels_last)
+            entry.update(fields)
         if du.is_main():
             save_atomic(model.state_dict(), os.path.join(folder, f"epoch_{epoch + 1}.pth"))
             entry["best_mAP"], entry["best_epoch"], entry["best_source"] = best["mAP"], best["epoch"], best["source"]
@@ -248,8 +260,8 @@ def train(args) -> dict:
                 f.write(json.dumps(entry) + "\n")
         save_state(epoch + 1, 0)
         du.barrier()
-    if du.is_main() and last:
-        print(format_report(last["report"], args.class_names, per_class=True))
+    if du.is_main() and last_report is not None:
+        print(format_report(last_report, args.class_names, per_class=True))
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), "
               f"saved as {os.path.join(folder, 'best.pth')}")
     du.cleanup()

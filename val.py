@@ -49,7 +49,7 @@ def validate(args) -> dict:
             (f"training-free mean + {args.lam} * max" if args.lam else "plain GAP")
         print(f"{args.load_from}: {args.model}, {args.head} head ({heads}), {args.num_cls} classes; "
               f"{len(dataset)} images from {test_json} on {device.type}")
-    _, scores, targets, paths = predict(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+    scores, targets, paths = predict(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                                         device=device, mean=mean, std=std, amp=amp,
                                         channels_last=device.type == "cuda")
     result = {"scores": scores, "paths": paths}

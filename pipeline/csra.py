@@ -6,7 +6,7 @@ Parameter names follow the authors' released checkpoints (SPEC section 6): a mod
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -87,6 +87,10 @@ class MHA(nn.Module):
             [CSRA(in_dim, num_classes, T, lam) for T in self.temperatures]
         )
         self.num_classes = num_classes
+        # every list puts infinity last: heads [0, n_finite) use softmax, the rest use max
+        self.n_finite = sum(1 for T in self.temperatures if not math.isinf(T))
+        finite = torch.tensor(self.temperatures[:self.n_finite]).view(1, -1, 1, 1)
+        self.register_buffer("finite_temperatures", finite, persistent=False)
 
     @property
     def lam(self) -> float:
@@ -107,15 +111,10 @@ class MHA(nn.Module):
     def logits_from_scores(self, s: torch.Tensor) -> torch.Tensor:
         flat = s.flatten(3)  # (B, H, C, HW)
         base = flat.mean(dim=-1).sum(dim=1)
-        att = torch.zeros_like(base)
-        finite = [k for k, T in enumerate(self.temperatures) if not math.isinf(T)]
-        infinite = [k for k, T in enumerate(self.temperatures) if math.isinf(T)]
-        if finite:
-            t = flat.new_tensor([self.temperatures[k] for k in finite]).view(1, -1, 1, 1)
-            part = flat[:, finite]
-            att = att + (torch.softmax(part * t, dim=-1) * part).sum(dim=-1).sum(dim=1)
-        if infinite:
-            att = att + flat[:, infinite].amax(dim=-1).sum(dim=1)
+        part = flat[:, :self.n_finite]
+        t = self.finite_temperatures.to(flat.dtype)
+        att = (torch.softmax(part * t, dim=-1) * part).sum(dim=-1).sum(dim=1)
+        att = att + flat[:, self.n_finite:].amax(dim=-1).sum(dim=1)
         return base + self.lam * att
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,18 +159,27 @@ class GAPHead(nn.Linear):
         y = torch.einsum("cd,bdhw->bchw", self.weight.to(x.dtype), x)
         return y + self.bias.to(x.dtype).view(1, -1, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def mean_and_max(maps: torch.Tensor):
+        """Per class, the mean and the max of score maps (B, C, h, w) over locations."""
+        flat = maps.flatten(2)
+        return flat.mean(dim=-1), flat.amax(dim=-1)
+
+    def _logits(self, x: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.spatial_lam == 0.0:
             return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
-        y = self.score_maps(x).flatten(2)
-        return y.mean(dim=-1) + self.spatial_lam * y.amax(dim=-1)
+        y_mean, y_max = self.mean_and_max(self.score_maps(x) if maps is None else maps)
+        return y_mean + self.spatial_lam * y_max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(x)
 
     def forward_with_maps(self, x: torch.Tensor) -> dict:
         maps = self.score_maps(x)
         flat = maps.flatten(2)
         one_hot = F.one_hot(flat.argmax(-1), flat.shape[-1]).to(flat.dtype)
         return {
-            "logits": self.forward(x),
+            "logits": self._logits(x, maps),
             "score_maps": [maps],
             "attention": [one_hot.view_as(maps)],
             "temperatures": [INF],

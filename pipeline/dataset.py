@@ -53,6 +53,7 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
     if not records:
         raise DataError(f"{json_path}: holds no records")
     labelled = None
+    expected_len, expected_from = num_classes, "--num_cls is"
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("img_path"), str):
             raise DataError(f"{json_path}: record {i} is not an object with a string 'img_path'")
@@ -66,9 +67,11 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
             t = r["target"]
             if not isinstance(t, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in t):
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): target must be a list of integers")
-            if num_classes is not None and len(t) != num_classes:
+            if expected_len is None:
+                expected_len, expected_from = len(t), "record 0 has"
+            elif len(t) != expected_len:
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(t)} labels, "
-                                f"--num_cls is {num_classes}")
+                                f"{expected_from} {expected_len}")
         if "bbox" in r:
             b = r["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
@@ -76,12 +79,6 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
     if require_labels and not labelled:
         raise DataError(f"{json_path}: records have no 'target' labels; for an unlabelled test list, "
                         "write predictions with val.py --voc_submission DIR or --save_scores PATH")
-    if num_classes is None and labelled:
-        n = len(records[0]["target"])
-        for i, r in enumerate(records):
-            if len(r["target"]) != n:
-                raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(r['target'])} labels, "
-                                f"record 0 has {n}")
     return records
 
 

@@ -214,7 +214,7 @@ class CSRANet(nn.Module):
         return self.classifier if self.head_type == "csra" else self.fc
 
     def head_parameters(self):
-        return self.head.parameters()
+        return list(self.head.parameters())
 
     def backbone_parameters(self):
         head_ids = {id(p) for p in self.head.parameters()}

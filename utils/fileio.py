@@ -3,6 +3,7 @@ A reader (or a resumed run) sees the old file or the new one, never a half-writt
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 
@@ -20,3 +21,8 @@ def atomic_write(path: str, mode: str = "w"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json_atomic(obj: object, path: str) -> None:
+    with atomic_write(path) as f:
+        json.dump(obj, f)

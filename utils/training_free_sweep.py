@@ -34,8 +34,7 @@ def sweep_scores(model, dataset, lams, batch_size, num_workers, device, mean, st
             if batch is None:
                 continue
             x = to_model_input(batch[0], mean, std, device)
-            y = model.fc.score_maps(model.forward_features(x)).flatten(2).float()
-            y_mean, y_max = y.mean(dim=-1), y.amax(dim=-1)
+            y_mean, y_max = model.fc.mean_and_max(model.fc.score_maps(model.forward_features(x)).float())
             for lam in lams:
                 parts[lam].append(torch.sigmoid(y_mean + lam * y_max).cpu().numpy())
     return {lam: np.concatenate(p) for lam, p in parts.items()}

@@ -1,14 +1,13 @@
 """Readable tables of the metrics, JSON export, saved scores and VOC2012 submission files."""
 from __future__ import annotations
 
-import json
 import os
 from typing import List, Optional, Sequence
 
 import numpy as np
 
 from utils.evaluation.metrics import Report
-from utils.fileio import atomic_write
+from utils.fileio import atomic_write, write_json_atomic
 
 KEYS = ["CP", "CR", "CF1", "OP", "OR", "OF1"]
 
@@ -54,23 +53,17 @@ def report_to_dict(report: Report, class_names: Optional[Sequence[str]] = None) 
     }
 
 
-def write_json_atomic(obj, path: str) -> None:
-    with atomic_write(path) as f:
-        json.dump(obj, f)
-
-
 def save_scores(path: str, paths: List[str], scores: np.ndarray, targets: Optional[np.ndarray],
                 class_names: Optional[Sequence[str]], metrics: Optional[dict]) -> None:
     """Per-image scores with their paths (and the metrics) as one JSON file."""
     obj = {
         "classes": [class_name(class_names, i) for i in range(scores.shape[1])],
-        "images": [
-            {"img_path": p, "scores": [round(float(v), 6) for v in s],
-             **({"target": [int(v) for v in t]} if targets is not None else {})}
-            for p, s, t in zip(paths, scores, targets if targets is not None else [None] * len(paths))
-        ],
+        "images": [{"img_path": p, "scores": [round(float(v), 6) for v in s]} for p, s in zip(paths, scores)],
         "metrics": metrics,
     }
+    if targets is not None:
+        for image, t in zip(obj["images"], targets):
+            image["target"] = [int(v) for v in t]
     write_json_atomic(obj, path)
 
 

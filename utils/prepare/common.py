@@ -1,22 +1,15 @@
 """Helpers shared by the preparation scripts: atomic JSON output, summaries, one-line errors."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import List, Sequence
 
-from utils.fileio import atomic_write
+from utils.fileio import write_json_atomic
 
 
 class PrepareError(Exception):
     """Bad raw dataset input; the message names the file."""
-
-
-def write_json_atomic(records: object, path: str) -> None:
-    """Never a half-written JSON: a temporary file, then a rename."""
-    with atomic_write(path) as f:
-        json.dump(records, f)
 
 
 def require_dir(path: str) -> str:
@@ -41,6 +34,14 @@ def summarize(path: str, records: List[dict], class_names: Sequence[str]) -> str
         for name, n in zip(class_names, counts):
             lines.append(f"    {name:{width}s} {n}")
     return "\n".join(lines)
+
+
+def write_split(path: str, records: List[dict], class_names: Sequence[str], quiet: bool = False) -> str:
+    """Write one prepared split (atomically: never a half-written JSON) and print its summary."""
+    write_json_atomic(records, path)
+    if not quiet:
+        print(summarize(path, records, class_names))
+    return path
 
 
 def run_main(main) -> None:

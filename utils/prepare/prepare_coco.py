@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from pycocotools.coco import COCO  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
 
 
 def load_coco(path: str) -> COCO:
@@ -67,8 +67,7 @@ def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False) -
         image_dir = require_dir(os.path.join(data_path, "images", f"{split}{year}"))
         records, names = build_split(load_coco(ann), image_dir, keep_empty, desc=ann)
         path = os.path.join(out_dir, out_name)
-        write_json_atomic(records, path)
-        print(summarize(path, records, names))
+        write_split(path, records, names)
         outputs[split] = path
     return outputs
 

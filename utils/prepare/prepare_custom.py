@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pipeline.classes import load_class_names  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
 
 
 def read_labels(path: str) -> Dict[str, List[str]]:
@@ -101,8 +101,7 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
         splits = {"all": records}
     for name, recs in splits.items():
         path = os.path.join(out_dir, f"{name}.json")
-        write_json_atomic(recs, path)
-        print(summarize(path, recs, classes))
+        write_split(path, recs, classes)
         outputs[name] = path
     names_path = os.path.join(out_dir, "classes.txt")
     with open(names_path, "w", encoding="utf-8") as f:

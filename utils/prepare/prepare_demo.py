@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.prepare.common import run_main, summarize, write_json_atomic  # noqa: E402
+from utils.prepare.common import run_main, write_split  # noqa: E402
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
@@ -71,7 +71,6 @@ def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: i
     """Write images and JSON files; returns the paths written."""
     rng = random.Random(seed)
     outputs = {}
-    say = (lambda *a: None) if quiet else print
     for split, n in (("train", num_train), ("test", num_test)):
         folder = os.path.join(out_dir, "images", split)
         os.makedirs(folder, exist_ok=True)
@@ -83,9 +82,7 @@ def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: i
             target = [1 if c in present else 0 for c in range(len(DEMO_CLASSES))]
             records.append({"img_path": os.path.join(out_dir, rel), "target": target})
         path = os.path.join(out_dir, f"{split}_demo.json")
-        write_json_atomic(records, path)
-        outputs[split] = path
-        say(summarize(path, records, DEMO_CLASSES))
+        outputs[split] = write_split(path, records, DEMO_CLASSES, quiet)
     names = os.path.join(out_dir, "classes.txt")
     with open(names, "w") as f:
         f.write("\n".join(DEMO_CLASSES) + "\n")

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 
@@ -87,8 +87,7 @@ def prepare(data_path: str, year: str, out_dir: str) -> Dict[str, str]:
     for split, split_ids, binary, with_labels in splits:
         records = build_split(voc_dir, split_ids, binary, with_labels, desc=f"VOC{year} {split}")
         path = os.path.join(out_dir, f"{split}_{tag}.json")
-        write_json_atomic(records, path)
-        print(summarize(path, records, VOC_CLASSES))
+        write_split(path, records, VOC_CLASSES)
         outputs[split] = path
     return outputs
 

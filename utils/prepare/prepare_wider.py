@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, summarize, write_json_atomic  # noqa: E402,E501
+from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
 
 UNSPECIFIED_TEST = 99
 
@@ -80,8 +80,7 @@ def prepare(data_path: str, out_dir: str) -> Dict[str, str]:
     for split, test in (("trainval", False), ("test", True)):
         records = build_split(os.path.join(data_path, "Anno", f"wider_attribute_{split}.json"), image_root, test)
         path = os.path.join(out_dir, f"{split}_wider.json")
-        write_json_atomic(records, path)
-        print(summarize(path, records, WIDER_ATTRIBUTES))
+        write_split(path, records, WIDER_ATTRIBUTES)
         outputs[split] = path
     return outputs
 

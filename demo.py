@@ -15,17 +15,20 @@ import sys
 import torch
 from PIL import Image
 
-from pipeline.checkpoint import CheckpointError, load_model_weights
-from pipeline.dataset import DATASETS, ImageTransform, to_model_input
-from utils.cli import add_model_args, build_model, fill_defaults, norm
+from pipeline.dataset import DATASETS, ImageTransform
+from pipeline.errors import ConfigError
+from pipeline.model import load_for_inference
+from pipeline.runtime import resolve_runtime
+from utils import distributed as du
+from utils.cli import add_model_args, add_runtime_args, model_kwargs, new_parser, parse_args, run_main
 from utils.evaluation.report import class_name
 from utils.visualize import list_images, save_heatmaps
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Predict labels (and heatmaps) for images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Predict labels (and heatmaps) for images.")
     add_model_args(p)
+    add_runtime_args(p)
     p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS), help="sets the class names and size")
     p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
     p.add_argument("--load_from", required=True)
@@ -36,13 +39,16 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write attention heatmaps here")
     p.add_argument("--heatmap_classes", default=None, help="comma-separated class names (default: predicted)")
     p.add_argument("--heatmap_head", type=int, default=0, help="which CSRA head's map to draw (0: T = 1)")
-    p.add_argument("--batch_size", type=int, default=None)
-    args = p.parse_args(argv)
+    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass (the dataset's)")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = parse_args(p, argv)
     if args.output and not args.output.endswith((".json", ".csv")):
         p.error("--output must end in .json or .csv")
-    args.test_json = None
-    args.train_json = None
-    return fill_defaults(args)
+    return args
 
 
 def chosen_classes(args, names, scores) -> list:
@@ -53,22 +59,19 @@ def chosen_classes(args, names, scores) -> list:
 
 
 def run(args) -> list:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(args, pretrained="none")
-    load_model_weights(model, args.load_from)
-    model.set_lam(args.lam)
-    model.to(device).eval()
+    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last)
+    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
+    model = runtime.prepare_model(model)
     names = args.class_names or [class_name(None, i) for i in range(args.num_cls)]
     if args.heatmap_classes:
         unknown = [n for n in args.heatmap_classes.split(",") if n not in names]
         if unknown:
-            sys.exit(f"error: --heatmap_classes: unknown class {unknown[0]!r}; classes are {', '.join(names)}")
+            raise ConfigError(f"--heatmap_classes: unknown class {unknown[0]!r}; classes are {', '.join(names)}")
     if not 0 <= args.heatmap_head < max(1, model.num_heads):
-        sys.exit(f"error: --heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
+        raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
     files, skipped = list_images(args.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    mean, std = norm(args)
     transform = ImageTransform(args.img_size, train=False)
     results = []
     for start in range(0, len(files), args.batch_size):
@@ -85,8 +88,8 @@ def run(args) -> list:
             tensors.append(transform(img))
         if not tensors:
             continue
-        x = to_model_input(torch.stack(tensors), mean, std, device)
-        with torch.no_grad():
+        x = runtime.to_input(torch.stack(tensors))
+        with torch.no_grad(), runtime.autocast():
             out = model.forward_with_maps(x)
         probs = torch.sigmoid(out["logits"].float()).cpu()
         for i, (f, img) in enumerate(zip(batch_files, images)):
@@ -123,11 +126,7 @@ def write_output(path: str, results: list, names: list) -> None:
 
 
 def main(argv=None) -> None:
-    args = get_args(argv)
-    try:
-        run(args)
-    except CheckpointError as e:
-        sys.exit(f"error: {e}")
+    run_main(lambda: run(get_args(argv)))
 
 
 if __name__ == "__main__":

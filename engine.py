@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -12,12 +12,14 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from pipeline.dataset import collate_skipping_bad, to_model_input
+from pipeline.dataset import collate_skipping_bad
+from pipeline.errors import CSRAError
+from pipeline.runtime import Runtime
 from utils import distributed as du
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(CSRAError):
+    """The loss became NaN or infinite; raised before the step that would have used it."""
 
 
 def lr_factor(step: int, iters_per_epoch: int, warmup_epochs: float, decay_every: int, gamma: float = 0.1) -> float:
@@ -67,20 +69,14 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler, device: tor
                       persistent_workers=False, drop_last=False)
 
 
-def autocast(device: torch.device, amp: str):
-    if device.type != "cuda" or amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               targets: torch.Tensor, *, device: torch.device, mean: Sequence[float], std: Sequence[float],
-               amp: str, scaler, channels_last: bool) -> float:
+               targets: torch.Tensor, runtime: Runtime, scaler=None) -> float:
     """One optimiser step on one batch; returns the loss. A non-finite loss is returned before
-    any update, so the caller can stop with the weights as they were."""
-    x = to_model_input(images, mean, std, device, channels_last)
-    y = targets.to(device, non_blocking=True).float()
-    with autocast(device, amp):
+    any update, so the caller can stop with the weights as they were. The loss is computed in
+    float32 on float32 logits, whatever the autocast precision."""
+    x = runtime.to_input(images)
+    y = targets.to(runtime.device, non_blocking=True).float()
+    with runtime.autocast():
         logits = model(x)
     loss = criterion(logits.float(), y)
     loss_value = loss.item()
@@ -97,12 +93,11 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
     return loss_value
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epoch: int,
-                    start_iter: int, iters_per_epoch: int, lr_fn: Callable[[int], float], device: torch.device,
-                    mean: Sequence[float], std: Sequence[float], amp: str = "off", scaler=None, ema=None,
-                    channels_last: bool = False, on_step: Optional[Callable[[int], None]] = None,
-                    print_freq: int = 100) -> dict:
-    """One epoch from iteration ``start_iter``; ``on_step(iter_done)`` runs after each step."""
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, runtime: Runtime, *,
+                    epoch: int, start_iter: int, iters_per_epoch: int, lr_fn: Callable[[int], float], scaler=None,
+                    ema=None, on_step: Optional[Callable[[int], None]] = None, print_freq: int = 100) -> dict:
+    """One epoch from iteration ``start_iter``; ``on_step(iter_done)`` runs after each step.
+    The progress bar's loss, LR and speed are refreshed every ``print_freq`` iterations."""
     model.train()
     criterion = nn.BCEWithLogitsLoss()
     loss_sum, seen, skipped = 0.0, 0, 0
@@ -120,9 +115,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
                 if batch is not None:
-                    loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], device=device,
-                                            mean=mean, std=std, amp=amp, scaler=scaler,
-                                            channels_last=channels_last)
+                    loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], runtime, scaler)
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
                                                  f"(global step {step + 1}); stopped, last good checkpoint kept")
@@ -134,7 +127,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 elapsed = max(time.time() - t0, 1e-9)
                 if du.is_main():
                     bar.update(1)
-                    if it % max(1, min(print_freq, 10)) == 0 or it == iters_per_epoch:
+                    if it % max(1, print_freq) == 0 or it == iters_per_epoch:
                         bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
                                         lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                                         img_s=f"{seen * du.world_size() / elapsed:.1f}")
@@ -142,7 +135,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     on_step(it)
     finally:
         bar.close()
-    totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], device)
+    totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], runtime.device)
     elapsed = max(time.time() - t0, 1e-9)
     return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),
             "images_per_s": totals[1] / elapsed,
@@ -150,8 +143,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, device: torch.device,
-            mean: Sequence[float], std: Sequence[float], amp: str = "off", channels_last: bool = False,
+def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
             desc: str = "eval"):
     """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
 
@@ -159,7 +151,7 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
     """
     model.eval()
     shard = list(range(du.rank(), len(dataset), du.world_size()))
-    loader = make_loader(dataset, batch_size, num_workers, shard, device)
+    loader = make_loader(dataset, batch_size, num_workers, shard, runtime.device)
     idx_parts, score_parts, paths = [], [], []
     skipped = 0
     for batch, n_skipped in tqdm(loader, desc=desc, disable=not du.is_main(), dynamic_ncols=True, mininterval=1.0):
@@ -167,8 +159,8 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
         if batch is None:
             continue
         images, _, batch_paths, indices = batch
-        x = to_model_input(images, mean, std, device, channels_last)
-        with autocast(device, amp):
+        x = runtime.to_input(images)
+        with runtime.autocast():
             logits = model(x)
         score_parts.append(torch.sigmoid(logits.float()).cpu().numpy())
         idx_parts.append(indices.numpy())
@@ -177,7 +169,7 @@ def predict(model: nn.Module, dataset, *, batch_size: int, num_workers: int, dev
     local = (np.concatenate(idx_parts) if idx_parts else np.zeros(0, dtype=np.int64),
              np.concatenate(score_parts) if score_parts else np.zeros((0, num_classes)), paths)
     parts = du.all_gather_objects(local)
-    skipped = int(du.all_reduce_sum([float(skipped)], device)[0])
+    skipped = int(du.all_reduce_sum([float(skipped)], runtime.device)[0])
     if skipped and du.is_main():
         print(f"warning: {skipped} unreadable images skipped (--skip_bad_images); metrics cover the rest")
     indices = np.concatenate([p[0] for p in parts])

@@ -10,49 +10,51 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import NonFiniteLossError, SeededShardSampler, lr_factor, make_loader, predict, train_one_epoch
-from pipeline.checkpoint import TRAIN_STATE_FORMAT, CheckpointError, safe_load, save_atomic
-from pipeline.dataset import DATASETS, DataError, resolve_dataset_files
-from pipeline.model import PretrainedWeightsError
+from engine import SeededShardSampler, lr_factor, make_loader, predict, train_one_epoch
+from pipeline.dataset import DATASETS, MultiLabelDataset
+from pipeline.errors import CheckpointError
+from pipeline.model import CSRANet
+from pipeline.runtime import resolve_runtime
 from utils import distributed as du
-from utils.fileio import atomic_write
-from utils.cli import AUG_CHOICES, add_data_args, add_model_args, build_dataset, build_model, fill_defaults, norm
-from utils.evaluation import MetricsError, evaluate, format_report
+from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
+                       model_kwargs, new_parser, parse_args, run_main)
+from utils.evaluation import evaluate, format_report
+from utils.fileio import atomic_write, save_torch_atomic
+from utils.train_state import load_train_state, restore_train_state, save_train_state
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "log.jsonl"
-DEMO_SETTINGS = dict(total_epoch=10, warmup_epoch=1, lr=0.05, pretrained="none")
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Train CSRA.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Train CSRA.")
     add_model_args(p)
     add_data_args(p)
-    g = p.add_argument_group("training (paper recipe by default)")
+    add_runtime_args(p)
+    g = p.add_argument_group("training (the paper's recipe by default)")
     g.add_argument("--train_json", default=None, help="train on this prepared JSON instead of the dataset's")
     g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
-    g.add_argument("--pretrained", default=None, choices=["imagenet", "none"],
-                   help="backbone initialisation (default imagenet; none for --dataset demo)")
-    g.add_argument("--lr", type=float, default=None, help="backbone learning rate (default 0.01); the CSRA head "
-                   "uses --head_lr_mult times it")
+    g.add_argument("--pretrained", default="imagenet", choices=["imagenet", "none"],
+                   help="backbone initialisation (--dataset demo: none)")
+    g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate (--dataset demo: 0.05); the "
+                   "CSRA head uses --head_lr_mult times it")
     g.add_argument("--head_lr_mult", type=float, default=10.0, help="CSRA head LR multiplier (GAP head: always 1)")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--w_d", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--warmup_epoch", type=float, default=None, help="linear warm-up epochs (default 2)")
-    g.add_argument("--total_epoch", type=int, default=None, help="epochs (default 30)")
-    g.add_argument("--decay_every", type=int, default=None, help="x0.1 every N epochs (default 4 VOC, 5 COCO/WIDER)")
-    g.add_argument("--print_freq", type=int, default=100, help="progress-bar refresh, in iterations")
+    g.add_argument("--warmup_epoch", type=float, default=2, help="linear warm-up epochs (--dataset demo: 1)")
+    g.add_argument("--total_epoch", type=int, default=30, help="epochs (--dataset demo: 10)")
+    g.add_argument("--decay_every", type=int, default=4, help="x0.1 every N epochs (the dataset's: 4 VOC, "
+                   "5 COCO/WIDER)")
+    g.add_argument("--print_freq", type=int, default=100,
+                   help="refresh the progress bar's loss, LR and speed every N iterations")
     g.add_argument("--train_aug", nargs="+", choices=AUG_CHOICES, default=None,
-                   help="accepted for compatibility with the authors' scripts; the recipe's augmentation is used")
-    g.add_argument("--test_aug", nargs="*", default=None, help="accepted for compatibility; ignored")
+                   help="ignored: accepted so the authors' scripts run; the recipe's augmentation is used")
+    g.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "off"], help="mixed precision on CUDA")
-    g.add_argument("--no_channels_last", action="store_true", help="CUDA: keep NCHW memory format")
     g.add_argument("--ema", type=float, default=None, metavar="DECAY", help="also keep an EMA of the weights")
     g.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and always the last)")
     g.add_argument("--state_every", type=int, default=500,
@@ -60,23 +62,18 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--output_dir", default=None, help="run folder (default checkpoint/<model>)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue an interrupted run: its folder or train_state.pth (default: --output_dir)")
-    args = p.parse_args(argv)
-    if args.dataset == "demo":
-        for k, v in DEMO_SETTINGS.items():
-            if getattr(args, k) is None:
-                setattr(args, k, v)
-    for k, v in dict(lr=0.01, warmup_epoch=2, total_epoch=30, pretrained="imagenet").items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if args.decay_every is None:
-        args.decay_every = DATASETS[args.dataset]["decay_every"]
-    return fill_defaults(args)
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    return parse_args(build_parser(), argv, train=True)
 
 
 def ensure_demo_data(args) -> None:
     if args.dataset != "demo" or args.train_json or args.test_json:
         return
-    train_json, test_json = resolve_dataset_files(args.dataset, None, None)
+    spec = DATASETS[args.dataset]
+    train_json, test_json = spec.train_json, spec.test_json
     if not (os.path.isfile(train_json) and os.path.isfile(test_json)):
         if du.is_main():
             from utils.prepare.prepare_demo import generate_demo
@@ -109,13 +106,6 @@ def param_groups(model, args):
     ]
 
 
-def load_state(path: str) -> dict:
-    state = safe_load(path)
-    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a training-state file written by main.py")
-    return state
-
-
 def truncate_log(path: str, last_epoch: int) -> None:
     """Drop log lines for epochs after the resumed state (written before an interruption)."""
     if not os.path.isfile(path):
@@ -133,16 +123,13 @@ def truncate_log(path: str, last_epoch: int) -> None:
         f.writelines(kept)
 
 
-def evaluate_and_keep_best(candidates, test_set, args, *, epoch: int, best: dict, folder: str,
-                           device: torch.device, amp: str, channels_last: bool):
+def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, best: dict, folder: str):
     """Evaluate each (source, weights); whenever one beats ``best``, those exact weights become
     best.pth. Returns (log fields, updated best, the regular model's report)."""
-    mean, std = norm(args)
     fields, model_report = {}, None
     for source, net in candidates:
-        scores, targets, paths = predict(net, test_set, batch_size=args.batch_size, num_workers=args.num_workers,
-                                         device=device, mean=mean, std=std, amp=amp, channels_last=channels_last,
-                                         desc=f"eval {source}")
+        scores, targets, paths = predict(net, test_set, runtime, batch_size=args.batch_size,
+                                         num_workers=args.num_workers, desc=f"eval {source}")
         report = evaluate(scores, targets, paths=paths)
         prefix = "" if source == "model" else f"{source}_"
         fields.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
@@ -153,7 +140,7 @@ def evaluate_and_keep_best(candidates, test_set, args, *, epoch: int, best: dict
         if report.map > best["mAP"]:
             best = {"mAP": report.map, "epoch": epoch + 1, "source": source}
             if du.is_main():
-                save_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
+                save_torch_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
         if source == "model":
             model_report = report
     return fields, best, model_report
@@ -163,24 +150,20 @@ def train(args) -> dict:
     device = du.init_distributed()
     torch.manual_seed(args.seed)
     ensure_demo_data(args)
-    train_json, test_json = resolve_dataset_files(args.dataset, args.train_json, args.test_json)
-    train_set = build_dataset(train_json, args, train=True)
-    test_set = build_dataset(test_json, args, train=False, require_labels=False)
+    train_json, test_json = dataset_files(args)
+    train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True))
+    args.num_cls = args.num_cls or train_set.num_classes
+    test_set = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
         print(f"note: {test_json} has no labels (e.g. VOC2012 test): training without evaluation; "
               "use val.py --voc_submission on the saved epochs")
-    mean, std = norm(args)
 
-    model = build_model(args, pretrained=args.pretrained, cutmix=args.cutmix).to(device)
-    channels_last = device.type == "cuda" and not args.no_channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    amp = args.amp if device.type == "cuda" else "off"
-    if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        amp = "fp16"
+    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last)
+    model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
+    model = runtime.prepare_model(model)
     optimizer = torch.optim.SGD(param_groups(model, args), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.w_d)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = runtime.grad_scaler()
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
 
     sampler = SeededShardSampler(len(train_set), args.seed, du.rank(), du.world_size())
@@ -193,14 +176,9 @@ def train(args) -> dict:
     if args.resume:
         path = args.resume if args.resume.endswith(".pth") else state_path
         if not os.path.isfile(path):
-            sys.exit(f"error: --resume: no training state at {path}")
-        state = load_state(path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
+            raise CheckpointError(f"--resume: no training state at {path}")
+        state = load_train_state(path)
+        restore_train_state(state, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
         start_epoch, start_iter, best = state["epoch"], state["iter"], state["best"]
         if du.is_main():
             truncate_log(os.path.join(folder, LOG_FILE), start_epoch)
@@ -208,7 +186,7 @@ def train(args) -> dict:
     elif du.is_main():
         os.makedirs(folder, exist_ok=True)
         with atomic_write(os.path.join(folder, "args.json")) as f:
-            json.dump(vars(args), f, indent=1, default=str)
+            json.dump(dict(vars(args), runtime=runtime.describe()), f, indent=1, default=str)
 
     train_model = model
     if du.is_dist():
@@ -217,17 +195,14 @@ def train(args) -> dict:
     loader = make_loader(train_set, args.batch_size, args.num_workers, sampler, device)
 
     def save_state(epoch: int, it: int) -> None:
-        if not du.is_main():
-            return
-        save_atomic({"format": TRAIN_STATE_FORMAT, "version": 1, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "ema": ema.state_dict() if ema is not None else None, "epoch": epoch, "iter": it,
-                     "best": best, "args": {k: str(v) for k, v in vars(args).items()}}, state_path)
+        if du.is_main():
+            save_train_state(state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema, epoch=epoch,
+                             it=it, best=best, args=vars(args))
 
     if du.is_main():
         print(f"training {args.model} + {args.head}"
               f"{f' ({args.num_heads} heads, lam {args.lam})' if args.head == 'csra' else ''} on {len(train_set)} "
-              f"images ({args.dataset}), {du.world_size()} process(es) on {device.type}, amp {amp}; run folder {folder}")
+              f"images ({args.dataset}), {du.world_size()} process(es) on {runtime.describe()}; run folder {folder}")
     last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)
@@ -236,25 +211,20 @@ def train(args) -> dict:
             if args.state_every and it % args.state_every == 0 and it < iters_per_epoch:
                 save_state(epoch, it)
 
-        try:
-            stats = train_one_epoch(train_model, loader, optimizer, epoch=epoch, start_iter=start_iter,
-                                    iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, device=device, mean=mean,
-                                    std=std, amp=amp, scaler=scaler, ema=ema, channels_last=channels_last,
-                                    on_step=on_step, print_freq=args.print_freq)
-        except NonFiniteLossError as e:
-            sys.exit(f"error: {e}")
+        stats = train_one_epoch(train_model, loader, optimizer, runtime, epoch=epoch, start_iter=start_iter,
+                                iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, scaler=scaler, ema=ema,
+                                on_step=on_step, print_freq=args.print_freq)
         start_iter = 0
         entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
                  "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1]}
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
-            fields, best, last_report = evaluate_and_keep_best(
-                candidates, test_set, args, epoch=epoch, best=best, folder=folder, device=device,
-                amp=amp, channels_last=channels_last)
+            fields, best, last_report = evaluate_and_keep_best(candidates, test_set, args, runtime, epoch=epoch,
+                                                               best=best, folder=folder)
             entry.update(fields)
         if du.is_main():
-            save_atomic(model.state_dict(), os.path.join(folder, f"epoch_{epoch + 1}.pth"))
+            save_torch_atomic(model.state_dict(), os.path.join(folder, f"epoch_{epoch + 1}.pth"))
             entry["best_mAP"], entry["best_epoch"], entry["best_source"] = best["mAP"], best["epoch"], best["source"]
             with open(os.path.join(folder, LOG_FILE), "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -269,11 +239,7 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> None:
-    args = get_args(argv)
-    try:
-        train(args)
-    except (DataError, CheckpointError, PretrainedWeightsError, MetricsError) as e:
-        sys.exit(f"error: {e}")
+    run_main(lambda: train(get_args(argv)), interrupted_hint="continue with the same command plus --resume")
 
 
 if __name__ == "__main__":

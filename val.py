@@ -7,51 +7,53 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from engine import predict
-from pipeline.checkpoint import CheckpointError, load_model_weights
-from pipeline.dataset import DataError, resolve_dataset_files
+from pipeline.dataset import MultiLabelDataset
+from pipeline.errors import DataError
+from pipeline.model import load_for_inference
+from pipeline.runtime import resolve_runtime
 from utils import distributed as du
-from utils.cli import add_data_args, add_model_args, build_dataset, build_model, fill_defaults, norm
-from utils.evaluation import MetricsError, evaluate, format_report, report_to_dict
+from utils.cli import (add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs, model_kwargs,
+                       new_parser, parse_args, run_main)
+from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.evaluation.report import save_scores, write_voc_submission
 
 
-def get_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Validate a CSRA checkpoint.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Validate a CSRA checkpoint.")
     add_model_args(p)
     add_data_args(p)
+    add_runtime_args(p)
     p.add_argument("--load_from", required=True, help="checkpoint: authors', model-zoo, DataParallel or ours")
     p.add_argument("--save_scores", default=None, metavar="PATH",
                    help="write per-image scores with their paths and the metrics as JSON")
     p.add_argument("--voc_submission", default=None, metavar="DIR",
                    help="write VOC evaluation-server files comp2_cls_test_<class>.txt into DIR")
-    p.add_argument("--amp", default="off", choices=["bf16", "fp16", "off"], help="mixed precision on CUDA")
-    p.add_argument("--test_aug", nargs="*", default=None, help="accepted for compatibility; ignored")
-    return fill_defaults(p.parse_args(argv))
+    p.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
+    return p
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    return parse_args(build_parser(), argv)
 
 
 def validate(args) -> dict:
     device = du.init_distributed()
-    _, test_json = resolve_dataset_files(args.dataset, None, args.test_json)
+    _, test_json = dataset_files(args)
     writes_only = bool(args.voc_submission or args.save_scores)
-    dataset = build_dataset(test_json, args, train=False, require_labels=not writes_only)
-    model = build_model(args, pretrained="none")  # the checkpoint supplies every weight
-    info = load_model_weights(model, args.load_from)
-    model.set_lam(args.lam)
-    model.to(device)
-    mean, std = norm(args)
-    amp = args.amp if device.type == "cuda" else "off"
+    dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=not writes_only)
+    args.num_cls = args.num_cls or dataset.num_classes
+    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last)
+    model, info = load_for_inference(args.load_from, **model_kwargs(args))
+    model = runtime.prepare_model(model)
     if du.is_main():
         heads = f"{info['num_heads']} heads, lam {args.lam}" if args.head == "csra" else \
             (f"training-free mean + {args.lam} * max" if args.lam else "plain GAP")
         print(f"{args.load_from}: {args.model}, {args.head} head ({heads}), {args.num_cls} classes; "
-              f"{len(dataset)} images from {test_json} on {device.type}")
-    scores, targets, paths = predict(model, dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                        device=device, mean=mean, std=std, amp=amp,
-                                        channels_last=device.type == "cuda")
+              f"{len(dataset)} images from {test_json} on {runtime.describe()}")
+    scores, targets, paths = predict(model, dataset, runtime, batch_size=args.batch_size,
+                                     num_workers=args.num_workers)
     result = {"scores": scores, "paths": paths}
     if du.is_main():
         names = args.class_names
@@ -62,7 +64,7 @@ def validate(args) -> dict:
             metrics = report_to_dict(report, names)
             result["report"] = report
         elif not writes_only:
-            sys.exit(f"error: {test_json} has no labels; pass --voc_submission DIR or --save_scores PATH")
+            raise DataError(f"{test_json} has no labels; pass --voc_submission DIR or --save_scores PATH")
         if args.save_scores:
             save_scores(args.save_scores, paths, scores, targets, names, metrics)
             print(f"wrote {args.save_scores}")
@@ -75,11 +77,7 @@ def validate(args) -> dict:
 
 
 def main(argv=None) -> None:
-    args = get_args(argv)
-    try:
-        validate(args)
-    except (DataError, CheckpointError, MetricsError) as e:
-        sys.exit(f"error: {e}")
+    run_main(lambda: validate(get_args(argv)))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pipeline.dataset import ImageTransform, MultiLabelDataset, to_model_input  # noqa: E402
+from pipeline.dataset import ImageTransform, MultiLabelDataset  # noqa: E402
+from pipeline.runtime import to_model_input  # noqa: E402
 
 
 def make_images(folder: str, n: int, size) -> list:

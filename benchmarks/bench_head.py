@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from pipeline.csra import MHA  # noqa: E402
+from pipeline.csra import MultiHeadCSRA  # noqa: E402
 from pipeline.model import CSRANet  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def median_times(models: dict, x, rounds: int, warmup: int) -> dict:
 class LoopMHA(torch.nn.Module):
     """Plain reference: one CSRA module after another (the authors' way), for the head timing."""
 
-    def __init__(self, mha: MHA):
+    def __init__(self, mha: MultiHeadCSRA):
         super().__init__()
         self.heads = mha.multi_head
 
@@ -91,7 +91,7 @@ def main() -> None:
     feats = torch.randn(batch, 2048, grid, grid, device=a.device)
     print(f"\nthe head alone on a ({batch}, 2048, {grid}, {grid}) feature map (batched heads vs one-by-one loop):")
     for h in (1, 4, 8):
-        mha = MHA(h, 0.1, 2048, a.num_cls).to(a.device).eval()
+        mha = MultiHeadCSRA(h, 0.1, 2048, a.num_cls).to(a.device).eval()
         t = median_times({"batched": mha, "loop": LoopMHA(mha)}, feats, rounds * 5, warmup=2)
         print(f"  H={h}: batched {1000 * t['batched']:.2f} ms, loop {1000 * t['loop']:.2f} ms "
               f"(x{t['loop'] / t['batched']:.2f}); batched head = {100 * t['batched'] / times['GAP']:.2f}% "

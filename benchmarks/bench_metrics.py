@@ -1,5 +1,5 @@
 """Time the vectorised metrics on a COCO-sized problem (40,137 x 80) against a direct per-class
-Python loop written from the SPEC text, in the same run, and check they agree.
+Python loop written from the metric definitions, in the same run, and check they agree.
 
     python benchmarks/bench_metrics.py [--n 40137] [--classes 80]
 """

@@ -1,10 +1,12 @@
 """Reading checkpoints safely, in every layout our users bring, with one-line errors.
 
-Accepted layouts (all converted to the authors' key layout, SPEC section 6):
+Accepted layouts (all converted to the authors' key layout: torchvision's backbone
+keys at the top level, ``classifier.multi_head.<k>.head.weight`` per CSRA head, ``fc.*`` for GAP):
 - the authors' plain state dict (``conv1.weight`` ... ``classifier.multi_head.<k>.head.weight``);
 - the same saved from DataParallel/DDP (every key prefixed ``module.``);
 - the model-zoo toolbox's ``{"state_dict": {"backbone.<key>", "head.csra_heads.<k>.head.weight"}, "meta": ...}``;
-- our own training-state files (``{"format": "csra-train-state", "model": {...}, ...}``).
+- a wrapper dict with the weights under ``"model"``: our training-state files (``utils.train_state``),
+  and the DeiT/MAE convention.
 """
 from __future__ import annotations
 
@@ -15,13 +17,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from utils.fileio import atomic_write
-
-TRAIN_STATE_FORMAT = "csra-train-state"
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or does not fit the model (message is one line)."""
+from pipeline.backbones import BACKBONES, identify
+from pipeline.errors import CheckpointError
 
 
 def safe_load(path: str) -> object:
@@ -55,9 +52,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     """Return a flat state dict in the authors' key layout from any accepted layout."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    if obj.get("format") == TRAIN_STATE_FORMAT or (
-        "model" in obj and isinstance(obj["model"], Mapping)
-    ):
+    if isinstance(obj.get("model"), Mapping):
         sd = obj["model"]
     elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         sd = obj["state_dict"]
@@ -81,38 +76,14 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     return sd
 
 
-_RESNET_BLOCKS = {
-    (False, (2, 2, 2, 2)): "resnet18",
-    (False, (3, 4, 6, 3)): "resnet34",
-    (True, (3, 4, 6, 3)): "resnet50",
-    (True, (3, 4, 23, 3)): "resnet101",
-    (True, (3, 8, 36, 3)): "resnet152",
-}
-_PRETTY = {
-    "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
-    "resnet101": "ResNet-101", "resnet152": "ResNet-152",
-    "vit_B16_224": "ViT-B/16", "vit_L16_224": "ViT-L/16",
-}
+_CSRA_HEAD = re.compile(r"^classifier\.multi_head\.(\d+)\.head\.weight$")
 
 
-def describe(sd: Mapping[str, torch.Tensor]) -> dict:
-    """Infer backbone, head type, head count and class count from a state dict's keys."""
-    info: dict = {"model": None, "head": None, "num_heads": 0, "num_classes": None}
-    if "small_cnn.stem.0.weight" in sd:
-        info["model"] = "small_cnn"
-    elif "conv_proj.weight" in sd:
-        width = sd["conv_proj.weight"].shape[0]
-        info["model"] = {768: "vit_B16_224", 1024: "vit_L16_224"}.get(width, f"ViT width {width}")
-    elif "conv1.weight" in sd:
-        bottleneck = "layer1.0.conv3.weight" in sd
-        blocks = []
-        for layer in range(1, 5):
-            ids = {int(m.group(1)) for k in sd for m in [re.match(rf"layer{layer}\.(\d+)\.", k)] if m}
-            blocks.append(len(ids))
-        info["model"] = _RESNET_BLOCKS.get((bottleneck, tuple(blocks)), f"ResNet with blocks {blocks}")
-    heads = sorted(
-        int(m.group(1)) for k in sd for m in [re.match(r"classifier\.multi_head\.(\d+)\.head\.weight$", k)] if m
-    )
+def describe(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None) -> dict:
+    """Backbone (by comparing keys and shapes with the backbone table), head type, head count
+    and class count of a state dict in the authors' layout."""
+    info: dict = {"model": identify(sd, first=expected_model), "head": None, "num_heads": 0, "num_classes": None}
+    heads = sorted(int(m.group(1)) for k in sd for m in [_CSRA_HEAD.match(k)] if m)
     if heads:
         info["head"] = "csra"
         info["num_heads"] = len(heads)
@@ -124,13 +95,13 @@ def describe(sd: Mapping[str, torch.Tensor]) -> dict:
 
 
 def pretty_model(name: Optional[str]) -> str:
-    return _PRETTY.get(name, name or "unknown model")
+    return BACKBONES[name].display if name in BACKBONES else "backbone this code does not know"
 
 
 def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
     """Raise a one-line CheckpointError naming the first thing that does not match."""
-    info = describe(sd)
-    if info["model"] is not None and info["model"] != model.model_name:
+    info = describe(sd, model.model_name)
+    if info["model"] != model.model_name:
         raise CheckpointError(
             f"{path}: checkpoint is a {pretty_model(info['model'])}, --model is {model.model_name}"
         )
@@ -152,8 +123,8 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
 def load_model_weights(model, path: str) -> dict:
     """Load any accepted checkpoint into ``model`` (strict), returning what was described."""
     sd = to_authors_layout(safe_load(path), path)
-    if model.head_type == "csra":
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    if model.head_type == "csra" and any(_CSRA_HEAD.match(k) for k in sd):
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # e.g. a leftover ImageNet fc
     check_compatible(sd, model, path)
     model.adapt_state_dict(sd)
     own = model.state_dict()
@@ -172,10 +143,4 @@ def load_model_weights(model, path: str) -> dict:
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             )
     model.load_state_dict(sd, strict=True)
-    return describe(sd)
-
-
-def save_atomic(obj: object, path: str) -> None:
-    """torch.save through a temporary file and a rename (see utils.fileio)."""
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
+    return describe(sd, model.model_name)

@@ -5,6 +5,8 @@ import json
 import os
 from typing import List
 
+from pipeline.errors import DataError
+
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -34,18 +36,18 @@ DEMO_CLASSES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 def load_class_names(path: str) -> List[str]:
     """A names file: a JSON list of strings, or plain text with one name per line."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such class-names file")
+        raise DataError(f"{path}: no such class-names file")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if path.endswith(".json"):
         try:
             names = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise DataError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"{path}: expected a JSON list of class-name strings")
+            raise DataError(f"{path}: expected a JSON list of class-name strings")
     else:
         names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{path}: holds no class names")
+        raise DataError(f"{path}: holds no class names")
     return names

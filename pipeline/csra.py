@@ -1,28 +1,25 @@
 """Class-specific residual attention (CSRA) heads and the plain GAP baseline head.
 
-Parameter names follow the authors' released checkpoints (SPEC section 6): a model's
+Parameter names follow the authors' released checkpoints: a model's
 ``classifier.multi_head.<k>.head.weight`` is the (C, d, 1, 1) weight of head k.
+
+The head's arithmetic runs in float32 even under autocast: a softmax over hundreds of locations
+at T up to 7 loses its small weights in bfloat16, and the head costs well under 1% of a forward.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.errors import ConfigError
+
 INF = math.inf
 # The authors' code and checkpoints write T = infinity as 99.
 LEGACY_INF_TEMPERATURE = 99
-
-HEAD_TEMPERATURES: Dict[int, List[float]] = {
-    1: [1.0],
-    2: [1.0, INF],
-    4: [1.0, 2.0, 4.0, INF],
-    6: [1.0, 2.0, 3.0, 4.0, 5.0, INF],
-    8: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, INF],
-}
 
 
 def canonical_temperature(T: float) -> float:
@@ -30,34 +27,86 @@ def canonical_temperature(T: float) -> float:
     T = float(T)
     if T == LEGACY_INF_TEMPERATURE or math.isinf(T):
         return INF
-    if T <= 0:
-        raise ValueError(f"CSRA temperature must be positive, got {T}")
+    if not T > 0:
+        raise ConfigError(f"CSRA temperature must be positive, got {T}")
     return T
+
+
+def check_temperatures(temps: Sequence[float]) -> List[float]:
+    """Canonical temperatures, checked for the rule the pooling relies on: finite ones first,
+    at most one infinite one, and it comes last."""
+    temps = [canonical_temperature(T) for T in temps]
+    n_inf = sum(math.isinf(T) for T in temps)
+    if not temps or n_inf > 1 or (n_inf == 1 and not math.isinf(temps[-1])):
+        raise ConfigError(f"a temperature list needs finite values first and at most one infinity, last "
+                          f"(got {temps})")
+    return temps
+
+
+# The paper's fixed lists (no tuning); checked once, here, where they are built.
+HEAD_TEMPERATURES: Dict[int, List[float]] = {
+    h: check_temperatures(t) for h, t in {
+        1: [1.0],
+        2: [1.0, INF],
+        4: [1.0, 2.0, 4.0, INF],
+        6: [1.0, 2.0, 3.0, 4.0, 5.0, INF],
+        8: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, INF],
+    }.items()
+}
 
 
 def temperatures_for(num_heads: int) -> List[float]:
     if num_heads not in HEAD_TEMPERATURES:
         allowed = ", ".join(str(h) for h in HEAD_TEMPERATURES)
-        raise ValueError(f"--num_heads must be one of {allowed} (got {num_heads})")
+        raise ConfigError(f"--num_heads must be one of {allowed} (got {num_heads})")
     return list(HEAD_TEMPERATURES[num_heads])
 
 
-def _normalised_scores(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """s_ij = m_i . x_j / ||m_i||, for a (K, d, 1, 1) weight; returns (B, K, H, W)."""
-    w = weight.flatten(1)
-    w = w / w.norm(dim=1, keepdim=True)
-    return torch.einsum("kd,bdhw->bkhw", w.to(x.dtype), x)
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _attention_logit(scores: torch.Tensor, T: float) -> torch.Tensor:
-    """a_i = sum_j softmax_j(T s_ij) s_ij over the flattened last dimension."""
+def normalised_scores(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """s_ij = m_i . x_j / ||m_i|| in float32 (or wider), for a (K, d, 1, 1) weight; returns (B, K, h, w)."""
+    with torch.autocast(x.device.type, enabled=False):
+        w = _at_least_fp32(weight.flatten(1))
+        w = w / w.norm(dim=1, keepdim=True)
+        return torch.einsum("kd,bdhw->bkhw", w, x.to(w.dtype))
+
+
+def csra_pool(s: torch.Tensor, finite_T: torch.Tensor, lam: float) -> torch.Tensor:
+    """The CSRA logit, summed over heads: for score maps ``s`` (B, H, C, N) whose first
+    ``len(finite_T)`` heads have those temperatures and any further (last) head T = infinity,
+    sum_k [ mean_j s_kij + lam * a_ki ] with a_ki = sum_j softmax_j(T_k s_kij) s_kij (max_j for infinity).
+    """
+    with torch.autocast(s.device.type, enabled=False):
+        s = _at_least_fp32(s)
+        n = finite_T.numel()
+        base = s.mean(dim=-1).sum(dim=1)
+        part = s[:, :n]
+        att = (torch.softmax(part * finite_T.view(1, -1, 1, 1).to(s.dtype), dim=-1) * part).sum(dim=-1).sum(dim=1)
+        if n < s.shape[1]:
+            att = att + s[:, n:].amax(dim=-1).sum(dim=1)
+        return base + lam * att
+
+
+def attention_maps(s: torch.Tensor, T: float) -> torch.Tensor:
+    """softmax_j(T s_ij) over locations of a (B, C, h, w) score map; for T = infinity the
+    softmax's limit, the one-hot at the arg-max."""
+    B, C, hh, ww = s.shape
+    flat = s.flatten(2)
     if math.isinf(T):
-        return scores.amax(dim=-1)
-    return (torch.softmax(scores * T, dim=-1) * scores).sum(dim=-1)
+        att = F.one_hot(flat.argmax(dim=-1), hh * ww).to(flat.dtype)
+    else:
+        att = torch.softmax(flat * T, dim=-1)
+    return att.view(B, C, hh, ww)
 
 
-class CSRA(nn.Module):
-    """One CSRA head: logit_i = mean_j s_ij + lam * sum_j softmax_j(T s_ij) s_ij."""
+class CSRAHead(nn.Module):
+    """The weights of one CSRA head (a 1x1 convolution without bias) and its temperature.
+
+    Run alone it is a one-head CSRA; inside ``MultiHeadCSRA`` all heads are applied together.
+    """
 
     def __init__(self, in_dim: int, num_classes: int, T: float, lam: float):
         super().__init__()
@@ -65,32 +114,26 @@ class CSRA(nn.Module):
         self.lam = float(lam)
         self.head = nn.Conv2d(in_dim, num_classes, kernel_size=1, bias=False)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return _normalised_scores(x, self.head.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.scores(x).flatten(2)
-        return s.mean(dim=-1) + self.lam * _attention_logit(s, self.T)
+        s = normalised_scores(x, self.head.weight).flatten(2).unsqueeze(1)
+        finite = [] if math.isinf(self.T) else [self.T]
+        return csra_pool(s, torch.tensor(finite, device=s.device), self.lam)
 
 
-class MHA(nn.Module):
-    """Multi-head CSRA: H heads with the fixed temperature list, logits summed.
+class MultiHeadCSRA(nn.Module):
+    """H CSRA heads with the paper's fixed temperature list, all with the same lam; logits summed.
 
-    All heads' classifiers are applied in one batched product; the per-head modules
-    only hold the weights (so the checkpoint layout stays the authors').
+    All heads' classifiers are applied in one batched product; the per-head modules only hold
+    the weights (so the checkpoint layout stays the authors').
     """
 
     def __init__(self, num_heads: int, lam: float, in_dim: int, num_classes: int):
         super().__init__()
         self.temperatures = temperatures_for(num_heads)
-        self.multi_head = nn.ModuleList(
-            [CSRA(in_dim, num_classes, T, lam) for T in self.temperatures]
-        )
+        self.multi_head = nn.ModuleList([CSRAHead(in_dim, num_classes, T, lam) for T in self.temperatures])
         self.num_classes = num_classes
-        # every list puts infinity last: heads [0, n_finite) use softmax, the rest use max
-        self.n_finite = sum(1 for T in self.temperatures if not math.isinf(T))
-        finite = torch.tensor(self.temperatures[:self.n_finite]).view(1, -1, 1, 1)
-        self.register_buffer("finite_temperatures", finite, persistent=False)
+        finite = [T for T in self.temperatures if not math.isinf(T)]
+        self.register_buffer("finite_temperatures", torch.tensor(finite), persistent=False)
 
     @property
     def lam(self) -> float:
@@ -102,43 +145,22 @@ class MHA(nn.Module):
             h.lam = float(value)
 
     def all_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised score maps of every head, (B, H, C, h, w)."""
+        """Normalised score maps of every head, (B, H, C, h, w), float32."""
         weight = torch.cat([h.head.weight for h in self.multi_head], dim=0)
-        s = _normalised_scores(x, weight)
+        s = normalised_scores(x, weight)
         B, _, hh, ww = s.shape
         return s.view(B, len(self.multi_head), self.num_classes, hh, ww)
 
-    def logits_from_scores(self, s: torch.Tensor) -> torch.Tensor:
-        flat = s.flatten(3)  # (B, H, C, HW)
-        base = flat.mean(dim=-1).sum(dim=1)
-        part = flat[:, :self.n_finite]
-        t = self.finite_temperatures.to(flat.dtype)
-        att = (torch.softmax(part * t, dim=-1) * part).sum(dim=-1).sum(dim=1)
-        att = att + flat[:, self.n_finite:].amax(dim=-1).sum(dim=1)
-        return base + self.lam * att
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_scores(self.all_scores(x))
+        return csra_pool(self.all_scores(x).flatten(3), self.finite_temperatures, self.lam)
 
     def forward_with_maps(self, x: torch.Tensor) -> dict:
-        """Logits plus, per head, the score maps and the attention weights softmax(T s).
-
-        For T = infinity the attention is the one-hot at the arg-max (the softmax's limit).
-        """
+        """Logits plus, per head, the score maps and the attention weights softmax(T s)."""
         s = self.all_scores(x)
-        B, H, C, hh, ww = s.shape
-        attention = []
-        for k, T in enumerate(self.temperatures):
-            flat = s[:, k].flatten(2)
-            if math.isinf(T):
-                att = F.one_hot(flat.argmax(dim=-1), hh * ww).to(flat.dtype)
-            else:
-                att = torch.softmax(flat * T, dim=-1)
-            attention.append(att.view(B, C, hh, ww))
         return {
-            "logits": self.logits_from_scores(s),
-            "score_maps": [s[:, k] for k in range(H)],
-            "attention": attention,
+            "logits": csra_pool(s.flatten(3), self.finite_temperatures, self.lam),
+            "score_maps": [s[:, k] for k in range(s.shape[1])],
+            "attention": [attention_maps(s[:, k], T) for k, T in enumerate(self.temperatures)],
             "temperatures": list(self.temperatures),
         }
 
@@ -147,8 +169,8 @@ class GAPHead(nn.Linear):
     """Baseline: global average pooling + linear layer with bias (torchvision's classifier).
 
     It is an ``nn.Linear`` so that a model holding it as ``fc`` has torchvision's keys.
-    With ``spatial_lam > 0`` it applies the training-free rule of paper Table 1:
-    the linear layer at every location, score = mean + lam * max.
+    With ``spatial_lam > 0`` it applies the training-free rule of the paper's Table 1:
+    the linear layer at every location, score = mean + lam * max over locations.
     """
 
     def __init__(self, in_dim: int, num_classes: int, spatial_lam: float = 0.0):
@@ -156,19 +178,22 @@ class GAPHead(nn.Linear):
         self.spatial_lam = float(spatial_lam)
 
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("cd,bdhw->bchw", self.weight.to(x.dtype), x)
-        return y + self.bias.to(x.dtype).view(1, -1, 1, 1)
+        """The linear layer applied at every location, (B, C, h, w), float32."""
+        with torch.autocast(x.device.type, enabled=False):
+            w = _at_least_fp32(self.weight)
+            y = torch.einsum("cd,bdhw->bchw", w, x.to(w.dtype))
+            return y + self.bias.to(w.dtype).view(1, -1, 1, 1)
 
-    @staticmethod
-    def mean_and_max(maps: torch.Tensor):
-        """Per class, the mean and the max of score maps (B, C, h, w) over locations."""
-        flat = maps.flatten(2)
+    def spatial_mean_and_max(self, x: torch.Tensor, maps: torch.Tensor = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per class, the mean and the max over locations of the score maps of features ``x``:
+        the two parts of the training-free score, for any lam."""
+        flat = (self.score_maps(x) if maps is None else maps).flatten(2)
         return flat.mean(dim=-1), flat.amax(dim=-1)
 
-    def _logits(self, x: torch.Tensor, maps: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor, maps: torch.Tensor = None) -> torch.Tensor:
         if self.spatial_lam == 0.0:
             return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
-        y_mean, y_max = self.mean_and_max(self.score_maps(x) if maps is None else maps)
+        y_mean, y_max = self.spatial_mean_and_max(x, maps)
         return y_mean + self.spatial_lam * y_max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,11 +201,9 @@ class GAPHead(nn.Linear):
 
     def forward_with_maps(self, x: torch.Tensor) -> dict:
         maps = self.score_maps(x)
-        flat = maps.flatten(2)
-        one_hot = F.one_hot(flat.argmax(-1), flat.shape[-1]).to(flat.dtype)
         return {
             "logits": self._logits(x, maps),
             "score_maps": [maps],
-            "attention": [one_hot.view_as(maps)],
+            "attention": [attention_maps(maps, INF)],
             "temperatures": [INF],
         }

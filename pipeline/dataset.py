@@ -1,7 +1,8 @@
-"""Multi-label datasets from the prepared JSON files (SPEC section 3), and their transforms.
+"""Multi-label datasets from the prepared JSON files, their transforms, and the table of known datasets.
 
-Workers return uint8 image tensors; conversion to float and normalisation happen on the
-device (``to_model_input``), which moves 4x fewer bytes between processes.
+A prepared file is a JSON list of records ``{"img_path": str, "target": [int] * C}`` (WIDER records
+also carry ``"bbox": [x, y, w, h]``, the person to crop). Workers return uint8 image tensors;
+conversion to float and normalisation happen on the device (``pipeline.runtime.to_model_input``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import math
 import os
 import random
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,25 +20,41 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES
+from pipeline.errors import DataError
 
-# Known datasets: default files and settings (SPEC sections 2 and 3).
-DATASETS = {
-    "voc07": dict(num_cls=20, train_json="data/voc07/trainval_voc07.json", test_json="data/voc07/test_voc07.json",
-                  classes=VOC_CLASSES, decay_every=4, img_size=448, batch_size=16),
-    "voc12": dict(num_cls=20, train_json="data/voc12/trainval_voc12.json", test_json="data/voc12/test_voc12.json",
-                  classes=VOC_CLASSES, decay_every=4, img_size=448, batch_size=16),
-    "coco": dict(num_cls=80, train_json="data/coco/train_coco2014.json", test_json="data/coco/val_coco2014.json",
-                 classes=COCO_CLASSES, decay_every=5, img_size=448, batch_size=16),
-    "wider": dict(num_cls=14, train_json="data/wider/trainval_wider.json", test_json="data/wider/test_wider.json",
-                  classes=WIDER_ATTRIBUTES, decay_every=5, img_size=224, batch_size=64),
-    "demo": dict(num_cls=len(DEMO_CLASSES), train_json="data/demo/train_demo.json",
-                 test_json="data/demo/test_demo.json", classes=DEMO_CLASSES, decay_every=4,
-                 img_size=64, batch_size=32),
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A known dataset's files and the settings the paper's recipe uses for it."""
+    classes: Tuple[str, ...]
+    train_json: str
+    test_json: str
+    img_size: int
+    batch_size: int
+    decay_every: int                   # x0.1 every N epochs
+    crop: bool = True                  # random resized crop in training (WIDER: flip only)
+    model: str = "resnet101"           # default backbone
+    train_overrides: Dict[str, object] = field(default_factory=dict)  # main.py defaults it changes
+
+    @property
+    def num_cls(self) -> int:
+        return len(self.classes)
+
+
+DATASETS: Dict[str, DatasetSpec] = {
+    "voc07": DatasetSpec(tuple(VOC_CLASSES), "data/voc07/trainval_voc07.json", "data/voc07/test_voc07.json",
+                         img_size=448, batch_size=16, decay_every=4),
+    "voc12": DatasetSpec(tuple(VOC_CLASSES), "data/voc12/trainval_voc12.json", "data/voc12/test_voc12.json",
+                         img_size=448, batch_size=16, decay_every=4),
+    "coco": DatasetSpec(tuple(COCO_CLASSES), "data/coco/train_coco2014.json", "data/coco/val_coco2014.json",
+                        img_size=448, batch_size=16, decay_every=5),
+    "wider": DatasetSpec(tuple(WIDER_ATTRIBUTES), "data/wider/trainval_wider.json", "data/wider/test_wider.json",
+                         img_size=224, batch_size=64, decay_every=5, crop=False),
+    # the built-in generated dataset: a small CNN trained from scratch on CPU in a few minutes
+    "demo": DatasetSpec(tuple(DEMO_CLASSES), "data/demo/train_demo.json", "data/demo/test_demo.json",
+                        img_size=64, batch_size=32, decay_every=4, model="small_cnn",
+                        train_overrides=dict(pretrained="none", lr=0.05, total_epoch=10, warmup_epoch=1)),
 }
-
-
-class DataError(Exception):
-    """Bad dataset input; the message names the file and record."""
 
 
 def load_records(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True) -> List[dict]:
@@ -168,19 +186,6 @@ class ImageTransform:
         return pil_to_uint8_tensor(img)
 
 
-def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float on ``device``, scaled to [0, 1] then normalised."""
-    x = images.to(device, non_blocking=True).float().div_(255.0)
-    if any(m != 0.0 for m in mean) or any(s != 1.0 for s in std):
-        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        x = (x - m) / s
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 # --- dataset -----------------------------------------------------------------------------
 class MultiLabelDataset(Dataset):
     """Images, targets and paths from a prepared JSON file.
@@ -259,8 +264,3 @@ def collate_skipping_bad(batch):
     paths = [b[2] for b in kept]
     indices = torch.tensor([b[3] for b in kept], dtype=torch.int64)
     return (images, targets, paths, indices), skipped
-
-
-def resolve_dataset_files(dataset: str, train_json: Optional[str], test_json: Optional[str]) -> Tuple[str, str]:
-    spec = DATASETS.get(dataset, {})
-    return train_json or spec.get("train_json"), test_json or spec.get("test_json")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.csra import CSRA, MHA, GAPHead, canonical_temperature, temperatures_for
+from pipeline.csra import CSRAHead, GAPHead, MultiHeadCSRA, canonical_temperature, temperatures_for
 
 SPEC_TEMPS = {1: [1], 2: [1, math.inf], 4: [1, 2, 4, math.inf], 6: [1, 2, 3, 4, 5, math.inf],
               8: [1, 2, 3, 4, 5, 6, 7, math.inf]}
@@ -32,7 +32,7 @@ def reference_logits(x: np.ndarray, weights, temps, lam) -> np.ndarray:
     return out
 
 
-def head_weights(mha: MHA):
+def head_weights(mha: MultiHeadCSRA):
     return [h.head.weight.detach().double().flatten(1).numpy() for h in mha.multi_head]
 
 
@@ -40,7 +40,7 @@ def head_weights(mha: MHA):
 @pytest.mark.parametrize("lam", [0.0, 0.1, 0.5, 1.0])
 def test_multi_head_matches_loops(num_heads, lam):
     torch.manual_seed(num_heads)
-    mha = MHA(num_heads, lam, in_dim=6, num_classes=3).double()
+    mha = MultiHeadCSRA(num_heads, lam, in_dim=6, num_classes=3).double()
     x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
     got = mha(x).detach().numpy()
     want = reference_logits(x.numpy(), head_weights(mha), SPEC_TEMPS[num_heads], lam)
@@ -51,7 +51,7 @@ def test_multi_head_matches_loops(num_heads, lam):
 @pytest.mark.parametrize("lam", [0.1, 0.3])
 def test_single_head_temperatures(T, lam):
     torch.manual_seed(0)
-    head = CSRA(5, 4, T, lam).double()
+    head = CSRAHead(5, 4, T, lam).double()
     x = torch.randn(3, 5, 2, 3, dtype=torch.float64)
     want = reference_logits(x.numpy(), [head.head.weight.detach().flatten(1).numpy()],
                             [math.inf if T == 99 else T], lam)
@@ -61,7 +61,7 @@ def test_single_head_temperatures(T, lam):
 @pytest.mark.parametrize("size", [(7, 7), (14, 14), (28, 28), (5, 9), (1, 1)])
 def test_any_feature_size_and_batch_one(size):
     torch.manual_seed(1)
-    mha = MHA(4, 0.2, 8, 3).double()
+    mha = MultiHeadCSRA(4, 0.2, 8, 3).double()
     x = torch.randn(1, 8, *size, dtype=torch.float64)
     want = reference_logits(x.numpy(), head_weights(mha), SPEC_TEMPS[4], 0.2) if size[0] * size[1] < 200 else None
     got = mha(x)
@@ -73,15 +73,15 @@ def test_any_feature_size_and_batch_one(size):
 def test_large_temperature_approaches_max():
     torch.manual_seed(2)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    big = CSRA(4, 3, 10000, 1.0).double()
-    inf = CSRA(4, 3, math.inf, 1.0).double()
+    big = CSRAHead(4, 3, 10000, 1.0).double()
+    inf = CSRAHead(4, 3, math.inf, 1.0).double()
     inf.head.weight.data.copy_(big.head.weight.data)
     np.testing.assert_allclose(big(x).detach().numpy(), inf(x).detach().numpy(), atol=1e-3)
 
 
 def test_scaling_class_weight_leaves_logit_unchanged():
     torch.manual_seed(3)
-    mha = MHA(2, 0.3, 6, 4).double()
+    mha = MultiHeadCSRA(2, 0.3, 6, 4).double()
     x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
     before = mha(x).detach().clone()
     mha.multi_head[0].head.weight.data[2] *= 17.5
@@ -91,7 +91,7 @@ def test_scaling_class_weight_leaves_logit_unchanged():
 
 def test_lam_zero_is_mean_of_normalised_scores():
     torch.manual_seed(4)
-    head = CSRA(6, 2, 1, 0.0).double()
+    head = CSRAHead(6, 2, 1, 0.0).double()
     x = torch.randn(1, 6, 2, 2, dtype=torch.float64)
     w = head.head.weight.detach().flatten(1)
     m = w / w.norm(dim=1, keepdim=True)
@@ -102,7 +102,7 @@ def test_lam_zero_is_mean_of_normalised_scores():
 def test_csra_feature_form_equals_logit_form():
     """logit_i = (m_i/|m_i|) . (mean_j x_j + lam * sum_j softmax_j(T s_ij) x_j)."""
     torch.manual_seed(5)
-    head = CSRA(4, 3, 2, 0.4).double()
+    head = CSRAHead(4, 3, 2, 0.4).double()
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     w = head.head.weight.detach().flatten(1)
     m = w / w.norm(dim=1, keepdim=True)
@@ -125,7 +125,7 @@ def test_temperature_lists_and_errors():
 
 def test_maps_come_from_one_pass_and_match_logits():
     torch.manual_seed(6)
-    mha = MHA(4, 0.1, 5, 3).double()
+    mha = MultiHeadCSRA(4, 0.1, 5, 3).double()
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
     out = mha.forward_with_maps(x)
     assert len(out["score_maps"]) == 4 and out["score_maps"][0].shape == (2, 3, 4, 3)

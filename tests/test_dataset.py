@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.dataset import (DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records,
-                              to_model_input)
-from pipeline.model import normalization_for
+from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records
+from pipeline.runtime import normalization_for, to_model_input
 
 
 def write(path, obj):

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from helpers import run_py, tiny_demo
-from pipeline.dataset import ImageTransform, MultiLabelDataset, to_model_input
+from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.runtime import to_model_input
 from pipeline.model import CSRANet
 from utils.evaluation import evaluate
 

@@ -13,7 +13,7 @@ from PIL import Image
 import main as train_main
 from conftest import SHARED_SAMPLES
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.csra import MHA
+from pipeline.csra import MultiHeadCSRA
 from utils.visualize import PANEL_HEIGHT, CAPTION_HEIGHT, class_map, overlay, upsample
 
 
@@ -33,7 +33,7 @@ def demo_args(root, files, *extra, heads="2"):
 
 
 def test_hand_built_corner_gets_the_highest_attention():
-    mha = MHA(2, 0.1, in_dim=3, num_classes=2)
+    mha = MultiHeadCSRA(2, 0.1, in_dim=3, num_classes=2)
     with torch.no_grad():
         for h in mha.multi_head:
             h.head.weight.zero_()
@@ -113,12 +113,12 @@ def test_heatmaps_on_real_voc_images(trained, tmp_path):
 def test_training_curves(trained, tmp_path):
     root, _ = trained
     out = tmp_path / "curves.png"
-    r = run_py("utils/plot_curves.py", str(root / "csra"), str(root / "gap"), "--out", str(out))
+    r = run_py("tools/plot_curves.py", str(root / "csra"), str(root / "gap"), "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
     im = Image.open(out)
     im.load()
     assert im.size == (1500, 400)
-    r = run_py("utils/plot_curves.py", str(tmp_path / "missing"), "--out", str(out))
+    r = run_py("tools/plot_curves.py", str(tmp_path / "missing"), "--out", str(out))
     assert r.returncode == 1 and "no such metrics log" in r.stderr
 
 
@@ -126,7 +126,7 @@ def test_training_free_sweep_table(trained):
     root, files = trained
     common = ["--dataset", "demo", "--test_json", files["test"], "--classes", files["classes"], "--img_size", "32",
               "--num_workers", "0", "--load_from", str(root / "gap" / "best.pth")]
-    r = run_py("utils/training_free_sweep.py", *common, "--lams", "0.02,0.2")
+    r = run_py("tools/training_free_sweep.py", *common, "--lams", "0.02,0.2")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {float(m.group(1)): float(m.group(2)) for m in re.finditer(r"^\s+([0-9.]+)\s+([0-9.]+)\s+[+-]", r.stdout, re.M)}
     assert sorted(rows) == [0.0, 0.02, 0.2]
@@ -134,5 +134,5 @@ def test_training_free_sweep_table(trained):
         v = run_py("val.py", *common, "--head", "gap", "--lam", str(lam))
         assert v.returncode == 0, v.stderr[-2000:]
         assert float(re.search(r"^mAP: ([0-9.]+)", v.stdout, re.M).group(1)) == pytest.approx(rows[lam], abs=0.006)
-    r = run_py("utils/training_free_sweep.py", *common[:-1], str(root / "csra" / "best.pth"))
+    r = run_py("tools/training_free_sweep.py", *common[:-1], str(root / "csra" / "best.pth"))
     assert r.returncode == 1 and "checkpoint has a CSRA head, --head is gap" in r.stderr

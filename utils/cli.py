@@ -1,33 +1,56 @@
-"""Command-line options shared by main.py, val.py, demo.py and the tools, and what they build."""
+"""Command-line options shared by the entry scripts, their defaults, and the one-line error wrapper.
+
+Defaults live in three places, applied in this order, the user's flags last:
+literal values on the ``add_argument`` lines; the dataset's row of ``pipeline.dataset.DATASETS``
+(classes, input size, batch, decay period, default backbone and, for main.py, its training
+overrides); the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and batch 64).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.classes import load_class_names
-from pipeline.dataset import DATASETS, ImageTransform, MultiLabelDataset
-from pipeline.model import MODEL_NAMES, CSRANet, canonical_model_name, normalization_for
+from pipeline.dataset import DATASETS, ImageTransform
+from pipeline.errors import ConfigError, CSRAError
+from pipeline.runtime import AMP_CHOICES
 
 AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' only where there is a literal default; rules for the rest are in the help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def new_parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help=f"backbone: {', '.join(MODEL_NAMES)} (default resnet101; "
-                   "small_cnn for --dataset demo)")
+    g.add_argument("--model", default="resnet101",
+                   help=f"backbone: {', '.join(BACKBONES)} (--dataset demo: small_cnn)")
     g.add_argument("--head", default="csra", choices=["csra", "gap"],
-                   help="csra (default) or gap: the baseline global-average-pooling + linear head")
+                   help="csra, or gap: the baseline global-average-pooling + linear head")
     g.add_argument("--num_heads", type=int, default=1, help="CSRA heads: 1, 2, 4, 6 or 8")
     g.add_argument("--lam", type=float, default=None,
                    help="CSRA residual weight lambda (default 0.1); with --head gap at evaluation, the "
                         "training-free mean + lam * max rule (default 0: plain GAP)")
-    g.add_argument("--num_cls", type=int, default=None, help="number of classes (default: the dataset's)")
-    g.add_argument("--img_size", type=int, default=None, help="input size (default 448; 224 WIDER; 64 demo)")
+    g.add_argument("--num_cls", type=int, default=None,
+                   help="number of classes (default: the --classes file's, else the dataset's, else the JSON's)")
+    g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO, "
+                   "224 WIDER, 64 demo; ViTs 224)")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
                    help="voc07, voc12, coco, wider, or demo (the built-in generated dataset)")
@@ -37,72 +60,107 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="re-root every img_path: replace the folder part before the dataset's own layout")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip missing/corrupt images with a counted warning (default: stop with an error)")
-    g.add_argument("--batch_size", type=int, default=None, help="default 16 (64 for WIDER/ViT, 32 demo)")
-    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading workers")
+    if batch:
+        g.add_argument("--batch_size", type=int, default=16,
+                       help="batch per process (the dataset's: 16 VOC/COCO, 64 WIDER, 32 demo; ViTs 64)")
+    if workers:
+        g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
+                       help="data-loading worker processes")
 
 
-def fill_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill options the user left unset from the dataset's defaults, and check --num_cls."""
-    spec = DATASETS[args.dataset]
-    demo = args.dataset == "demo"
-    if args.model is None:
-        args.model = "small_cnn" if demo else "resnet101"
-    try:
-        args.model = canonical_model_name(args.model)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    vit = args.model.startswith("vit")
-    if args.img_size is None:
-        args.img_size = 224 if vit else spec["img_size"]
-    if args.batch_size is None:
-        args.batch_size = 64 if vit else spec["batch_size"]
+def add_runtime_args(p: argparse.ArgumentParser, amp_default: str = "auto") -> None:
+    g = p.add_argument_group("runtime")
+    g.add_argument("--amp", default=amp_default, choices=list(AMP_CHOICES),
+                   help="mixed precision: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU")
+    g.add_argument("--no_channels_last", action="store_true", help="CUDA: keep the NCHW memory format")
+
+
+def _pre_parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset", default="voc07")
+    pre.add_argument("--model", default=None)
+    known, _ = pre.parse_known_args(argv)
+    return known
+
+
+def parse_args(p: argparse.ArgumentParser, argv: Optional[List[str]] = None, train: bool = False) -> argparse.Namespace:
+    """Parse with the dataset's and backbone's defaults in force (also in --help), then fill the
+    options whose default depends on other options (--lam, --num_cls, class names)."""
+    pre = _pre_parse(argv)
+    spec = DATASETS.get(pre.dataset)
+    if spec is not None:
+        defaults = dict(model=spec.model, img_size=spec.img_size, batch_size=spec.batch_size,
+                        decay_every=spec.decay_every)
+        if train:
+            defaults.update(spec.train_overrides)
+        try:
+            backbone = get_backbone(pre.model or spec.model)
+        except ConfigError:
+            backbone = None  # reported after parsing, with the other checks
+        if backbone is not None and backbone.img_size:
+            defaults.update(img_size=backbone.img_size, batch_size=backbone.batch_size)
+        known = {a.dest for a in p._actions}
+        p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+    return resolve(p.parse_args(argv))
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Canonical model name, lam by head, class names and their count; ConfigError when they disagree."""
+    args.model = get_backbone(args.model).name
     if args.lam is None:
         args.lam = 0.0 if args.head == "gap" else 0.1
+    spec = DATASETS[args.dataset]
     class_file = getattr(args, "classes", None)
-    names: Optional[List[str]] = None
-    if class_file:
-        try:
-            names = load_class_names(class_file)
-        except (OSError, ValueError) as e:
-            sys.exit(f"error: --classes {e}")
+    names: Optional[List[str]] = load_class_names(class_file) if class_file else None
     custom_files = getattr(args, "test_json", None) or getattr(args, "train_json", None)
     if names is None and not custom_files:
-        names = list(spec["classes"])
-    if args.num_cls is None:
-        args.num_cls = len(names) if names is not None else spec["num_cls"]
-        if names is None and custom_files:
-            args.num_cls = None  # taken from the JSON's first record
+        names = list(spec.classes)
+    if args.num_cls is None and names is not None:
+        args.num_cls = len(names)
+    elif args.num_cls is None and not custom_files:
+        args.num_cls = spec.num_cls  # else taken from the JSON's first record
     if names is not None and args.num_cls is not None and len(names) != args.num_cls:
-        sys.exit(f"error: --num_cls is {args.num_cls} but the class names "
-                 f"({class_file or args.dataset}) list {len(names)} classes")
+        raise ConfigError(f"--num_cls is {args.num_cls} but the class names "
+                          f"({class_file or args.dataset}) list {len(names)} classes")
     args.class_names = names
     return args
 
 
-def build_model(args: argparse.Namespace, pretrained: str = "none", cutmix: Optional[str] = None) -> CSRANet:
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """The model options as keyword arguments of ``CSRANet`` / ``load_for_inference``."""
+    return dict(model_name=args.model, num_classes=args.num_cls, head=args.head, num_heads=args.num_heads,
+                lam=args.lam, img_size=args.img_size)
+
+
+def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
+    """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
+    transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop)
+    return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
+                skip_bad_images=args.skip_bad_images)
+
+
+def dataset_files(args: argparse.Namespace):
+    """(train JSON, test JSON): the flags', else the dataset's."""
+    spec = DATASETS[args.dataset]
+    return getattr(args, "train_json", None) or spec.train_json, getattr(args, "test_json", None) or spec.test_json
+
+
+def _worker_message(e: BaseException) -> str:
+    """The one line of an error re-raised from a DataLoader worker (its message holds the worker's traceback)."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+    return last.split(": ", 1)[1] if ": " in last else last
+
+
+def run_main(main: Callable[[], object], interrupted_hint: str = "") -> None:
+    """Run an entry script's main: every CSRAError (also from a DataLoader worker) becomes
+    'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted' and exit 130."""
     try:
-        return CSRANet(args.model, args.num_cls, head=args.head, num_heads=args.num_heads, lam=args.lam,
-                       img_size=args.img_size, pretrained=pretrained, cutmix=cutmix)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-
-
-def test_transform(args) -> ImageTransform:
-    return ImageTransform(args.img_size, train=False)
-
-
-def train_transform(args) -> ImageTransform:
-    return ImageTransform(args.img_size, train=True, crop=args.dataset != "wider")
-
-
-def build_dataset(json_path: str, args, train: bool, require_labels: bool = True) -> MultiLabelDataset:
-    ds = MultiLabelDataset(json_path, train_transform(args) if train else test_transform(args),
-                           num_classes=args.num_cls, data_root=args.data_root,
-                           skip_bad_images=args.skip_bad_images, require_labels=require_labels)
-    if args.num_cls is None:
-        args.num_cls = ds.num_classes
-    return ds
-
-
-def norm(args):
-    return normalization_for(args.model)
+        main()
+    except CSRAError as e:
+        sys.exit(f"error: {_worker_message(e)}")
+    except KeyboardInterrupt:
+        print("interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
+        sys.exit(130)

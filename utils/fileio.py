@@ -26,3 +26,11 @@ def atomic_write(path: str, mode: str = "w"):
 def write_json_atomic(obj: object, path: str) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f)
+
+
+def save_torch_atomic(obj: object, path: str) -> None:
+    """torch.save through a temporary file and a rename."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)

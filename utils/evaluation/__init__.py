@@ -1,3 +1,3 @@
-"""Metrics of SPEC section 4 and their printed report."""
+"""The paper's metrics and their printed report."""
 from utils.evaluation.metrics import MetricsError, Report, evaluate  # noqa: F401
 from utils.evaluation.report import format_report, report_to_dict  # noqa: F401

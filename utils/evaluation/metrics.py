@@ -1,4 +1,4 @@
-"""The paper's metrics (SPEC section 4), vectorised over classes with numpy.
+"""The paper's metrics on sigmoid scores (mAP, CP/CR/CF1, OP/OR/OF1, top-3), vectorised with numpy.
 
 Label conventions, per entry of the target matrix:
 - ``1`` positive. ``-1`` negative.
@@ -17,11 +17,13 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pipeline.errors import CSRAError
+
 IGNORE = 99
 
 
-class MetricsError(ValueError):
-    pass
+class MetricsError(CSRAError, ValueError):
+    """Scores that cannot be evaluated (shapes, NaN)."""
 
 
 @dataclass

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import List, Sequence
 
+from pipeline.errors import CSRAError
+from utils.cli import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
 from utils.fileio import write_json_atomic
 
 
-class PrepareError(Exception):
+class PrepareError(CSRAError):
     """Bad raw dataset input; the message names the file."""
 
 
@@ -42,11 +43,3 @@ def write_split(path: str, records: List[dict], class_names: Sequence[str], quie
     if not quiet:
         print(summarize(path, records, class_names))
     return path
-
-
-def run_main(main) -> None:
-    """Run a script's main(), turning PrepareError into a one-line message and exit code 1."""
-    try:
-        main()
-    except PrepareError as e:
-        sys.exit(f"error: {e}")

@@ -1,4 +1,4 @@
-"""Prepare MS-COCO JSON files (SPEC section 3) with pycocotools.
+"""Prepare MS-COCO JSON files with pycocotools: 80 classes in category-id order.
 
     python utils/prepare/prepare_coco.py --data_path Dataset/COCO2014 [--year 2014|2017] [--keep_empty]
 

@@ -64,10 +64,7 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
     require_dir(img_dir)
     labels = read_labels(labels_path)
     if classes_path:
-        try:
-            classes = load_class_names(classes_path)
-        except (OSError, ValueError) as e:
-            raise PrepareError(str(e)) from None
+        classes = load_class_names(classes_path)
     else:
         classes = sorted({x for ls in labels.values() for x in ls})
     if not classes:

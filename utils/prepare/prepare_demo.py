@@ -2,7 +2,7 @@
 
 Each image holds 1-4 objects drawn from six shape classes, in random colours, at random
 places and sizes (small relative to the image: the case where CSRA helps most).
-Deterministic from --seed. Writes JPEGs plus train/test JSON in the SPEC section 3 format.
+Deterministic from --seed. Writes JPEGs plus train/test JSON in the prepared-record format (img_path, target).
 
     python utils/prepare/prepare_demo.py [--out_dir data/demo] [--num_train 2000] [--num_test 500]
 """

@@ -1,4 +1,4 @@
-"""Prepare PASCAL VOC2007 / VOC2012 JSON files (SPEC section 3).
+"""Prepare PASCAL VOC2007 / VOC2012 JSON files: 1 present, 0 difficult only, -1 absent (trainval made binary).
 
     python utils/prepare/prepare_voc.py --data_path Dataset/VOCdevkit [--year 2007|2012] [--out_dir data/voc07]
 

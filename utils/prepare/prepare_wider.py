@@ -1,4 +1,4 @@
-"""Prepare WIDER-Attribute JSON files (SPEC section 3): one record per annotated person.
+"""Prepare WIDER-Attribute JSON files: one record per annotated person (1 -> 1; -1 -> 0; unspecified 0 -> 0 in trainval, 99 in test).
 
     python utils/prepare/prepare_wider.py --data_path Dataset/WIDER_ATTRIBUTE [--out_dir data/wider]
 

@@ -1,6 +1,6 @@
 """Draw training curves (loss, learning rate, test mAP per epoch) from runs' log.jsonl files.
 
-    python utils/plot_curves.py checkpoint/resnet101 checkpoint/resnet101_2 --out curves.png
+    python tools/plot_curves.py checkpoint/resnet101 checkpoint/resnet101_2 --out curves.png
 """
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ import os
 import sys
 from typing import Dict, List
 
-import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.errors import DataError  # noqa: E402
+from utils.cli import run_main  # noqa: E402
 
 
 def read_log(run: str) -> List[Dict]:
     path = os.path.join(run, "log.jsonl") if os.path.isdir(run) else run
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such metrics log")
+        raise DataError(f"{path}: no such metrics log")
     entries = []
     with open(path) as f:
         for n, line in enumerate(f, start=1):
@@ -27,9 +32,9 @@ def read_log(run: str) -> List[Dict]:
                 try:
                     entries.append(json.loads(line))
                 except json.JSONDecodeError:
-                    raise ValueError(f"{path}: line {n} is not JSON") from None
+                    raise DataError(f"{path}: line {n} is not JSON") from None
     if not entries:
-        raise ValueError(f"{path}: empty log")
+        raise DataError(f"{path}: empty log")
     return entries
 
 
@@ -71,11 +76,8 @@ def main(argv=None) -> None:
     labels = a.labels.split(",") if a.labels else None
     if labels and len(labels) != len(a.runs):
         p.error(f"--labels has {len(labels)} names for {len(a.runs)} runs")
-    try:
-        print(f"wrote {plot(a.runs, a.out, labels)}")
-    except (OSError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    print(f"wrote {plot(a.runs, a.out, labels)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

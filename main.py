@@ -18,7 +18,7 @@ from engine import SeededShardSampler, lr_factor, make_loader, predict, train_on
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError
 from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime
+from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
                        model_kwargs, new_parser, parse_args, run_main)
@@ -159,6 +159,8 @@ def train(args) -> dict:
               "use val.py --voc_submission on the saved epochs")
 
     runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last)
+    if runtime_warning(runtime) and du.is_main():
+        print(runtime_warning(runtime))
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
     model = runtime.prepare_model(model)
     optimizer = torch.optim.SGD(param_groups(model, args), lr=args.lr, momentum=args.momentum,
@@ -186,7 +188,7 @@ def train(args) -> dict:
     elif du.is_main():
         os.makedirs(folder, exist_ok=True)
         with atomic_write(os.path.join(folder, "args.json")) as f:
-            json.dump(dict(vars(args), runtime=runtime.describe()), f, indent=1, default=str)
+            json.dump(dict(vars(args), runtime=runtime.as_dict()), f, indent=1, default=str)
 
     train_model = model
     if du.is_dist():
@@ -216,7 +218,8 @@ def train(args) -> dict:
                                 on_step=on_step, print_freq=args.print_freq)
         start_iter = 0
         entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
-                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1]}
+                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "amp": runtime.amp,
+                 "channels_last": runtime.channels_last}
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])

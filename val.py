@@ -12,7 +12,7 @@ from engine import predict
 from pipeline.dataset import MultiLabelDataset
 from pipeline.errors import DataError
 from pipeline.model import load_for_inference
-from pipeline.runtime import resolve_runtime
+from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs, model_kwargs,
                        new_parser, parse_args, run_main)
@@ -48,6 +48,8 @@ def validate(args) -> dict:
     model, info = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
     if du.is_main():
+        if runtime_warning(runtime):
+            print(runtime_warning(runtime))
         heads = f"{info['num_heads']} heads, lam {args.lam}" if args.head == "csra" else \
             (f"training-free mean + {args.lam} * max" if args.lam else "plain GAP")
         print(f"{args.load_from}: {args.model}, {args.head} head ({heads}), {args.num_cls} classes; "

@@ -48,6 +48,9 @@ class Runtime:
     def describe(self) -> str:
         return f"{self.device.type}, amp {self.amp}, {'channels-last' if self.channels_last else 'NCHW'}"
 
+    def as_dict(self) -> dict:
+        return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last}
+
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,
                    channels_last: bool = False) -> torch.Tensor:
@@ -63,19 +66,48 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return x
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 / AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_runtime(device: torch.device, model_name: str, amp: str = "auto",
                     channels_last: bool = True) -> Runtime:
-    """The one place that decides precision and memory format for a device and backbone."""
+    """The one place that decides precision and memory format for a device and backbone.
+
+    ``auto``: on CUDA bf16 where the GPU supports it, else fp16 (with loss scaling); on CPU bf16
+    where the CPU computes it natively, else off. An explicit choice is honoured on any device
+    that can run it. Channels-last is used where it pays (CUDA; CPUs with native bf16) unless
+    ``channels_last`` is False (--no_channels_last).
+    """
     if amp not in AMP_CHOICES:
         raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)} (got {amp!r})")
     spec = get_backbone(model_name)
-    if device.type != "cuda":  # CPU runs in float32 NCHW
-        amp, channels_last = "off", False
-    elif amp == "auto":
-        amp = "bf16"
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        amp = "fp16"
-    return Runtime(device, amp, channels_last, tuple(spec.mean), tuple(spec.std))
+    cuda = device.type == "cuda"
+    if cuda:
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        if amp == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=True):
+            raise ConfigError(f"--amp bf16: {torch.cuda.get_device_name(device)} cannot compute bfloat16; "
+                              "use --amp fp16 or --amp auto")
+    elif device.type == "cpu":
+        native_bf16 = cpu_has_native_bf16()
+    else:
+        raise ConfigError(f"device {device.type} is not supported; CUDA or CPU")
+    if amp == "auto":
+        amp = "bf16" if native_bf16 else ("fp16" if cuda else "off")
+    return Runtime(device, amp, channels_last and (cuda or native_bf16), tuple(spec.mean), tuple(spec.std))
+
+
+def runtime_warning(runtime: Runtime) -> str:
+    """A note for choices that run but slowly on this machine ('' if none)."""
+    if runtime.device.type == "cpu" and runtime.amp == "fp16":
+        return "note: --amp fp16 on CPU runs, but much slower than bf16 or off"
+    if runtime.device.type == "cpu" and runtime.amp == "bf16" and not cpu_has_native_bf16():
+        return "note: this CPU has no native bfloat16; --amp bf16 is emulated and slow (--amp off is faster)"
+    return ""
 
 
 def normalization_for(model_name: str) -> Tuple[Sequence[float], Sequence[float]]:

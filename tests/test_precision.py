@@ -1,0 +1,114 @@
+"""Every precision runs, and is tested, on CPU: the head's float32 islands under autocast, training
+steps and evaluation in off / bf16 / fp16, and the runtime decision."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import main as train_main
+from engine import predict, train_step
+from helpers import tiny_demo, train_argv
+from pipeline.csra import MultiHeadCSRA
+from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.errors import ConfigError
+from pipeline.model import CSRANet
+from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
+from test_csra_head import SPEC_TEMPS, head_weights, reference_logits
+
+CPU = torch.device("cpu")
+
+
+def runtime(amp, channels_last=False):
+    return Runtime(CPU, amp, channels_last, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4, 6, 8])
+def test_head_under_bf16_autocast_matches_float64(num_heads):
+    """Features arrive in bf16 (the backbone ran under autocast); normalisation, the softmax over
+    784 locations at T up to 7 and the sums must still be float32: within 1e-4 of float64."""
+    torch.manual_seed(num_heads)
+    head = MultiHeadCSRA(num_heads, 0.5, in_dim=16, num_classes=3)
+    x = (torch.randn(2, 16, 28, 28) * 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(x)
+        out = head.forward_with_maps(x)
+    assert got.dtype == torch.float32
+    want = reference_logits(x.double().numpy(), head_weights(head), SPEC_TEMPS[num_heads], 0.5)
+    np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-4, rtol=0)
+    for att in out["attention"]:
+        assert att.dtype == torch.float32
+        np.testing.assert_allclose(att.sum(dim=(2, 3)).detach().numpy(), 1.0, atol=1e-6)
+
+
+def test_bf16_softmax_would_lose_the_small_weights():
+    """Why the float32 island exists: the same softmax in bf16 is off by far more than 1e-4."""
+    torch.manual_seed(0)
+    s = torch.randn(2, 3, 784) * 3
+    exact = (torch.softmax(7 * s.double(), -1) * s.double()).sum(-1)
+    sb = s.bfloat16()
+    lossy = (torch.softmax(7 * sb, -1) * sb).sum(-1).double()
+    assert (lossy - exact).abs().max() > 1e-3
+
+
+def _batch(n=8, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    targets = (torch.rand(n, 6, generator=g) > 0.5).long()
+    images[targets[:, 0] == 1, 0] = 255  # something learnable
+    return images, targets
+
+
+@pytest.mark.parametrize("amp,channels_last", [("off", False), ("bf16", True), ("bf16", False), ("fp16", False)])
+def test_training_steps_in_every_precision(amp, channels_last):
+    torch.manual_seed(0)
+    rt = runtime(amp, channels_last)
+    model = rt.prepare_model(CSRANet("small_cnn", 6, img_size=32, pretrained="none"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = rt.grad_scaler()
+    assert scaler.is_enabled() == (amp == "fp16")
+    criterion = torch.nn.BCEWithLogitsLoss()
+    images, targets = _batch()
+    losses = [train_step(model.train(), criterion, opt, images, targets, rt, scaler) for _ in range(8)]
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert "classifier.multi_head.0.head.weight" in changed and "small_cnn.stem.0.weight" in changed
+
+
+@pytest.mark.parametrize("amp,tol", [("bf16", 0.03), ("fp16", 0.005)])
+def test_evaluation_scores_close_to_float32(tmp_path, amp, tol):
+    files = tiny_demo(tmp_path / "data", num_train=8, num_test=16)
+    ds = MultiLabelDataset(files["test"], ImageTransform(32, train=False))
+    torch.manual_seed(1)
+    model = CSRANet("small_cnn", 6, img_size=32, pretrained="none").eval()
+    ref, _, _ = predict(model, ds, runtime("off"), batch_size=8, num_workers=0)
+    got, _, _ = predict(model, ds, runtime(amp, amp == "bf16"), batch_size=8, num_workers=0)
+    assert np.abs(got - ref).max() < tol
+    assert np.abs(got - ref).max() > 0  # it did run in lower precision
+
+
+def test_fp16_training_end_to_end_with_scaler_state(tmp_path):
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    out = tmp_path / "run"
+    train_main.main(train_argv(files, out, "--total_epoch", "1", "--amp", "fp16"))
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["scaler"] and state["scaler"]["scale"] > 0
+    import json
+    args = json.load(open(out / "args.json"))
+    assert args["runtime"]["amp"] == "fp16"
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[0])["amp"] == "fp16"
+
+
+def test_runtime_decision():
+    auto = resolve_runtime(CPU, "resnet50", "auto")
+    assert auto.amp == ("bf16" if cpu_has_native_bf16() else "off")
+    assert auto.channels_last == cpu_has_native_bf16()
+    assert not resolve_runtime(CPU, "resnet50", "auto", channels_last=False).channels_last
+    for amp in ("off", "bf16", "fp16"):
+        assert resolve_runtime(CPU, "resnet50", amp).amp == amp  # explicit choices are honoured
+    vit = resolve_runtime(CPU, "vit_B16_224", "off")
+    assert (vit.mean, vit.std) == ((0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="--amp"):
+        resolve_runtime(CPU, "resnet50", "fp8")

@@ -3,7 +3,7 @@
 Parameter names follow the authors' released checkpoints: a model's
 ``classifier.multi_head.<k>.head.weight`` is the (C, d, 1, 1) weight of head k.
 
-The head's arithmetic runs in float32 even under autocast: a softmax over hundreds of locations
+The heads' arithmetic (CSRA and GAP) runs in float32 even under autocast: a softmax over hundreds of locations
 at T up to 7 loses its small weights in bfloat16, and the head costs well under 1% of a forward.
 """
 from __future__ import annotations
@@ -192,7 +192,9 @@ class GAPHead(nn.Linear):
 
     def _logits(self, x: torch.Tensor, maps: torch.Tensor = None) -> torch.Tensor:
         if self.spatial_lam == 0.0:
-            return F.linear(x.mean(dim=(2, 3)), self.weight, self.bias)
+            with torch.autocast(x.device.type, enabled=False):
+                w = _at_least_fp32(self.weight)
+                return F.linear(x.to(w.dtype).mean(dim=(2, 3)), w, self.bias.to(w.dtype))
         y_mean, y_max = self.spatial_mean_and_max(x, maps)
         return y_mean + self.spatial_lam * y_max
 

@@ -53,12 +53,19 @@ DATASETS: Dict[str, DatasetSpec] = {
     # the built-in generated dataset: a small CNN trained from scratch on CPU in a few minutes
     "demo": DatasetSpec(tuple(DEMO_CLASSES), "data/demo/train_demo.json", "data/demo/test_demo.json",
                         img_size=64, batch_size=32, decay_every=4, model="small_cnn",
-                        train_overrides=dict(pretrained="none", lr=0.05, total_epoch=10, warmup_epoch=1)),
+                        train_overrides=dict(pretrained="none", lr=0.05, total_epoch=10, warmup_epoch=1,
+                                             num_workers=0, cache_images=True)),
 }
 
 
-def load_records(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True) -> List[dict]:
-    """Read and validate a prepared JSON file: a list of {"img_path", "target"[, "bbox"]}."""
+TRAIN_LABELS = (0, 1)
+TEST_LABELS = (-1, 0, 1, 99)  # -1 absent, 0 negative (VOC: difficult), 1 present, 99 unspecified (WIDER)
+
+
+def load_records(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True,
+                 allowed_labels: Tuple[int, ...] = TEST_LABELS) -> List[dict]:
+    """Read and validate a prepared JSON file: a list of {"img_path", "target"[, "bbox"]}.
+    Training files hold 0/1 targets; test files may also hold -1 (VOC absent) and 99 (WIDER unspecified)."""
     if not os.path.isfile(json_path):
         raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
     try:
@@ -85,6 +92,10 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
             t = r["target"]
             if not isinstance(t, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in t):
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): target must be a list of integers")
+            bad = next((j for j, v in enumerate(t) if v not in allowed_labels), None)
+            if bad is not None:
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}): class {bad} has label {t[bad]}; "
+                                f"this file may hold {', '.join(map(str, allowed_labels))}")
             if expected_len is None:
                 expected_len, expected_from = len(t), "record 0 has"
             elif len(t) != expected_len:
@@ -192,12 +203,16 @@ class MultiLabelDataset(Dataset):
 
     An index may be an int or ``(index, seed)``: with a seed the random augmentation is a
     function of the seed alone, which makes training reproducible and exactly resumable.
+    With ``cache_images`` each image is decoded once and kept in memory by the process that
+    loads it (meant for small datasets with ``--num_workers 0``, such as the demo).
     """
 
     def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
-                 data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True):
+                 data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True,
+                 cache_images: bool = False):
         self.json_path = json_path
-        self.records = load_records(json_path, num_classes, require_labels)
+        self.records = load_records(json_path, num_classes, require_labels,
+                                    TRAIN_LABELS if transform.train else TEST_LABELS)
         if data_root:
             self.records = reroot(self.records, data_root, json_path)
         else:
@@ -206,14 +221,23 @@ class MultiLabelDataset(Dataset):
         self.num_classes = num_classes or (len(self.records[0]["target"]) if self.has_labels else None)
         self.transform = transform
         self.skip_bad_images = skip_bad_images
+        self._cache: Optional[Dict[int, Image.Image]] = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def targets(self) -> np.ndarray:
-        return np.array([r["target"] for r in self.records], dtype=np.int64)
+        """(N, C) int8 (the label values are checked on loading to fit)."""
+        return np.array([r["target"] for r in self.records], dtype=np.int8)
 
     def load_image(self, idx: int) -> Image.Image:
+        if self._cache is None:
+            return self._decode(idx)
+        if idx not in self._cache:
+            self._cache[idx] = self._decode(idx)
+        return self._cache[idx]
+
+    def _decode(self, idx: int) -> Image.Image:
         rec = self.records[idx]
         path = rec["img_path"]
         try:

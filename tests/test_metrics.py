@@ -73,6 +73,54 @@ def test_vectorised_equals_loops(kind, seed):
         assert rep.top3[k] == pytest.approx(v, abs=1e-9), k
 
 
+def tie_block_ap(scores, targets, voc):
+    """AP with ties as one block, brute force: for each positive with score s, precision =
+    #positives with score >= s / #(positives and negatives) with score >= s."""
+    aps = []
+    for c in range(scores.shape[1]):
+        t, s = targets[:, c], scores[:, c]
+        counted = (t != 99) & ~(voc & (t == 0))
+        precisions = []
+        for i in np.flatnonzero(t == 1):
+            ge = counted & (s >= s[i])
+            precisions.append((ge & (t == 1)).sum() / ge.sum())
+        aps.append(np.mean(precisions) if precisions else np.nan)
+    return aps
+
+
+@pytest.mark.parametrize("kind", ["voc", "wider", "binary"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_heavily_tied_scores(kind, seed):
+    """Scores on a grid of 6 values: most entries tie. AP by the block rule (and scikit-learn on
+    binary data), top-3 by a stable descending sort (lower class index first among ties)."""
+    rng = np.random.default_rng(seed)
+    n, C = 150, 9
+    scores = rng.integers(0, 6, size=(n, C)) / 5.0
+    targets = {"voc": rng.choice([1, 0, -1], size=(n, C), p=[0.3, 0.1, 0.6]),
+               "wider": rng.choice([1, 0, 99], size=(n, C), p=[0.3, 0.5, 0.2]),
+               "binary": rng.choice([1, 0], size=(n, C), p=[0.3, 0.7])}[kind]
+    voc = kind == "voc"
+    rep = evaluate(scores, targets)
+    np.testing.assert_allclose(rep.ap, tie_block_ap(scores, targets, voc), atol=1e-12)
+    if kind == "binary":
+        want = [average_precision_score(targets[:, c], scores[:, c]) for c in range(C)]
+        np.testing.assert_allclose(rep.ap, want, atol=1e-12)
+    for k, v in loop_pr(scores, targets, voc, keep=3).items():
+        assert rep.top3[k] == pytest.approx(v, abs=1e-9), k
+    shuffled = rng.permutation(n)
+    np.testing.assert_allclose(evaluate(scores[shuffled], targets[shuffled]).ap, rep.ap, atol=1e-12)
+
+
+def test_float32_scores_and_int8_targets_give_the_float64_results():
+    rng = np.random.default_rng(3)
+    scores = rng.random((200, 6)).astype(np.float32)
+    targets = rng.choice([1, 0, -1], size=(200, 6), p=[0.3, 0.1, 0.6])
+    a = evaluate(scores, targets)
+    b = evaluate(scores.astype(np.float64), targets.astype(np.int8))
+    np.testing.assert_array_equal(a.ap, b.ap)
+    assert a.overall == b.overall and a.top3 == b.top3
+
+
 def test_ap_matches_sklearn_on_tie_free_data():
     rng = np.random.default_rng(5)
     scores = rng.random((300, 10))

@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
 
 
 def common(files, ckpt):
-    return ["val.py", "--model", "resnet18", "--num_heads", "2", "--lam", "0.3", "--dataset", "demo",
+    # float32 (--amp off): the tests compare with scores computed here in float32; bf16 is tested apart
+    return ["val.py", "--amp", "off", "--model", "resnet18", "--num_heads", "2", "--lam", "0.3", "--dataset", "demo",
             "--test_json", files["test"], "--classes", files["classes"], "--img_size", "64", "--num_workers", "0",
             "--load_from", str(ckpt)]
 

@@ -65,7 +65,10 @@ def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool 
                        help="batch per process (the dataset's: 16 VOC/COCO, 64 WIDER, 32 demo; ViTs 64)")
     if workers:
         g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                       help="data-loading worker processes")
+                       help="data-loading worker processes (--dataset demo: 0)")
+    g.add_argument("--cache_images", action="store_true",
+                   help="decode each image once and keep it in memory (small datasets, with --num_workers 0; "
+                        "--dataset demo: on)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, amp_default: str = "auto") -> None:
@@ -136,7 +139,7 @@ def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
     """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
     transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop)
     return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
-                skip_bad_images=args.skip_bad_images)
+                skip_bad_images=args.skip_bad_images, cache_images=getattr(args, "cache_images", False))
 
 
 def dataset_files(args: argparse.Namespace):

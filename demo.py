@@ -15,14 +15,15 @@ import sys
 import torch
 from PIL import Image
 
-from pipeline.dataset import DATASETS, ImageTransform
-from pipeline.errors import ConfigError
+from pipeline.dataset import DATASETS, ImageTransform, to_rgb8
+from pipeline.errors import ConfigError, DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime
 from utils import distributed as du
 from utils.cli import add_model_args, add_runtime_args, model_kwargs, new_parser, parse_args, run_main
 from utils.evaluation.report import class_name
-from utils.visualize import list_images, save_heatmaps
+from utils.fileio import atomic_write
+from utils.visualize import IMAGE_EXTENSIONS, list_images, save_heatmaps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heatmap_classes", default=None, help="comma-separated class names (default: predicted)")
     p.add_argument("--heatmap_head", type=int, default=0, help="which CSRA head's map to draw (0: T = 1)")
     p.add_argument("--batch_size", type=int, default=16, help="images per forward pass (the dataset's)")
+    p.add_argument("--num_workers", type=int, default=0, help="image-decoding worker processes")
     return p
 
 
@@ -58,7 +60,68 @@ def chosen_classes(args, names, scores) -> list:
     return above or [int(torch.tensor(scores).argmax())]
 
 
+class ImageFiles(torch.utils.data.Dataset):
+    """The files to predict on, as uint8 tensors for the model (None for an unreadable file)."""
+
+    def __init__(self, files, transform: ImageTransform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(open_rgb(self.files[i])), i, ""
+        except DataError as e:
+            return None, i, str(e)
+
+
+def open_rgb(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return to_rgb8(im, path)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def unique_stems(files) -> dict:
+    """A file-name stem per image for its heatmaps; images of the same name in different folders get
+    their folder's name in front (and a number if that is not enough), so none overwrites another."""
+    stems, taken = {}, set()
+    counts = {}
+    for f in files:
+        s = os.path.splitext(os.path.basename(f))[0]
+        counts[s] = counts.get(s, 0) + 1
+    for f in files:
+        s = os.path.splitext(os.path.basename(f))[0]
+        if counts[s] > 1:
+            s = f"{os.path.basename(os.path.dirname(os.path.abspath(f)))}_{s}"
+        stem, n = s, 1
+        while stem in taken:
+            n += 1
+            stem = f"{s}_{n}"
+        taken.add(stem)
+        stems[f] = stem
+    return stems
+
+
+def collate_files(batch):
+    kept = [b for b in batch if b[0] is not None]
+    errors = [b[2] for b in batch if b[0] is None]
+    images = torch.stack([b[0] for b in kept]) if kept else None
+    return images, [b[1] for b in kept], errors
+
+
 def run(args) -> list:
+    files, skipped = list_images(args.img_dir)
+    missing = [p for p in args.img_dir if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"{missing[0]}: no such file or folder")
+    for s in skipped:
+        print(f"warning: skipped {s}: not an image file", file=sys.stderr)
+    if not files:
+        raise DataError(f"no image files in {', '.join(args.img_dir)} "
+                        f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last)
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
@@ -69,30 +132,22 @@ def run(args) -> list:
             raise ConfigError(f"--heatmap_classes: unknown class {unknown[0]!r}; classes are {', '.join(names)}")
     if not 0 <= args.heatmap_head < max(1, model.num_heads):
         raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
-    files, skipped = list_images(args.img_dir)
-    for s in skipped:
-        print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    transform = ImageTransform(args.img_size, train=False)
+    stems = unique_stems(files)
+    loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
+                                         batch_size=args.batch_size, num_workers=args.num_workers,
+                                         collate_fn=collate_files)
     results = []
-    for start in range(0, len(files), args.batch_size):
-        batch_files, images, tensors = [], [], []
-        for f in files[start:start + args.batch_size]:
-            try:
-                with Image.open(f) as im:
-                    img = im.convert("RGB")
-            except (OSError, ValueError) as e:
-                print(f"warning: skipped {f}: unreadable image ({e})", file=sys.stderr)
-                continue
-            batch_files.append(f)
-            images.append(img)
-            tensors.append(transform(img))
-        if not tensors:
+    for images, indices, errors in loader:
+        for e in errors:
+            print(f"warning: skipped {e}", file=sys.stderr)
+        if images is None:
             continue
-        x = runtime.to_input(torch.stack(tensors))
+        x = runtime.to_input(images)
         with torch.no_grad(), runtime.autocast():
             out = model.forward_with_maps(x)
         probs = torch.sigmoid(out["logits"].float()).cpu()
-        for i, (f, img) in enumerate(zip(batch_files, images)):
+        for i, index in enumerate(indices):
+            f = files[index]
             scores = probs[i].tolist()
             order = sorted(range(len(scores)), key=lambda c: -scores[c])
             shown = order[:args.topk] if args.topk else [c for c in order if scores[c] >= args.threshold]
@@ -101,9 +156,12 @@ def run(args) -> list:
             rec = {"image": f, "labels": [{"class": n, "score": round(s, 6)} for n, s in labels],
                    "scores": {n: round(s, 6) for n, s in zip(names, scores)}}
             if args.heatmaps:
-                rec["heatmaps"] = save_heatmaps(args.heatmaps, f, img, out, i, chosen_classes(args, names, scores),
-                                                names, scores, head=args.heatmap_head)
+                rec["heatmaps"] = save_heatmaps(args.heatmaps, f, open_rgb(f), out, i,
+                                                chosen_classes(args, names, scores), names, scores,
+                                                head=args.heatmap_head, stem=stems[f])
             results.append(rec)
+    if not results:
+        raise DataError(f"none of the {len(files)} image files could be read")
     if args.output:
         write_output(args.output, results, names)
         print(f"wrote {args.output} ({len(results)} images)")
@@ -113,12 +171,11 @@ def run(args) -> list:
 
 
 def write_output(path: str, results: list, names: list) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if path.endswith(".json"):
-        with open(path, "w") as f:
+        with atomic_write(path) as f:
             json.dump(results, f, indent=1)
         return
-    with open(path, "w", newline="") as f:
+    with atomic_write(path) as f:
         w = csv.writer(f)
         w.writerow(["image", "labels"] + names)
         for r in results:

@@ -13,13 +13,18 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from pipeline.dataset import collate_skipping_bad
-from pipeline.errors import CSRAError
+from pipeline.errors import CSRAError, DataError
 from pipeline.runtime import Runtime
 from utils import distributed as du
 
 
 class NonFiniteLossError(CSRAError):
     """The loss became NaN or infinite; raised before the step that would have used it."""
+
+
+def non_finite_entries(model: nn.Module) -> List[str]:
+    """Names of the weights and buffers (BatchNorm statistics included) holding NaN or inf."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def lr_factor(step: int, iters_per_epoch: int, warmup_epochs: float, decay_every: int, gamma: float = 0.1) -> float:
@@ -118,7 +123,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], runtime, scaler)
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
-                                                 f"(global step {step + 1}); stopped, last good checkpoint kept")
+                                                 f"(global step {step + 1}); stopped")
                     if ema is not None:
                         ema.update_parameters(model.module if hasattr(model, "module") else model)
                     loss_sum += loss_value * len(batch[0])
@@ -136,6 +141,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     finally:
         bar.close()
     totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], runtime.device)
+    if totals[1] == 0:
+        raise DataError(f"{getattr(loader.dataset, 'json_path', 'the training set')}: no training image could be "
+                        f"read in epoch {epoch + 1} ({int(totals[2])} skipped)")
     elapsed = max(time.time() - t0, 1e-9)
     return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),
             "images_per_s": totals[1] / elapsed,
@@ -173,6 +181,9 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     if skipped and du.is_main():
         print(f"warning: {skipped} unreadable images skipped (--skip_bad_images); metrics cover the rest")
     indices = np.concatenate([p[0] for p in parts])
+    if len(indices) == 0 and len(dataset):
+        raise DataError(f"{getattr(dataset, 'json_path', 'the test set')}: no image could be read "
+                        f"({skipped} skipped)")
     scores = np.concatenate([p[1] for p in parts])
     all_paths = [q for p in parts for q in p[2]]
     order = np.argsort(indices, kind="stable")

@@ -10,23 +10,28 @@ import argparse
 import json
 import math
 import os
+import re
+import sys
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import SeededShardSampler, lr_factor, make_loader, predict, train_one_epoch
+from engine import (NonFiniteLossError, SeededShardSampler, lr_factor, make_loader, non_finite_entries, predict,
+                    train_one_epoch)
 from pipeline.dataset import DATASETS, MultiLabelDataset
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, CSRAError
 from pipeline.model import CSRANet
 from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
-                       model_kwargs, new_parser, parse_args, run_main)
+                       model_kwargs, new_parser, parse_args, resolve, run_main)
 from utils.evaluation import evaluate, format_report
-from utils.fileio import atomic_write, save_torch_atomic
-from utils.train_state import load_train_state, restore_train_state, save_train_state
+from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
+from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, given_flags, load_train_state,
+                               progress, read_recorded_args, reconcile_args, remove_stale_temporaries,
+                               restore_train_state, save_train_state)
 
-STATE_FILE = "train_state.pth"
 LOG_FILE = "log.jsonl"
 
 
@@ -56,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--ema", type=float, default=None, metavar="DECAY", help="also keep an EMA of the weights")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training model (pays on long runs: compiling takes about a minute; "
+                        "see benchmarks/bench_train.py)")
     g.add_argument("--eval_every", type=int, default=1, help="evaluate every N epochs (and always the last)")
     g.add_argument("--state_every", type=int, default=500,
                    help="also save the training state every N iterations (0: only at epoch ends)")
@@ -82,20 +90,49 @@ def ensure_demo_data(args) -> None:
         du.barrier()
 
 
-def run_folder(args) -> str:
-    """The run's folder: an existing run is never overwritten; a new run gets a fresh suffix."""
-    base = args.output_dir or os.path.join("checkpoint", args.model)
-    if args.resume:
-        if args.resume != "auto":
-            return args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
-        return base
+def run_base(args) -> str:
+    """checkpoint/<model> or --output_dir, without a trailing slash (so no run is nested in another)."""
+    return os.path.normpath(args.output_dir or os.path.join("checkpoint", args.model))
+
+
+def new_run_folder(args) -> str:
+    """A fresh folder for a new run: an existing run is never overwritten; a new one gets a suffix."""
+    base = run_base(args)
     folder, n = base, 1
-    while os.path.isdir(folder) and os.listdir(folder):
+    while os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        if not os.path.isdir(folder) and n == 1 and args.output_dir:
+            raise OutputError(f"--output_dir {folder}: is a file, not a folder")
         n += 1
         folder = f"{base}_{n}"
     if folder != base:
         print(f"note: {base} already holds a run; this run writes to {folder}")
     return folder
+
+
+def resume_folder(args) -> str:
+    """The run --resume continues: the named folder or state file, else the one unfinished run."""
+    if args.resume != "auto":
+        return args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
+    return find_unfinished_run(run_base(args))
+
+
+class DivergedError(CSRAError):
+    """Training diverged: non-finite loss, weights or scores. Nothing diverged was saved."""
+
+
+def last_good(folder: str) -> str:
+    epochs = sorted(int(n[6:-4]) for n in os.listdir(folder) if re.fullmatch(r"epoch_\d+\.pth", n)) \
+        if os.path.isdir(folder) else []
+    return f"last good checkpoint kept: {os.path.join(folder, f'epoch_{epochs[-1]}.pth')}" if epochs else \
+        "no checkpoint had been saved yet"
+
+
+def ensure_finite(model, folder: str, when: str) -> None:
+    """Refuse to save a diverged state: every weight and buffer must be finite."""
+    bad = non_finite_entries(model)
+    if bad:
+        raise DivergedError(f"weights became NaN or infinite ({len(bad)} tensors, e.g. {bad[0]}) {when}; "
+                            f"stopped; {last_good(folder)}")
 
 
 def param_groups(model, args):
@@ -130,6 +167,9 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
     for source, net in candidates:
         scores, targets, paths = predict(net, test_set, runtime, batch_size=args.batch_size,
                                          num_workers=args.num_workers, desc=f"eval {source}")
+        if not np.isfinite(scores).all():
+            raise DivergedError(f"the model diverged: its {source} scores on the test set are NaN or infinite "
+                                f"after epoch {epoch + 1}; stopped; {last_good(folder)}")
         report = evaluate(scores, targets, paths=paths)
         prefix = "" if source == "model" else f"{source}_"
         fields.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
@@ -146,8 +186,33 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
     return fields, best, model_report
 
 
-def train(args) -> dict:
+def prepare_resume(args, given) -> str:
+    """Find the run to continue and restore its recorded options (see utils.train_state)."""
+    folder = du.broadcast_object(resume_folder(args) if du.is_main() else None)
+    changes = reconcile_args(args, folder, given)
+    resolve(args)
+    done = progress(folder)
+    if done is None:
+        raise CheckpointError(f"--resume: no training state at {os.path.join(folder, STATE_FILE)}")
+    if done[0] >= args.total_epoch:
+        raise CheckpointError(f"--resume: the run in {folder} is finished ({done[0]} of {args.total_epoch} epochs); "
+                              "raise --total_epoch to train it further")
+    if du.is_main():
+        for name in remove_stale_temporaries(folder):
+            print(f"removed {os.path.join(folder, name)}, left by an interrupted write")
+        if changes:
+            recorded = read_recorded_args(folder)
+            recorded.update({k: getattr(args, k) for k in SAFE_TO_CHANGE})
+            recorded.setdefault("resume_changes", []).extend(changes)
+            with atomic_write(os.path.join(folder, "args.json")) as f:
+                json.dump(recorded, f, indent=1, default=str)
+        print(f"resuming {folder}" + (f" with {', '.join(changes)}" if changes else ""))
+    return folder
+
+
+def train(args, given=frozenset()) -> dict:
     device = du.init_distributed()
+    folder = prepare_resume(args, given) if args.resume else None
     torch.manual_seed(args.seed)
     ensure_demo_data(args)
     train_json, test_json = dataset_files(args)
@@ -172,13 +237,12 @@ def train(args) -> dict:
     iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / args.batch_size)
     lr_fn = lambda step: lr_factor(step, iters_per_epoch, args.warmup_epoch, args.decay_every)  # noqa: E731
 
-    folder = du.broadcast_object(run_folder(args) if du.is_main() else None)
+    if folder is None:
+        folder = du.broadcast_object(new_run_folder(args) if du.is_main() else None)
     state_path = os.path.join(folder, STATE_FILE)
     start_epoch, start_iter, best = 0, 0, {"mAP": -1.0, "epoch": None, "source": None}
     if args.resume:
         path = args.resume if args.resume.endswith(".pth") else state_path
-        if not os.path.isfile(path):
-            raise CheckpointError(f"--resume: no training state at {path}")
         state = load_train_state(path)
         restore_train_state(state, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
         start_epoch, start_iter, best = state["epoch"], state["iter"], state["best"]
@@ -186,7 +250,7 @@ def train(args) -> dict:
             truncate_log(os.path.join(folder, LOG_FILE), start_epoch)
             print(f"resumed from {path}: epoch {start_epoch + 1}, iteration {start_iter}")
     elif du.is_main():
-        os.makedirs(folder, exist_ok=True)
+        make_folder(folder)
         with atomic_write(os.path.join(folder, "args.json")) as f:
             json.dump(dict(vars(args), runtime=runtime.as_dict()), f, indent=1, default=str)
 
@@ -194,9 +258,12 @@ def train(args) -> dict:
     if du.is_dist():
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)  # checkpoints still come from `model`: same keys
     loader = make_loader(train_set, args.batch_size, args.num_workers, sampler, device)
 
     def save_state(epoch: int, it: int) -> None:
+        ensure_finite(model, folder, f"at epoch {epoch + 1}, iteration {it}")
         if du.is_main():
             save_train_state(state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema, epoch=epoch,
                              it=it, best=best, args=vars(args))
@@ -213,9 +280,13 @@ def train(args) -> dict:
             if args.state_every and it % args.state_every == 0 and it < iters_per_epoch:
                 save_state(epoch, it)
 
-        stats = train_one_epoch(train_model, loader, optimizer, runtime, epoch=epoch, start_iter=start_iter,
-                                iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, scaler=scaler, ema=ema,
-                                on_step=on_step, print_freq=args.print_freq)
+        try:
+            stats = train_one_epoch(train_model, loader, optimizer, runtime, epoch=epoch, start_iter=start_iter,
+                                    iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, scaler=scaler, ema=ema,
+                                    on_step=on_step, print_freq=args.print_freq)
+        except NonFiniteLossError as e:
+            raise DivergedError(f"{e}; {last_good(folder)}") from None
+        ensure_finite(model, folder, f"after epoch {epoch + 1}")
         start_iter = 0
         entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
                  "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "amp": runtime.amp,
@@ -242,7 +313,9 @@ def train(args) -> dict:
 
 
 def main(argv=None) -> None:
-    run_main(lambda: train(get_args(argv)), interrupted_hint="continue with the same command plus --resume")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    run_main(lambda: train(get_args(argv), given_flags(argv)),
+             interrupted_hint="continue with the same command plus --resume")
 
 
 if __name__ == "__main__":

@@ -21,19 +21,35 @@ from pipeline.backbones import BACKBONES, identify
 from pipeline.errors import CheckpointError
 
 
+def _looks_like_torch_file(path: str) -> bool:
+    """torch.save writes a zip archive (since 1.6) or, in the legacy format, a pickle (first byte 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def safe_load(path: str) -> object:
     """torch.load with weights_only=True; refuses files holding arbitrary pickled objects."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        if not _looks_like_torch_file(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
         return torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled Python objects beyond tensors "
-            f"and plain containers, which could run code ({first[:160]}). "
-            "Re-save it as a plain state dict from a trusted environment."
-        ) from None
+        text = str(e)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            culprit = next((ln.strip() for ln in text.splitlines() if "Unsupported global" in ln), "")
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds pickled Python objects beyond tensors "
+                f"and plain containers, which could run code ({culprit[:160]}). "
+                "Re-save it as a plain state dict from a trusted environment."
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged or truncated)") from None
+    except PermissionError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
     except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
@@ -108,7 +124,7 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
     if info["head"] is None:
         raise CheckpointError(f"{path}: checkpoint has no classifier weights (no classifier.* or fc.* keys)")
     if info["head"] != model.head_type:
-        names = {"csra": "a CSRA head", "gap": "a GAP (baseline) head"}
+        names = {"csra": "a CSRA head", "gap": "a GAP head"}
         raise CheckpointError(f"{path}: checkpoint has {names[info['head']]}, --head is {model.head_type}")
     if info["head"] == "csra" and info["num_heads"] != model.num_heads:
         raise CheckpointError(

@@ -37,8 +37,11 @@ def load_class_names(path: str) -> List[str]:
     """A names file: a JSON list of strings, or plain text with one name per line."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such class-names file")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if path.endswith(".json"):
         try:
             names = json.loads(text)

@@ -58,6 +58,19 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 
+def read_json(path: str):
+    """A JSON file (UTF-8, a byte-order mark accepted) with one-line errors naming it."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 TRAIN_LABELS = (0, 1)
 TEST_LABELS = (-1, 0, 1, 99)  # -1 absent, 0 negative (VOC: difficult), 1 present, 99 unspecified (WIDER)
 
@@ -68,11 +81,7 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
     Training files hold 0/1 targets; test files may also hold -1 (VOC absent) and 99 (WIDER unspecified)."""
     if not os.path.isfile(json_path):
         raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            records = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{json_path}: not valid JSON ({e})") from None
+    records = read_json(json_path)
     if not isinstance(records, list):
         raise DataError(f"{json_path}: expected a JSON list of records, found {type(records).__name__}")
     if not records:
@@ -92,6 +101,8 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
             t = r["target"]
             if not isinstance(t, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in t):
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): target must be a list of integers")
+            if not t:
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}): empty target list")
             bad = next((j for j, v in enumerate(t) if v not in allowed_labels), None)
             if bad is not None:
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): class {bad} has label {t[bad]}; "
@@ -172,6 +183,33 @@ def _resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.7, 1.0), rati
     return (x, y, x + cw, y + ch)
 
 
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb8(img: Image.Image, where: str) -> Image.Image:
+    """An RGB 8-bit image. 16-bit, 32-bit integer and float images are scaled to 8 bits (PIL's own
+    conversion would clip them to a constant white or black image); values it cannot place in a
+    known range are refused with one line."""
+    if img.mode not in WIDE_MODES:
+        return img.convert("RGB")
+    a = np.asarray(img)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise DataError(f"{where}: float image holds NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0:
+        raise DataError(f"{where}: {img.mode} image has negative values ({lo}); cannot map it to 8 bits")
+    if a.dtype.kind == "f" and hi <= 1.0:
+        scale = 255.0
+    elif hi <= 255 and a.dtype.kind != "u":
+        scale = 1.0
+    elif hi <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        raise DataError(f"{where}: {img.mode} image values reach {hi}; cannot map them to 8 bits")
+    gray = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -245,7 +283,7 @@ class MultiLabelDataset(Dataset):
                 if "bbox" not in rec:  # JPEG: decode at a reduced scale when the image is much larger
                     side = int(self.transform.img_size * 1.2)
                     im.draft("RGB", (side, side))
-                img = im.convert("RGB")
+                img = to_rgb8(im, f"{path} (record {idx} of {self.json_path})")
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"{path} (record {idx} of {self.json_path}): cannot read image: {e}") from None
         if "bbox" in rec:

@@ -85,8 +85,14 @@ def test_missing_file_and_garbage(tmp_path):
         load_model_weights(new_model(), str(tmp_path / "absent.pth"))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
         load_model_weights(new_model(), str(bad))
+    good = tmp_path / "good.pth"
+    torch.save(spelled_out_state_dict(), good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_model_weights(new_model(), str(truncated))
 
 
 class _Exploit:

@@ -143,7 +143,7 @@ def test_coco_labels_and_empty_images(tmp_path):
     # sorted by image id; image 9 (no annotation) left out; classes in id order person, car, toothbrush
     assert [os.path.basename(r["img_path"]) for r in val] == ["val_2.jpg", "val_5.jpg"]
     assert [r["target"] for r in val] == [[1, 0, 1], [0, 1, 0]]
-    r = run_script("prepare_coco.py", "--data_path", str(coco), "--out_dir", str(out), "--keep_empty")
+    r = run_script("prepare_coco.py", "--data_path", str(coco), "--out_dir", str(out), "--keep_empty", "--force")
     val = json.loads((out / "val_coco2014.json").read_text())
     assert val[2]["target"] == [0, 0, 0] and val[2]["img_path"].endswith("val_9.jpg")
 

@@ -8,6 +8,7 @@ overrides); the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Callable, List, Optional
@@ -107,9 +108,49 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[List[str]] = None, tra
     return resolve(p.parse_args(argv))
 
 
+def _positive(v) -> bool:
+    return v > 0
+
+
+# flag -> (check, what it must be); a flag a script does not have is skipped
+CHECKS = {
+    "img_size": (_positive, "a positive integer"),
+    "batch_size": (_positive, "a positive integer"),
+    "num_cls": (_positive, "a positive integer"),
+    "num_workers": (lambda v: v >= 0, "0 or more"),
+    "total_epoch": (_positive, "a positive integer"),
+    "eval_every": (_positive, "a positive integer"),
+    "state_every": (lambda v: v >= 0, "0 or more"),
+    "print_freq": (_positive, "a positive integer"),
+    "decay_every": (_positive, "a positive integer"),
+    "warmup_epoch": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "head_lr_mult": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "w_d": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
+    "ema": (lambda v: 0 < v < 1, "in (0, 1), e.g. 0.9997"),
+    "lam": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "topk": (_positive, "a positive integer"),
+    "heatmap_head": (lambda v: v >= 0, "0 or more"),
+}
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """One line for the first flag whose value cannot work."""
+    for flag, (ok, what) in CHECKS.items():
+        value = getattr(args, flag, None)
+        if value is not None and not ok(value):
+            raise ConfigError(f"--{flag} must be {what} (got {value})")
+    topk, num_cls = getattr(args, "topk", None), getattr(args, "num_cls", None)
+    if topk is not None and num_cls is not None and topk > num_cls:
+        raise ConfigError(f"--topk is {topk} but there are only {num_cls} classes")
+
+
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Canonical model name, lam by head, class names and their count; ConfigError when they disagree."""
     args.model = get_backbone(args.model).name
+    check_values(args)
     if args.lam is None:
         args.lam = 0.0 if args.head == "gap" else 0.1
     spec = DATASETS[args.dataset]
@@ -126,6 +167,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f"--num_cls is {args.num_cls} but the class names "
                           f"({class_file or args.dataset}) list {len(names)} classes")
     args.class_names = names
+    check_values(args)
     return args
 
 

@@ -8,7 +8,10 @@ demo.py load the file like any checkpoint.
 """
 from __future__ import annotations
 
-from typing import Optional
+import json
+import os
+import re
+from typing import List, Optional, Sequence, Set, Tuple
 
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
@@ -52,3 +55,120 @@ def restore_train_state(state: dict, *, model, optimizer, scaler=None, ema=None)
         scaler.load_state_dict(state["scaler"])
     if ema is not None and state.get("ema") is not None:
         ema.load_state_dict(state["ema"])
+
+
+# --- which run --resume continues, and with which options --------------------------------
+STATE_FILE = "train_state.pth"
+ARGS_FILE = "args.json"
+# options that define a run: a resumed run keeps its recorded values
+RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "train_json", "test_json", "classes",
+                "data_root", "img_size", "batch_size", "lr", "head_lr_mult", "momentum", "w_d", "warmup_epoch",
+                "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last")
+# options that may change on resume (total_epoch only upwards); they are applied and recorded
+SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every")
+
+
+def read_recorded_args(folder: str) -> dict:
+    path = os.path.join(folder, ARGS_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; this folder does not hold a run of main.py") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return recorded
+
+
+def progress(folder: str) -> Optional[Tuple[int, int, int]]:
+    """(finished epochs, iterations into the next, recorded total epochs) of a run folder, or None
+    when it holds no training state."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    state = load_train_state(path)
+    total = read_recorded_args(folder).get("total_epoch")
+    return int(state["epoch"]), int(state["iter"]), int(total) if isinstance(total, int) else int(state["epoch"])
+
+
+def run_folders(base: str) -> List[str]:
+    """``base`` and its numbered siblings ``base_2``, ``base_3``, ... that exist."""
+    base = os.path.normpath(base)
+    parent, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"_(\d+)$")
+    found = [base] if os.path.isdir(base) else []
+    siblings = []
+    for entry in os.listdir(parent or "."):
+        m = pattern.match(entry)
+        if m and os.path.isdir(os.path.join(parent, entry)):
+            siblings.append((int(m.group(1)), os.path.join(parent, entry)))
+    return found + [p for _, p in sorted(siblings)]
+
+
+def find_unfinished_run(base: str) -> str:
+    """The one unfinished run among ``base``, ``base_2``, ...; an error naming the candidates when
+    there is none or more than one."""
+    runs = run_folders(base)
+    unfinished, finished = [], []
+    for folder in runs:
+        p = progress(folder)
+        if p is None:
+            continue
+        (unfinished if p[0] < p[2] else finished).append(f"{folder} ({p[0]}/{p[2]} epochs)")
+    if len(unfinished) == 1:
+        return unfinished[0].rsplit(" (", 1)[0]
+    if not unfinished:
+        seen = f"; finished: {', '.join(finished)} (raise --total_epoch and name it with --resume PATH)" \
+            if finished else ""
+        raise CheckpointError(f"--resume: no training state of an unfinished run in {base} or its numbered "
+                              f"siblings{seen}")
+    raise CheckpointError(f"--resume: several unfinished runs: {', '.join(unfinished)}; "
+                          "name one with --resume PATH")
+
+
+def given_flags(argv: Sequence[str]) -> Set[str]:
+    """The option names typed on the command line (``--lr 0.1`` and ``--lr=0.1`` both give 'lr')."""
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def _as_recorded(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
+    """Bring a resumed run's options back from its args.json. A run-defining option typed with another
+    value is an error naming both; a safe one is applied (total_epoch only upwards). Returns the
+    changes applied, for the record."""
+    recorded = read_recorded_args(folder)
+    for key in RUN_DEFINING:
+        if key not in recorded:
+            continue
+        now, then = _as_recorded(getattr(args, key, None)), recorded[key]
+        if key in given and now != then:
+            raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
+                                  "drop the flag to continue it, or start a new run")
+        setattr(args, key, then)
+    changes = []
+    for key in SAFE_TO_CHANGE:
+        if key not in recorded:
+            continue
+        if key in given and _as_recorded(getattr(args, key)) != recorded[key]:
+            if key == "total_epoch" and args.total_epoch < recorded[key]:
+                raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's "
+                                      f"{recorded[key]}; it can only be raised")
+            changes.append(f"--{key} {recorded[key]} -> {getattr(args, key)}")
+        else:
+            setattr(args, key, recorded[key])
+    return changes
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Temporary files left by writes interrupted in this run folder (see utils.fileio.atomic_write)."""
+    removed = []
+    for name in os.listdir(folder):
+        if name.startswith(".") and re.search(r"\.tmp\d+$", name):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

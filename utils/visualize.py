@@ -68,10 +68,11 @@ def safe_name(text: str) -> str:
 
 def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: dict, image_index: int,
                   classes: Sequence[int], class_names: Sequence[str], scores: Sequence[float],
-                  head: int = 0) -> List[str]:
-    """Write one overlay PNG per class and one grid PNG; return the paths written."""
+                  head: int = 0, stem: str = None) -> List[str]:
+    """Write one overlay PNG per class and one grid PNG; return the paths written. ``stem`` names
+    the files (default: the image's file name without extension)."""
     os.makedirs(out_dir, exist_ok=True)
-    stem = safe_name(os.path.splitext(os.path.basename(image_path))[0])
+    stem = safe_name(stem or os.path.splitext(os.path.basename(image_path))[0])
     written, overlays, captions = [], [], []
     for c in classes:
         heat = upsample(class_map(out, image_index, c, head), (img.height, img.width))

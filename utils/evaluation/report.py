@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from utils.evaluation.metrics import Report
-from utils.fileio import atomic_write, write_json_atomic
+from utils.fileio import atomic_write, make_folder, write_json_atomic
 
 KEYS = ["CP", "CR", "CF1", "OP", "OR", "OF1"]
 
@@ -69,7 +69,7 @@ def save_scores(path: str, paths: List[str], scores: np.ndarray, targets: Option
 
 def write_voc_submission(out_dir: str, paths: List[str], scores: np.ndarray, class_names: Sequence[str]) -> List[str]:
     """VOC evaluation-server files comp2_cls_test_<class>.txt with lines '<image_id> <score>'."""
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     ids = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     written = []
     for c, name in enumerate(class_names):

@@ -25,6 +25,18 @@ def require_file(path: str) -> str:
     return path
 
 
+def refuse_overwrite(paths, force: bool) -> None:
+    """Prepared files are never replaced silently: stop naming the first that exists, unless --force."""
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise PrepareError(f"{existing[0]}{more}: already prepared; pass --force to overwrite")
+
+
+def add_force_flag(p) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite prepared files that already exist")
+
+
 def summarize(path: str, records: List[dict], class_names: Sequence[str]) -> str:
     """'wrote PATH: N records' plus positives per class."""
     lines = [f"wrote {path}: {len(records)} records"]

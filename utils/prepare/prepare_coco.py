@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from pycocotools.coco import COCO  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
+from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
+                                   require_file, run_main, write_split)
 
 
 def load_coco(path: str) -> COCO:
@@ -59,8 +60,9 @@ def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tupl
     return records, names
 
 
-def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False) -> Dict[str, str]:
+def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, force: bool = False) -> Dict[str, str]:
     require_dir(data_path)
+    refuse_overwrite([os.path.join(out_dir, f"{s}_coco{year}.json") for s in ("train", "val")], force)
     outputs = {}
     for split, out_name in (("train", f"train_coco{year}.json"), ("val", f"val_coco{year}.json")):
         ann = os.path.join(data_path, "annotations", f"instances_{split}{year}.json")
@@ -78,8 +80,9 @@ def main(argv=None) -> None:
     p.add_argument("--year", default="2014", choices=["2014", "2017"])
     p.add_argument("--out_dir", default="data/coco")
     p.add_argument("--keep_empty", action="store_true", help="keep images without annotations (all-negative)")
+    add_force_flag(p)
     a = p.parse_args(argv)
-    prepare(a.data_path, a.year, a.out_dir, a.keep_empty)
+    prepare(a.data_path, a.year, a.out_dir, a.keep_empty, a.force)
 
 
 if __name__ == "__main__":

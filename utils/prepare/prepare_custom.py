@@ -21,7 +21,8 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pipeline.classes import load_class_names  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
+from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
+                                   require_file, run_main, write_split)
 
 
 def read_labels(path: str) -> Dict[str, List[str]]:
@@ -60,7 +61,7 @@ def read_labels(path: str) -> Dict[str, List[str]]:
 
 
 def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.2, seed: int = 0,
-            classes_path: Optional[str] = None) -> Dict[str, str]:
+            classes_path: Optional[str] = None, force: bool = False) -> Dict[str, str]:
     require_dir(img_dir)
     labels = read_labels(labels_path)
     if classes_path:
@@ -96,6 +97,8 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
                   "test": [r for i, r in enumerate(records) if i in test_ids]}
     else:
         splits = {"all": records}
+    refuse_overwrite([os.path.join(out_dir, f"{n}.json") for n in splits] + [os.path.join(out_dir, "classes.txt")],
+                     force)
     for name, recs in splits.items():
         path = os.path.join(out_dir, f"{name}.json")
         write_split(path, recs, classes)
@@ -116,8 +119,9 @@ def main(argv=None) -> None:
     p.add_argument("--test_split", type=float, default=0.2, help="fraction held out as test (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--classes", default=None, help="fix the class order with a names file")
+    add_force_flag(p)
     a = p.parse_args(argv)
-    prepare(a.img_dir, a.labels, a.out_dir, a.test_split, a.seed, a.classes)
+    prepare(a.img_dir, a.labels, a.out_dir, a.test_split, a.seed, a.classes, a.force)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.prepare.common import run_main, write_split  # noqa: E402
+from utils.prepare.common import add_force_flag, refuse_overwrite, run_main, write_split  # noqa: E402
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
@@ -67,8 +67,9 @@ def render_image(rng: random.Random, size: int):
 
 
 def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: int = 500, size: int = 64,
-                  seed: int = 0, quiet: bool = False) -> dict:
+                  seed: int = 0, quiet: bool = False, force: bool = False) -> dict:
     """Write images and JSON files; returns the paths written."""
+    refuse_overwrite([os.path.join(out_dir, f"{s}_demo.json") for s in ("train", "test")], force)
     rng = random.Random(seed)
     outputs = {}
     for split, n in (("train", num_train), ("test", num_test)):
@@ -97,8 +98,9 @@ def main() -> None:
     p.add_argument("--num_test", type=int, default=500)
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    add_force_flag(p)
     a = p.parse_args()
-    generate_demo(a.out_dir, a.num_train, a.num_test, a.size, a.seed)
+    generate_demo(a.out_dir, a.num_train, a.num_test, a.size, a.seed, force=a.force)
 
 
 if __name__ == "__main__":

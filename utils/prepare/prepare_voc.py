@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
+from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
+                                   require_file, run_main, write_split)
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 
@@ -69,7 +70,7 @@ def build_split(voc_dir: str, ids: List[str], binary: bool, with_labels: bool = 
     return records
 
 
-def prepare(data_path: str, year: str, out_dir: str) -> Dict[str, str]:
+def prepare(data_path: str, year: str, out_dir: str, force: bool = False) -> Dict[str, str]:
     voc_dir = require_dir(os.path.join(data_path, f"VOC{year}"))
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
         require_dir(os.path.join(voc_dir, sub))
@@ -84,6 +85,7 @@ def prepare(data_path: str, year: str, out_dir: str) -> Dict[str, str]:
         splits.append(("test", read_ids(test_txt), False, True))
     elif os.path.isfile(test_txt):
         splits.append(("test", read_ids(test_txt), False, False))
+    refuse_overwrite([os.path.join(out_dir, f"{split}_{tag}.json") for split, *_ in splits], force)
     for split, split_ids, binary, with_labels in splits:
         records = build_split(voc_dir, split_ids, binary, with_labels, desc=f"VOC{year} {split}")
         path = os.path.join(out_dir, f"{split}_{tag}.json")
@@ -97,8 +99,9 @@ def main(argv=None) -> None:
     p.add_argument("--data_path", required=True, help="the VOCdevkit folder")
     p.add_argument("--year", default="2007", choices=["2007", "2012"])
     p.add_argument("--out_dir", default=None, help="default data/voc07 or data/voc12")
+    add_force_flag(p)
     a = p.parse_args(argv)
-    prepare(a.data_path, a.year, a.out_dir or ("data/voc07" if a.year == "2007" else "data/voc12"))
+    prepare(a.data_path, a.year, a.out_dir or ("data/voc07" if a.year == "2007" else "data/voc12"), a.force)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
-from utils.prepare.common import PrepareError, require_dir, require_file, run_main, write_split  # noqa: E402
+from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
+                                   require_file, run_main, write_split)
 
 UNSPECIFIED_TEST = 99
 
@@ -73,8 +74,9 @@ def build_split(ann_path: str, image_root: str, test: bool) -> List[dict]:
     return records
 
 
-def prepare(data_path: str, out_dir: str) -> Dict[str, str]:
+def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]:
     require_dir(data_path)
+    refuse_overwrite([os.path.join(out_dir, f"{s}_wider.json") for s in ("trainval", "test")], force)
     image_root = require_dir(os.path.join(data_path, "Image"))
     outputs = {}
     for split, test in (("trainval", False), ("test", True)):
@@ -89,8 +91,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_path", required=True, help="the WIDER_ATTRIBUTE folder (Anno/, Image/)")
     p.add_argument("--out_dir", default="data/wider")
+    add_force_flag(p)
     a = p.parse_args(argv)
-    prepare(a.data_path, a.out_dir)
+    prepare(a.data_path, a.out_dir, a.force)
 
 
 if __name__ == "__main__":

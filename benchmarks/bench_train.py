@@ -1,0 +1,166 @@
+"""Training-step throughput in every precision and memory format, against the authors' plain loop.
+
+    python benchmarks/bench_train.py                    # CPU: small_cnn 64 px, ResNet-18 128 px, ResNet-50 224 px
+    python benchmarks/bench_train.py --compile          # also torch.compile (compile time reported apart)
+    python benchmarks/bench_train.py --configs resnet101:448:16   # on CUDA the default adds this one
+
+Data is already in memory (uint8 batches, as the loader delivers them), so this times the step
+alone: input conversion, forward, BCE, backward, SGD. The reference is a plain float32 NCHW loop
+written the way the authors' code trains (``model(x)``, BCE, SGD step); every other row is our
+``engine.train_step`` under a ``Runtime``, and its ratio is to that reference, in the same run.
+On CUDA it also prints peak memory and the fraction of this GPU's bf16 matmul rate the step
+achieves (both measured in this run: a large bf16 matmul, and the step's FLOPs counted by
+``torch.utils.flop_counter``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from engine import train_step  # noqa: E402
+from pipeline.model import CSRANet  # noqa: E402
+from pipeline.runtime import Runtime, cpu_has_native_bf16  # noqa: E402
+
+Batches = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_batches(n: int, batch: int, size: int, classes: int) -> Batches:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=g),
+             (torch.rand(batch, classes, generator=g) < 0.1).long()) for _ in range(n)]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def new_model(name: str, size: int, classes: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return CSRANet(name, classes, num_heads=1, lam=0.1, img_size=size, pretrained="none").to(device).train()
+
+
+def rate(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Batches, warmup: int,
+         device: torch.device) -> Tuple[float, float]:
+    """(images per second over the timed batches, seconds of the warm-up steps)."""
+    t0 = time.perf_counter()
+    for x, y in batches[:warmup]:
+        step(x, y)
+    sync(device)
+    t1 = time.perf_counter()
+    for x, y in batches[warmup:]:
+        step(x, y)
+    sync(device)
+    t2 = time.perf_counter()
+    return sum(len(x) for x, _ in batches[warmup:]) / (t2 - t1), t1 - t0
+
+
+def authors_loop(model: nn.Module, device: torch.device):
+    """The reference: float32, NCHW, model(x), BCE, SGD; the input scaled to [0, 1] on the device."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    crit = nn.BCEWithLogitsLoss()
+
+    def step(images, targets):
+        x = images.to(device).float() / 255.0
+        loss = crit(model(x), targets.to(device).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def our_step(model: nn.Module, runtime: Runtime):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    crit = nn.BCEWithLogitsLoss()
+    scaler = runtime.grad_scaler()
+    return lambda images, targets: train_step(model, crit, opt, images, targets, runtime, scaler)
+
+
+def matmul_rate(device: torch.device, n: int = 8192) -> float:
+    """Achieved bf16 TFLOP/s of a large matmul on this GPU (the practical peak)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def step_flops(model: nn.Module, runtime: Runtime, batch: Tuple[torch.Tensor, torch.Tensor]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        our_step(model, runtime)(*batch)
+    return float(counter.get_total_flops())
+
+
+def variants(device: torch.device, with_fp16_cpu: bool) -> List[Tuple[str, bool]]:
+    out = [("off", False), ("off", True), ("bf16", False), ("bf16", True)]
+    if device.type == "cuda" or with_fp16_cpu:
+        out += [("fp16", False), ("fp16", True)]
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--configs", default=None,
+                   help="comma-separated model:size:batch (default: CPU small_cnn:64:32,resnet18:128:16,"
+                        "resnet50:224:16; CUDA adds resnet101:448:16)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per row (default 6 on CPU, 30 on CUDA)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the model")
+    p.add_argument("--fp16_cpu", action="store_true", help="also time fp16 on CPU (runs, but very slowly)")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    configs = a.configs or ("small_cnn:64:32,resnet18:128:16,resnet50:224:16" + (",resnet101:448:16" if cuda else ""))
+    steps = a.steps or (30 if cuda else 6)
+    print(f"device {device} ({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'})"
+          + ("" if cuda else f", native bf16: {cpu_has_native_bf16()}") + f"; torch {torch.__version__}")
+    peak = matmul_rate(device) if cuda else None
+    if peak:
+        print(f"bf16 matmul 8192^3 in this run: {peak:.0f} TFLOP/s")
+    for spec in configs.split(","):
+        name, size, batch = spec.split(":")
+        size, batch = int(size), int(batch)
+        batches = make_batches(a.warmup + steps, batch, size, 80)
+        print(f"\n{name} at {size} px, batch {batch}, 80 classes")
+        print(f"{'path':46s}{'img/s':>10s}{'ratio':>8s}" + (f"{'peak GiB':>10s}{'of bf16 peak':>14s}" if cuda else ""))
+        ref, _ = rate(authors_loop(new_model(name, size, 80, device), device), batches, a.warmup, device)
+        print(f"{'authors-style loop, fp32 NCHW':46s}{ref:10.1f}{1.0:8.2f}")
+        rows = [(amp, cl, False) for amp, cl in variants(device, a.fp16_cpu)]
+        if a.compile:
+            best = "bf16" if (cuda or cpu_has_native_bf16()) else "off"
+            rows.append((best, True, True))
+        for amp, cl, compiled in rows:
+            runtime = Runtime(device, amp, cl, (0.0,) * 3, (1.0,) * 3)
+            model = runtime.prepare_model(new_model(name, size, 80, device))
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            net = torch.compile(model) if compiled else model
+            r, warm_s = rate(our_step(net, runtime), batches, a.warmup, device)
+            label = f"train_step, {amp}, {'channels-last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+            extra = ""
+            if cuda:
+                mem = torch.cuda.max_memory_allocated(device) / 2 ** 30
+                flops = step_flops(model, runtime, batches[0])
+                extra = f"{mem:10.2f}{100 * flops * r / batch / 1e12 / peak:13.1f}%"
+            print(f"{label:46s}{r:10.1f}{r / ref:8.2f}{extra}"
+                  + (f"   (compile + warm-up {warm_s:.1f} s)" if compiled else ""))
+
+
+if __name__ == "__main__":
+    main()

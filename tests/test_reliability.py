@@ -382,3 +382,25 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path):
     last = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()][-1]
     assert proc.returncode == 130 and last == "interrupted; continue with the same command plus --resume"
     assert "Traceback" not in err
+
+
+def test_prepare_annotation_files_bom_latin1_and_missing_keys(tmp_path):
+    root = tmp_path / "COCO2014"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images" / "train2014").mkdir(parents=True)
+    ann = root / "annotations" / "instances_train2014.json"
+    ann.write_text(json.dumps({"images": [], "categories": []}))
+    r = run_py("utils/prepare/prepare_coco.py", "--data_path", str(root), "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 1 and "instances_train2014.json: not a COCO instances file (no 'annotations' list)" in r.stderr
+    ann.write_bytes(b'{"images": [{"file_name": "caf\xe9.jpg"}]}')
+    r = run_py("utils/prepare/prepare_coco.py", "--data_path", str(root), "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 1 and "instances_train2014.json: not UTF-8 text" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("RGB", (8, 8)).save(imgs / "a.jpg")
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbfa.jpg,cat\n")  # Excel's UTF-8 with a byte-order mark
+    r = run_py("utils/prepare/prepare_custom.py", "--img_dir", str(imgs), "--labels", str(tmp_path / "labels.csv"),
+               "--out_dir", str(tmp_path / "mine"), "--test_split", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "mine" / "all.json").read_text())[0]["img_path"].endswith("a.jpg")

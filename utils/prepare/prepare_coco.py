@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import sys
 from typing import Dict, List, Tuple
@@ -22,17 +21,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from pycocotools.coco import COCO  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from pipeline.dataset import read_json  # noqa: E402
 from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
                                    require_file, run_main, write_split)
 
 
 def load_coco(path: str) -> COCO:
     require_file(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise PrepareError(f"{path}: not a COCO instances file (a JSON object with 'images', 'annotations', "
+                           "'categories')")
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
+    if missing:
+        raise PrepareError(f"{path}: not a COCO instances file (no '{missing[0]}' list)")
     try:
+        coco = COCO()
+        coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(path)
-    except json.JSONDecodeError as e:
-        raise PrepareError(f"{path}: not valid JSON ({e})") from None
+            coco.createIndex()
+        return coco
     except (KeyError, TypeError, ValueError, AssertionError) as e:
         raise PrepareError(f"{path}: not a COCO instances file ({type(e).__name__}: {e})") from None
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import sys
@@ -21,6 +20,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pipeline.classes import load_class_names  # noqa: E402
+from pipeline.dataset import read_json  # noqa: E402
 from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
                                    require_file, run_main, write_split)
 
@@ -30,11 +30,7 @@ def read_labels(path: str) -> Dict[str, List[str]]:
     require_file(path)
     out: Dict[str, List[str]] = {}
     if path.endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise PrepareError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise PrepareError(f"{path}: expected a JSON object {{image: [labels]}}")
         for image, labels in data.items():
@@ -42,19 +38,23 @@ def read_labels(path: str) -> Dict[str, List[str]]:
                 raise PrepareError(f"{path}: labels of {image!r} must be a list of strings")
             out[image] = labels
         return out
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or not row[0].strip():
-                continue
-            if line_no == 1 and row[0].strip().lower() in ("image", "img", "filename", "file"):
-                continue
-            if len(row) > 2:
-                raise PrepareError(f"{path}: line {line_no}: expected 'image,label1;label2'; got {len(row)} fields")
-            labels = [x.strip() for x in (row[1] if len(row) > 1 else "").split(";") if x.strip()]
-            image = row[0].strip()
-            if image in out:
-                raise PrepareError(f"{path}: line {line_no}: image {image!r} listed twice")
-            out[image] = labels
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    for line_no, row in enumerate(rows, start=1):
+        if not row or not row[0].strip():
+            continue
+        if line_no == 1 and row[0].strip().lower() in ("image", "img", "filename", "file"):
+            continue
+        if len(row) > 2:
+            raise PrepareError(f"{path}: line {line_no}: expected 'image,label1;label2'; got {len(row)} fields")
+        labels = [x.strip() for x in (row[1] if len(row) > 1 else "").split(";") if x.strip()]
+        image = row[0].strip()
+        if image in out:
+            raise PrepareError(f"{path}: line {line_no}: image {image!r} listed twice")
+        out[image] = labels
     if not out:
         raise PrepareError(f"{path}: no labelled images")
     return out

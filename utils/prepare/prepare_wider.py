@@ -9,7 +9,6 @@ person's "bbox": [x, y, w, h]. Attribute 1 -> 1, -1 -> 0; unspecified (0) -> 0 i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
+from pipeline.dataset import read_json  # noqa: E402
 from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
                                    require_file, run_main, write_split)
 
@@ -41,12 +41,9 @@ def convert(values: List[int], test: bool, where: str) -> List[int]:
 
 def build_split(ann_path: str, image_root: str, test: bool) -> List[dict]:
     require_file(ann_path)
+    data = read_json(ann_path)
     try:
-        with open(ann_path) as f:
-            data = json.load(f)
         images = data["images"]
-    except json.JSONDecodeError as e:
-        raise PrepareError(f"{ann_path}: not valid JSON ({e})") from None
     except (KeyError, TypeError):
         raise PrepareError(f"{ann_path}: no 'images' list (not a WIDER-Attribute annotation file)") from None
     records, skipped = [], 0

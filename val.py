@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write per-image scores with their paths and the metrics as JSON")
     p.add_argument("--voc_submission", default=None, metavar="DIR",
                    help="write VOC evaluation-server files comp2_cls_test_<class>.txt into DIR")
+    p.add_argument("--pr_convention", default="ours", choices=["ours", "authors"],
+                   help="ours: OP counts the true number of predictions; authors: a class with no prediction "
+                        "counts as one predicted in OP too, as the authors' evaluator does")
     p.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     return p
 
@@ -61,7 +64,7 @@ def validate(args) -> dict:
         names = args.class_names
         metrics = None
         if dataset.has_labels:
-            report = evaluate(scores, targets, paths=paths)
+            report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
             print(format_report(report, names))
             metrics = report_to_dict(report, names)
             result["report"] = report

@@ -5,6 +5,7 @@ keys at the top level, ``classifier.multi_head.<k>.head.weight`` per CSRA head, 
 - the authors' plain state dict (``conv1.weight`` ... ``classifier.multi_head.<k>.head.weight``);
 - the same saved from DataParallel/DDP (every key prefixed ``module.``);
 - the model-zoo toolbox's ``{"state_dict": {"backbone.<key>", "head.csra_heads.<k>.head.weight"}, "meta": ...}``;
+- the authors' ViT checkpoints, whose backbone keys are timm's names (``cls_token``, ``blocks.<i>...``);
 - a wrapper dict with the weights under ``"model"``: our training-state files (``utils.train_state``),
   and the DeiT/MAE convention.
 """
@@ -63,6 +64,63 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch
 
 _TOOLBOX_HEAD = re.compile(r"^head\.csra_heads\.(\d+)\.head\.weight$")
 
+# The authors' ViT-CSRA names its weights as timm does: (their name, torchvision's name).
+VIT_NAMES = [
+    ("cls_token", "class_token"),
+    ("pos_embed", "encoder.pos_embedding"),
+    ("patch_embed.proj.{p}", "conv_proj.{p}"),
+    ("blocks.{i}.norm1.{p}", "encoder.layers.encoder_layer_{i}.ln_1.{p}"),
+    ("blocks.{i}.attn.qkv.{p}", "encoder.layers.encoder_layer_{i}.self_attention.in_proj_{p}"),
+    ("blocks.{i}.attn.proj.{p}", "encoder.layers.encoder_layer_{i}.self_attention.out_proj.{p}"),
+    ("blocks.{i}.norm2.{p}", "encoder.layers.encoder_layer_{i}.ln_2.{p}"),
+    ("blocks.{i}.mlp.fc1.{p}", "encoder.layers.encoder_layer_{i}.mlp.0.{p}"),
+    ("blocks.{i}.mlp.fc2.{p}", "encoder.layers.encoder_layer_{i}.mlp.3.{p}"),
+    ("norm.{p}", "encoder.ln.{p}"),
+]
+
+
+def _template_regex(template: str) -> "re.Pattern":
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(f"^{pattern}$")
+
+
+_VIT_RULES = {
+    "to_torchvision": [(_template_regex(a), b) for a, b in VIT_NAMES],
+    "to_timm": [(_template_regex(b), a) for a, b in VIT_NAMES],
+}
+
+
+def rename_vit(sd: Mapping[str, torch.Tensor], direction: str) -> Dict[str, torch.Tensor]:
+    """ViT keys between the authors' timm-style names and torchvision's ("to_torchvision" or
+    "to_timm"); keys no rule names (the CSRA head's) are kept as they are."""
+    out = {}
+    for k, v in sd.items():
+        for regex, template in _VIT_RULES[direction]:
+            m = regex.match(k)
+            if m:
+                k = template.format(**m.groupdict())
+                break
+        out[k] = v
+    return out
+
+
+def is_timm_vit(sd: Mapping[str, torch.Tensor]) -> bool:
+    return "cls_token" in sd or "patch_embed.proj.weight" in sd
+
+
+def to_zoo_layout(sd: Mapping[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
+    """Our/authors' state dict -> the model-zoo toolbox's checkpoint."""
+    out = {}
+    for k, v in sd.items():
+        m = _CSRA_HEAD.match(k)
+        if m:
+            out[f"head.csra_heads.{m.group(1)}.head.weight"] = v
+        elif k.startswith("fc."):
+            out["head." + k] = v
+        else:
+            out["backbone." + k] = v
+    return {"state_dict": out, "meta": dict(meta or {})}
+
 
 def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Return a flat state dict in the authors' key layout from any accepted layout."""
@@ -78,6 +136,8 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
     sd = strip_prefix(sd, "module.")
+    if is_timm_vit(sd):  # the authors' ViT checkpoints
+        sd = rename_vit(sd, "to_torchvision")
     if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox
         out = {}
         for k, v in sd.items():

@@ -210,6 +210,19 @@ def to_rgb8(img: Image.Image, where: str) -> Image.Image:
     return Image.fromarray(gray, "L").convert("RGB")
 
 
+def crop_person(img: Image.Image, bbox, where: str) -> Image.Image:
+    """The person box [x, y, w, h] cut as the authors' loader does: PIL's crop of (x, y, x + w, y + h),
+    which rounds each coordinate and pads with black where the box leaves the image."""
+    x, y, w, h = bbox
+    box = (x, y, x + w, y + h)
+    left, top, right, bottom = (int(round(v)) for v in box)
+    if right <= left or bottom <= top:
+        raise DataError(f"{where}: empty box {list(bbox)}")
+    if right <= 0 or bottom <= 0 or left >= img.width or top >= img.height:
+        raise DataError(f"{where}: box {list(bbox)} lies outside the {img.width}x{img.height} image")
+    return img.crop(box)
+
+
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -247,7 +260,7 @@ class MultiLabelDataset(Dataset):
 
     def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
                  data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True,
-                 cache_images: bool = False):
+                 cache_images: bool = False, fast_decode: Optional[bool] = None):
         self.json_path = json_path
         self.records = load_records(json_path, num_classes, require_labels,
                                     TRAIN_LABELS if transform.train else TEST_LABELS)
@@ -260,6 +273,8 @@ class MultiLabelDataset(Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._cache: Optional[Dict[int, Image.Image]] = {} if cache_images else None
+        # reduced-scale JPEG decoding: on for training (speed), off for evaluation (exact pixels)
+        self.fast_decode = transform.train if fast_decode is None else fast_decode
 
     def __len__(self) -> int:
         return len(self.records)
@@ -278,22 +293,19 @@ class MultiLabelDataset(Dataset):
     def _decode(self, idx: int) -> Image.Image:
         rec = self.records[idx]
         path = rec["img_path"]
+        where = f"{path} (record {idx} of {self.json_path})"
         try:
             with Image.open(path) as im:
-                if "bbox" not in rec:  # JPEG: decode at a reduced scale when the image is much larger
+                if self.fast_decode and "bbox" not in rec:
+                    # JPEG: decode at a reduced scale when the image is much larger than the input
+                    # (faster; the pixels differ slightly from a full decode + resize)
                     side = int(self.transform.img_size * 1.2)
                     im.draft("RGB", (side, side))
-                img = to_rgb8(im, f"{path} (record {idx} of {self.json_path})")
+                img = to_rgb8(im, where)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{path} (record {idx} of {self.json_path}): cannot read image: {e}") from None
+            raise DataError(f"{where}: cannot read image: {e}") from None
         if "bbox" in rec:
-            x, y, w, h = rec["bbox"]
-            left, top = max(0, int(x)), max(0, int(y))
-            right, bottom = min(img.width, int(math.ceil(x + w))), min(img.height, int(math.ceil(y + h)))
-            if right <= left or bottom <= top:
-                raise DataError(f"{path} (record {idx} of {self.json_path}): bbox {rec['bbox']} lies outside "
-                                f"the {img.width}x{img.height} image")
-            img = img.crop((left, top, right, bottom))
+            img = crop_person(img, rec["bbox"], where)
         return img
 
     def __getitem__(self, key):

@@ -67,6 +67,9 @@ def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool 
     if workers:
         g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
                        help="data-loading worker processes (--dataset demo: 0)")
+    g.add_argument("--fast_decode", action="store_true",
+                   help="also at evaluation, decode JPEGs much larger than --img_size at a reduced scale (faster; "
+                        "pixels differ slightly from a full decode; training always does this)")
     g.add_argument("--cache_images", action="store_true",
                    help="decode each image once and keep it in memory (small datasets, with --num_workers 0; "
                         "--dataset demo: on)")
@@ -181,7 +184,8 @@ def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
     """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
     transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop)
     return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
-                skip_bad_images=args.skip_bad_images, cache_images=getattr(args, "cache_images", False))
+                skip_bad_images=args.skip_bad_images, cache_images=getattr(args, "cache_images", False),
+                fast_decode=True if train else getattr(args, "fast_decode", False))
 
 
 def dataset_files(args: argparse.Namespace):

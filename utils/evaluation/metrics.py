@@ -105,9 +105,14 @@ def _column_counts(mask: np.ndarray) -> np.ndarray:
     return mask.view(np.uint8).sum(axis=0, dtype=np.int64).astype(np.float64)
 
 
-def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray]) -> Dict[str, float]:
+PR_CONVENTIONS = ("ours", "authors")
+
+
+def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray],
+                     convention: str = "ours") -> Dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (x100) plus the mean of per-class F1 (model-zoo 'CF1').
-    ``valid`` (None: all) masks the entries that count."""
+    ``valid`` (None: all) masks the entries that count. A class with no prediction counts as one
+    predicted in CP; with ``convention="authors"`` also in OP's denominator (the authors' code)."""
     if valid is not None:
         pred = pred & valid
         gt = gt & valid
@@ -117,7 +122,7 @@ def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
     p_c = tp / np.maximum(n_pred, 1)
     r_c = tp / np.maximum(n_gt, 1)
     cp, cr = p_c.mean(), r_c.mean()
-    op = tp.sum() / max(n_pred.sum(), 1.0)
+    op = tp.sum() / max((np.maximum(n_pred, 1) if convention == "authors" else n_pred).sum(), 1.0)
     orr = tp.sum() / max(n_gt.sum(), 1.0)
     f1 = lambda p, r: 2 * p * r / (p + r) if p + r > 0 else 0.0  # noqa: E731
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -149,7 +154,7 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def evaluate(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, voc: Optional[bool] = None,
-             paths: Optional[List[str]] = None) -> Report:
+             paths: Optional[List[str]] = None, pr_convention: str = "ours") -> Report:
     """All metrics from sigmoid scores (N, C) and a target matrix (N, C).
 
     A score counts as predicted when ``score >= threshold``.
@@ -166,8 +171,10 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, vo
     defined = ~np.isnan(ap)
     m = float(100 * ap[defined].mean()) if defined.any() else float("nan")
     pred = scores >= threshold
-    overall = precision_recall(pred, pos, valid_pr)
-    top3 = precision_recall(pred & top_k_mask(scores, 3), pos, valid_pr)
+    if pr_convention not in PR_CONVENTIONS:
+        raise MetricsError(f"--pr_convention must be one of {', '.join(PR_CONVENTIONS)} (got {pr_convention!r})")
+    overall = precision_recall(pred, pos, valid_pr, pr_convention)
+    top3 = precision_recall(pred & top_k_mask(scores, 3), pos, valid_pr, pr_convention)
     return Report(ap=ap, map=m, undefined_classes=[int(i) for i in np.flatnonzero(~defined)],
                   overall=overall, top3=top3, convention="voc" if voc else "binary",
-                  extra={"has_ignored_99": bool((targets == IGNORE).any())})
+                  extra={"has_ignored_99": bool((targets == IGNORE).any()), "pr_convention": pr_convention})

@@ -29,6 +29,8 @@ def format_report(report: Report, class_names: Optional[Sequence[str]] = None, p
         lines.append(f"{label:8s}" + "".join(f"{d[k]:8.2f}" for k in KEYS) + f"{d['CF1_mean_per_class']:10.2f}")
     lines.append("CF1 is the harmonic mean of CP and CR (the paper's); CF1(zoo) is the mean of per-class F1 "
                  "(the model-zoo toolbox's 'CF1'). Threshold: score >= 0.5.")
+    if report.extra.get("pr_convention") == "authors":
+        lines.append("P/R convention: the authors' (a class with no prediction counts as one predicted in CP and OP).")
     if report.convention == "voc":
         lines.append("VOC convention: difficult (0) left out of AP and P/R, -1 negative.")
     if report.extra.get("has_ignored_99"):

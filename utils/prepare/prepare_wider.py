@@ -2,7 +2,7 @@
 
     python utils/prepare/prepare_wider.py --data_path Dataset/WIDER_ATTRIBUTE [--out_dir data/wider]
 
-Expects Anno/wider_attribute_{trainval,test}.json and Image/<file_name>. Each record carries the
+Expects Annotations/ (or Anno/) wider_attribute_{trainval,test}.json and Image/<file_name>. Each record carries the
 person's "bbox": [x, y, w, h]. Attribute 1 -> 1, -1 -> 0; unspecified (0) -> 0 in trainval and
 99 in test (left out of mAP, counted as negative in P/R).
 """
@@ -71,13 +71,26 @@ def build_split(ann_path: str, image_root: str, test: bool) -> List[dict]:
     return records
 
 
+ANNOTATION_FOLDERS = ("Annotations", "Anno")  # the authors' README layout first, then the release's
+
+
+def annotation_file(data_path: str, split: str) -> str:
+    """wider_attribute_<split>.json under Annotations/ (the authors' layout) or Anno/."""
+    name = f"wider_attribute_{split}.json"
+    tried = [os.path.join(data_path, folder, name) for folder in ANNOTATION_FOLDERS]
+    for path in tried:
+        if os.path.isfile(path):
+            return path
+    raise PrepareError(f"{name}: not found; tried {' and '.join(tried)}")
+
+
 def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]:
     require_dir(data_path)
     refuse_overwrite([os.path.join(out_dir, f"{s}_wider.json") for s in ("trainval", "test")], force)
     image_root = require_dir(os.path.join(data_path, "Image"))
     outputs = {}
     for split, test in (("trainval", False), ("test", True)):
-        records = build_split(os.path.join(data_path, "Anno", f"wider_attribute_{split}.json"), image_root, test)
+        records = build_split(annotation_file(data_path, split), image_root, test)
         path = os.path.join(out_dir, f"{split}_wider.json")
         write_split(path, records, WIDER_ATTRIBUTES)
         outputs[split] = path
@@ -86,7 +99,7 @@ def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data_path", required=True, help="the WIDER_ATTRIBUTE folder (Anno/, Image/)")
+    p.add_argument("--data_path", required=True, help="the WIDER_ATTRIBUTE folder (Annotations/ or Anno/, Image/)")
     p.add_argument("--out_dir", default="data/wider")
     add_force_flag(p)
     a = p.parse_args(argv)

@@ -1,0 +1,64 @@
+"""Write a checkpoint in another layout, so one model runs here, in the authors' code and in the
+model-zoo toolbox.
+
+    python tools/convert_checkpoint.py --load_from best.pth --to authors --out csra_authors.pth
+    python tools/convert_checkpoint.py --load_from their_vit.pth --to ours --out vit_ours.pth
+    python tools/convert_checkpoint.py --load_from best.pth --to zoo --out csra_zoo.pth
+
+Layouts: ``ours`` is a plain state dict with torchvision's backbone keys and the authors' head keys;
+``authors`` is the same for ResNets and, for ViTs, the timm-style names of the authors' ViT-CSRA;
+``zoo`` is ``{"state_dict": {"backbone.<key>", "head.csra_heads.<k>.head.weight"}, "meta": {...}}``.
+Any layout val.py reads is accepted as input (also DataParallel's ``module.`` and our training
+states). Tensors are copied unchanged; the output is written atomically and never replaces an
+existing file without ``--force``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.backbones import BACKBONES  # noqa: E402
+from pipeline.checkpoint import describe, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
+from pipeline.errors import CheckpointError  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.fileio import OutputError, save_torch_atomic  # noqa: E402
+
+LAYOUTS = ("ours", "authors", "zoo")
+
+
+def convert(load_from: str, to: str) -> object:
+    """The checkpoint at ``load_from`` in layout ``to``."""
+    sd = to_authors_layout(safe_load(load_from), load_from)
+    info = describe(sd)
+    if info["model"] is None:
+        raise CheckpointError(f"{load_from}: its backbone is not one this code knows; cannot convert it")
+    if info["head"] is None:
+        raise CheckpointError(f"{load_from}: no classifier weights (no classifier.* or fc.* keys)")
+    if to == "ours":
+        return sd
+    if to == "authors":
+        return rename_vit(sd, "to_timm") if BACKBONES[info["model"]].family == "vit" else sd
+    return to_zoo_layout(sd, meta={"model": info["model"], "head": info["head"], "num_heads": info["num_heads"],
+                                   "num_classes": info["num_classes"], "converted_from": os.path.basename(load_from)})
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load_from", required=True, help="a checkpoint in any layout val.py accepts")
+    p.add_argument("--to", required=True, choices=LAYOUTS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    a = p.parse_args(argv)
+    if os.path.exists(a.out) and not a.force:
+        raise OutputError(f"{a.out}: exists; pass --force to replace it")
+    obj = convert(a.load_from, a.to)
+    save_torch_atomic(obj, a.out)
+    sd = obj["state_dict"] if a.to == "zoo" else obj
+    print(f"wrote {a.out}: {len(sd)} tensors in the {a.to} layout")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -15,7 +15,7 @@ import sys
 import torch
 from PIL import Image
 
-from pipeline.dataset import DATASETS, ImageTransform, to_rgb8
+from pipeline.dataset import DATASETS, ImageTransform, read_json, to_rgb8
 from pipeline.errors import ConfigError, DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load_from", required=True)
     p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--thresholds", default=None, metavar="FILE",
+                   help="per-class thresholds (thresholds.json from val.py --report) instead of --threshold")
     p.add_argument("--topk", type=int, default=None, help="list the K highest-scoring labels, whatever the threshold")
     p.add_argument("--output", default=None, help="write predictions to PATH.json or PATH.csv")
     p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write attention heatmaps here")
@@ -53,10 +55,10 @@ def get_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def chosen_classes(args, names, scores) -> list:
+def chosen_classes(args, names, scores, cut) -> list:
     if args.heatmap_classes:
         return [names.index(n) for n in args.heatmap_classes.split(",")]
-    above = [c for c in range(len(scores)) if scores[c] >= args.threshold]
+    above = [c for c in range(len(scores)) if scores[c] >= cut[c]]
     return above or [int(torch.tensor(scores).argmax())]
 
 
@@ -105,6 +107,21 @@ def unique_stems(files) -> dict:
     return stems
 
 
+def class_thresholds(path: str, names) -> list:
+    """Per-class thresholds from a thresholds.json (val.py --report), in the order of ``names``."""
+    data = read_json(path)
+    table = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: not a thresholds file (no 'thresholds' object)")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise DataError(f"{path}: no threshold for class {missing[0]!r}")
+    bad = [n for n in names if not isinstance(table[n], (int, float)) or not 0 <= table[n] <= 1]
+    if bad:
+        raise DataError(f"{path}: threshold of {bad[0]!r} must be a number in [0, 1]")
+    return [float(table[n]) for n in names]
+
+
 def collate_files(batch):
     kept = [b for b in batch if b[0] is not None]
     errors = [b[2] for b in batch if b[0] is None]
@@ -132,6 +149,7 @@ def run(args) -> list:
             raise ConfigError(f"--heatmap_classes: unknown class {unknown[0]!r}; classes are {', '.join(names)}")
     if not 0 <= args.heatmap_head < max(1, model.num_heads):
         raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
+    cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
     stems = unique_stems(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
                                          batch_size=args.batch_size, num_workers=args.num_workers,
@@ -150,14 +168,14 @@ def run(args) -> list:
             f = files[index]
             scores = probs[i].tolist()
             order = sorted(range(len(scores)), key=lambda c: -scores[c])
-            shown = order[:args.topk] if args.topk else [c for c in order if scores[c] >= args.threshold]
+            shown = order[:args.topk] if args.topk else [c for c in order if scores[c] >= cut[c]]
             labels = [(names[c], scores[c]) for c in shown]
             print(f"{f}: " + (", ".join(f"{n} ({s:.3f})" for n, s in labels) or "(nothing above threshold)"))
             rec = {"image": f, "labels": [{"class": n, "score": round(s, 6)} for n, s in labels],
                    "scores": {n: round(s, 6) for n, s in zip(names, scores)}}
             if args.heatmaps:
                 rec["heatmaps"] = save_heatmaps(args.heatmaps, f, open_rgb(f), out, i,
-                                                chosen_classes(args, names, scores), names, scores,
+                                                chosen_classes(args, names, scores, cut), names, scores,
                                                 head=args.heatmap_head, stem=stems[f])
             results.append(rec)
     if not results:

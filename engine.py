@@ -192,3 +192,37 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     all_paths = [all_paths[i] for i in order]
     targets = dataset.targets()[indices] if dataset.has_labels else None
     return scores, targets, all_paths
+
+
+@torch.no_grad()
+def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, size: int = 160, head: int = 0,
+                         batch_size: int = 16):
+    """Thumbnails of dataset images with a class's attention heatmap overlaid, from one forward pass
+    over just the requested images. ``requests``: image index -> class indices; returns
+    {(image index, class index): PIL image}."""
+    from utils.visualize import class_map, fit_thumbnail, overlay, upsample
+
+    model.eval()
+    out = {}
+    indices = sorted(requests)
+    for start in range(0, len(indices), batch_size):
+        items = [(i, dataset[i]) for i in indices[start:start + batch_size]]
+        items = [(i, item) for i, item in items if item is not None]
+        if not items:
+            continue
+        x = runtime.to_input(torch.stack([item[0] for _, item in items]))
+        with runtime.autocast():
+            maps = model.forward_with_maps(x)
+        for j, (i, _) in enumerate(items):
+            img = fit_thumbnail(dataset.load_image(i), size)
+            for c in requests[i]:
+                out[(i, c)] = overlay(img, upsample(class_map(maps, j, c, head), (img.height, img.width)))
+    return out
+
+
+def thumbnails_by_row(model, dataset, runtime, paths, requests) -> dict:
+    """attention_thumbnails for rows of the score matrix (rows skip unreadable images; dataset indices do not)."""
+    index_of = {r["img_path"]: i for i, r in enumerate(dataset.records)}
+    row_of = {index_of[paths[row]]: row for row in requests}
+    made = attention_thumbnails(model, dataset, runtime, {index_of[paths[row]]: cs for row, cs in requests.items()})
+    return {(row_of[i], c): img for (i, c), img in made.items()}

@@ -18,7 +18,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from engine import (NonFiniteLossError, SeededShardSampler, lr_factor, make_loader, non_finite_entries, predict,
-                    train_one_epoch)
+                    thumbnails_by_row, train_one_epoch)
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError, CSRAError
 from pipeline.model import CSRANet
@@ -27,6 +27,7 @@ from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
                        model_kwargs, new_parser, parse_args, resolve, run_main)
 from utils.evaluation import evaluate, format_report
+from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, given_flags, load_train_state,
                                progress, read_recorded_args, reconcile_args, remove_stale_temporaries,
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--state_every", type=int, default=500,
                    help="also save the training state every N iterations (0: only at epoch ends)")
     g.add_argument("--output_dir", default=None, help="run folder (default checkpoint/<model>)")
+    g.add_argument("--report", default=None, metavar="DIR",
+                   help="after the last evaluation, write the HTML evaluation report into DIR (see val.py --report)")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue an interrupted run: its folder or train_state.pth (default: --output_dir)")
     return p
@@ -182,7 +185,7 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
             if du.is_main():
                 save_torch_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
         if source == "model":
-            model_report = report
+            model_report = (report, scores, targets, paths)
     return fields, best, model_report
 
 
@@ -305,7 +308,14 @@ def train(args, given=frozenset()) -> dict:
         save_state(epoch + 1, 0)
         du.barrier()
     if du.is_main() and last_report is not None:
-        print(format_report(last_report, args.class_names, per_class=True))
+        print(format_report(last_report[0], args.class_names, per_class=True))
+        if args.report:
+            report, scores, targets, paths = last_report
+            out = write_report(args.report, scores, targets, paths, args.class_names, report,
+                               info={"model": f"{args.model}, {args.head} head, {args.num_heads} heads, lam {args.lam}",
+                                     "checkpoint": f"{folder} (last epoch)", "data": test_json},
+                               thumbnails=lambda req: thumbnails_by_row(model, test_set, runtime, paths, req))
+            print(f"wrote {out['index']}")
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), "
               f"saved as {os.path.join(folder, 'best.pth')}")
     du.cleanup()

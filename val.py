@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 
-from engine import predict
-from pipeline.dataset import MultiLabelDataset
+import numpy as np
+
+from engine import predict, thumbnails_by_row
+from pipeline.dataset import MultiLabelDataset, read_json
 from pipeline.errors import DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime, runtime_warning
@@ -17,6 +19,7 @@ from utils import distributed as du
 from utils.cli import (add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs, model_kwargs,
                        new_parser, parse_args, run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
+from utils.evaluation.html_report import write_report
 from utils.evaluation.report import save_scores, write_voc_submission
 
 
@@ -25,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_data_args(p)
     add_runtime_args(p)
-    p.add_argument("--load_from", required=True, help="checkpoint: authors', model-zoo, DataParallel or ours")
+    p.add_argument("--load_from", default=None, help="checkpoint: authors', model-zoo, DataParallel or ours")
     p.add_argument("--save_scores", default=None, metavar="PATH",
                    help="write per-image scores with their paths and the metrics as JSON")
     p.add_argument("--voc_submission", default=None, metavar="DIR",
@@ -33,15 +36,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pr_convention", default="ours", choices=["ours", "authors"],
                    help="ours: OP counts the true number of predictions; authors: a class with no prediction "
                         "counts as one predicted in OP too, as the authors' evaluator does")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write an HTML report (figures, per-class table, thresholds.json, worst mistakes with "
+                        "their heatmaps) into DIR")
+    p.add_argument("--report_classes", type=int, default=10,
+                   help="show the worst mistakes of this many classes, lowest AP first")
+    p.add_argument("--from_scores", default=None, metavar="SCORES_JSON",
+                   help="with --report: draw it from a --save_scores file instead of running a model")
     p.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     return p
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    return parse_args(build_parser(), argv)
+    p = build_parser()
+    args = parse_args(p, argv)
+    if args.from_scores and not args.report:
+        p.error("--from_scores needs --report DIR")
+    if not args.load_from and not args.from_scores:
+        p.error("--load_from is required (or --from_scores with --report)")
+    return args
+
+
+def report_from_scores(args) -> dict:
+    """Draw the report from a --save_scores file: no model, no images decoded for scores."""
+    data = read_json(args.from_scores)
+    try:
+        names, images = data["classes"], data["images"]
+        scores = np.array([im["scores"] for im in images], dtype=np.float64)
+        targets = np.array([im["target"] for im in images], dtype=np.int64)
+        paths = [im["img_path"] for im in images]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{args.from_scores}: not a --save_scores file with targets ({type(e).__name__}: {e})") from None
+    report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
+    print(format_report(report, names))
+    out = write_report(args.report, scores, targets, paths, names, report, report_classes=args.report_classes,
+                       info={"scores": args.from_scores}, pr_convention=args.pr_convention)
+    print(f"wrote {out['index']} ({out['seconds_total']:.1f} s)")
+    return {"report": report, "html": out}
 
 
 def validate(args) -> dict:
+    if args.from_scores:
+        return report_from_scores(args)
     device = du.init_distributed()
     _, test_json = dataset_files(args)
     writes_only = bool(args.voc_submission or args.save_scores)
@@ -68,6 +104,15 @@ def validate(args) -> dict:
             print(format_report(report, names))
             metrics = report_to_dict(report, names)
             result["report"] = report
+            if args.report:
+                out = write_report(
+                    args.report, scores, targets, paths, names, report, report_classes=args.report_classes,
+                    pr_convention=args.pr_convention,
+                    info={"model": f"{args.model}, {args.head} head, {model.num_heads} heads, lam {args.lam}",
+                          "checkpoint": args.load_from, "data": test_json},
+                    thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, paths, req))
+                print(f"wrote {out['index']}")
+                result["html"] = out
         elif not writes_only:
             raise DataError(f"{test_json} has no labels; pass --voc_submission DIR or --save_scores PATH")
         if args.save_scores:

@@ -88,6 +88,13 @@ def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: dict, im
     return written
 
 
+def fit_thumbnail(img: Image.Image, size: int) -> Image.Image:
+    """A copy whose longer side is ``size`` pixels (small images are enlarged, so they stay legible)."""
+    scale = size / max(img.width, img.height)
+    return img.convert("RGB").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                                     Image.BILINEAR)
+
+
 def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
     """Files to try (folders expanded, sorted) and the names skipped as not images."""
     files, skipped = [], []

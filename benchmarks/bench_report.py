@@ -1,0 +1,50 @@
+"""Time the evaluation report at COCO size (40,137 images x 80 classes) from saved scores.
+
+    python benchmarks/bench_report.py [--n 40137] [--classes 80]
+
+Writes a --save_scores file of synthetic COCO-like scores (about 2.9 positives per image), then runs
+``val.py --from_scores FILE --report DIR`` in this process and prints the time of each part:
+reading the scores, the metrics, the analysis and figures, and the whole report. The images do not
+exist, so no thumbnails are drawn (with a model, they take one forward pass over at most
+8 x --report_classes images).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from utils.evaluation.report import save_scores  # noqa: E402
+from val import get_args, report_from_scores  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=40137)
+    p.add_argument("--classes", type=int, default=80)
+    a = p.parse_args()
+    rng = np.random.default_rng(0)
+    targets = (rng.random((a.n, a.classes)) < 0.036).astype(np.int64)
+    scores = 1 / (1 + np.exp(-rng.normal(2.5 * targets - 1.5, 1.0)))
+    names = [f"class_{c}" for c in range(a.classes)]
+    out = tempfile.mkdtemp(prefix="report_bench_")
+    scores_file = os.path.join(out, "scores.json")
+    save_scores(scores_file, [f"images/{i:06d}.jpg" for i in range(a.n)], scores, targets, names, None)
+    t0 = time.perf_counter()
+    result = report_from_scores(get_args(["--dataset", "coco", "--from_scores", scores_file,
+                                          "--report", os.path.join(out, "report")]))
+    total = time.perf_counter() - t0
+    print(f"\n{a.n} x {a.classes}: report from saved scores in {total:.2f} s "
+          f"(analysis + figures + thresholds.json {result['html']['seconds_figures']:.2f} s, "
+          f"writing the page {result['html']['seconds_total'] - result['html']['seconds_figures']:.2f} s, "
+          f"reading the scores and the metrics {total - result['html']['seconds_total']:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The evaluation report: its numbers against independent computations, its page against the files."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import demo as demo_main
+import main as train_main
+from helpers import run_py, tiny_demo, train_argv
+from utils.evaluation.analysis import analyse, best_f1_threshold, pr_curve, worst_mistakes
+from utils.evaluation.metrics import evaluate, masks
+
+
+def random_case(kind, seed, tied):
+    rng = np.random.default_rng(seed)
+    n, C = 90, 5
+    scores = rng.integers(0, 8, size=(n, C)) / 7.0 if tied else rng.random((n, C))
+    targets = {"voc": rng.choice([1, 0, -1], size=(n, C), p=[0.3, 0.1, 0.6]),
+               "wider": rng.choice([1, 0, 99], size=(n, C), p=[0.3, 0.5, 0.2]),
+               "binary": rng.choice([1, 0], size=(n, C), p=[0.3, 0.7])}[kind]
+    return scores, targets
+
+
+@pytest.mark.parametrize("kind", ["voc", "wider", "binary"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_pr_curve_area_is_the_ap(kind, tied):
+    scores, targets = random_case(kind, 1, tied)
+    rep = evaluate(scores, targets)
+    pos, neg, _, _ = masks(targets)
+    for c in range(scores.shape[1]):
+        curve = pr_curve(scores[:, c], pos[:, c], neg[:, c])
+        r = [0.0] + list(curve.recall)
+        area = sum((r[k + 1] - r[k]) * curve.precision[k] for k in range(len(curve.precision)))
+        assert area == pytest.approx(rep.ap[c], abs=1e-9)
+        assert all(np.diff(curve.recall) > 0) and curve.recall[-1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("kind", ["voc", "wider", "binary"])
+def test_per_class_table_and_best_thresholds_by_brute_force(kind):
+    scores, targets = random_case(kind, 2, tied=True)
+    rep = evaluate(scores, targets)
+    a = analyse(scores, targets, rep.ap)
+    voc = kind == "voc"
+    for c in range(scores.shape[1]):
+        t = targets[:, c]
+        counted = ~(voc & (t == 0))  # P/R: VOC difficult left out; 99 negative
+        pred = (scores[:, c] >= 0.5) & counted
+        gt = (t == 1) & counted
+        assert a.positives[c] == (t == 1).sum() and a.predicted[c] == pred.sum() and a.tp[c] == (pred & gt).sum()
+        p = (pred & gt).sum() / pred.sum() if pred.sum() else 0.0
+        r = (pred & gt).sum() / gt.sum()
+        assert a.precision[c] == pytest.approx(p) and a.recall[c] == pytest.approx(r)
+        best = (-1.0, None)
+        for thr in sorted(set(scores[counted, c]), reverse=True):  # every distinct score
+            pr = (scores[:, c] >= thr) & counted
+            f1 = 2 * (pr & gt).sum() / (pr.sum() + gt.sum())
+            if f1 > best[0]:
+                best = (f1, thr)
+        assert a.best_f1[c] == pytest.approx(best[0]) and a.best_threshold[c] == best[1]
+    # the global sweep equals the evaluator at each threshold
+    for k, thr in enumerate(a.sweep["thresholds"]):
+        again = evaluate(scores, targets, threshold=thr)
+        assert a.sweep["CF1"][k] == pytest.approx(again.overall["CF1"])
+        assert a.sweep["OF1"][k] == pytest.approx(again.overall["OF1"])
+
+
+def test_worst_mistakes_by_sorting():
+    scores, targets = random_case("voc", 3, tied=False)
+    for c in range(scores.shape[1]):
+        fp, fn = worst_mistakes(scores, targets, c)
+        negatives = sorted((i for i in range(len(scores)) if targets[i, c] == -1), key=lambda i: -scores[i, c])
+        positives = sorted((i for i in range(len(scores)) if targets[i, c] == 1), key=lambda i: scores[i, c])
+        assert fp == negatives[:4] and fn == positives[:4]
+
+
+def test_best_threshold_without_positives():
+    assert best_f1_threshold(np.array([0.2, 0.9]), np.array([False, False]), np.array([True, True])) == (0.5, 0.0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    files = tiny_demo(root / "data", num_train=32, num_test=16)
+    train_main.main(train_argv(files, root / "run", "--total_epoch", "1", "--report", str(root / "from_main")))
+    return root, files
+
+
+def page_links_exist(folder):
+    page = open(os.path.join(folder, "index.html"), encoding="utf-8").read()
+    links = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+    assert links
+    for link in links:
+        scheme = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):", link)
+        assert scheme is None or scheme.group(1) == "data", link
+        if scheme is None:
+            assert os.path.isfile(os.path.join(folder, link)), link
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    return page
+
+
+def test_val_report_with_model_and_from_scores(trained, tmp_path):
+    root, files = trained
+    common = ["--dataset", "demo", "--test_json", files["test"], "--classes", files["classes"], "--img_size", "32",
+              "--num_workers", "0"]
+    scores_file = tmp_path / "scores.json"
+    r = run_py("val.py", *common, "--load_from", str(root / "run" / "best.pth"), "--report", str(tmp_path / "rep"),
+               "--report_classes", "2", "--save_scores", str(scores_file))
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = page_links_exist(tmp_path / "rep")
+    saved = json.loads(scores_file.read_text())
+    metrics = saved["metrics"]  # the evaluator's, on the same scores the page was drawn from
+    assert f"mAP {metrics['mAP']:.2f}" in page
+    for name in saved["classes"]:
+        assert f"<td class=name>{name}</td><td>{metrics['AP'][name]:.2f}</td>" in page
+    # the saved file rounds scores to 6 decimals; a page drawn from it agrees with the evaluator on those
+    rep = evaluate(np.array([im["scores"] for im in saved["images"]]), np.array([im["target"] for im in saved["images"]]))
+    assert page.count("<h3>") == 2 and len(os.listdir(tmp_path / "rep" / "thumbs")) > 0
+    thresholds = json.loads((tmp_path / "rep" / "thresholds.json").read_text())
+    assert set(thresholds["thresholds"]) == set(saved["classes"]) and "held-out" in thresholds["note"]
+    r = run_py("val.py", *common, "--from_scores", str(scores_file), "--report", str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = page_links_exist(tmp_path / "again")
+    assert f"mAP {rep.map:.2f}" in again and "without attention heatmaps" in again
+    page_links_exist(root / "from_main")
+
+
+def test_demo_applies_per_class_thresholds(trained, tmp_path):
+    root, files = trained
+    names = open(files["classes"]).read().split()
+    test_dir = os.path.dirname(json.loads(open(files["test"]).read())[0]["img_path"])
+    common = ["--dataset", "demo", "--classes", files["classes"], "--img_size", "32", "--load_from",
+              str(root / "run" / "best.pth"), "--img_dir", test_dir]
+    plain = demo_main.run(demo_main.get_args(common))
+    cut = {n: (0.0 if i % 2 == 0 else 1.0) for i, n in enumerate(names)}  # even classes always, odd never
+    (tmp_path / "t.json").write_text(json.dumps({"thresholds": cut}))
+    per_class = demo_main.run(demo_main.get_args(common + ["--thresholds", str(tmp_path / "t.json")]))
+    for a, b in zip(plain, per_class):
+        got = {x["class"] for x in b["labels"]}
+        want = {n for n in names if b["scores"][n] >= cut[n]}
+        assert got == want and a["scores"] == b["scores"]

@@ -1,0 +1,114 @@
+"""Per-class analysis behind the evaluation report: PR curves, best-F1 thresholds, per-class counts,
+a global threshold sweep and the worst mistakes. Pure numpy; the conventions are the evaluator's
+(``metrics.masks``): AP counts positives and AP-negatives, P/R counts the P/R-valid entries."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from utils.evaluation.metrics import masks, precision_recall
+
+
+@dataclass
+class ClassCurve:
+    recall: np.ndarray      # recall after each tie block that holds a positive (increasing)
+    precision: np.ndarray   # precision at the end of that block
+
+
+def _descending_blocks(s: np.ndarray, *flags: np.ndarray):
+    """Sort by score (descending) and return the block-end indices and cumulative flag counts there."""
+    order = np.argsort(-s, kind="stable")
+    s = s[order]
+    ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
+    return s[ends], [np.cumsum(f[order])[ends] for f in flags]
+
+
+def pr_curve(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> ClassCurve:
+    """The stepwise PR curve of one class whose area, sum((r_k - r_{k-1}) * p_k), is its AP: one
+    point per tie block holding a positive, at the block's end (the evaluator's tie rule)."""
+    counted = pos | neg
+    _, (tp, fp) = _descending_blocks(scores[counted], pos[counted].astype(np.int64), neg[counted].astype(np.int64))
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        return ClassCurve(np.zeros(0), np.zeros(0))
+    gained = np.diff(np.concatenate([[0], tp])) > 0
+    return ClassCurve(tp[gained] / n_pos, tp[gained] / (tp[gained] + fp[gained]))
+
+
+def curve_area(curve: ClassCurve) -> float:
+    return float(np.sum(np.diff(np.concatenate([[0.0], curve.recall])) * curve.precision))
+
+
+def best_f1_threshold(scores: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Tuple[float, float]:
+    """(threshold, F1): predicting ``score >= threshold`` for this class gives the best F1 over every
+    distinct score (ties of F1 go to the higher threshold). (0.5, 0.0) when there is no positive."""
+    s, g = scores[valid], gt[valid]
+    n_gt = int(g.sum())
+    if n_gt == 0 or s.size == 0:
+        return 0.5, 0.0
+    values, (tp, n_pred) = _descending_blocks(s, g.astype(np.int64), np.ones_like(g, dtype=np.int64))
+    f1 = 2 * tp / (n_pred + n_gt)
+    k = int(np.argmax(f1))  # first maximum = highest threshold among equals
+    return float(values[k]), float(f1[k])
+
+
+@dataclass
+class ClassAnalysis:
+    ap: np.ndarray
+    positives: np.ndarray
+    predicted: np.ndarray
+    tp: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    best_threshold: np.ndarray
+    best_f1: np.ndarray
+    curves: List[ClassCurve]
+    sweep: Dict[str, np.ndarray]          # thresholds, CF1, OF1
+
+
+def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: float = 0.5,
+            pr_convention: str = "ours") -> ClassAnalysis:
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg, valid, _ = masks(np.asarray(targets))
+    valid = np.ones_like(pos) if valid is None else valid
+    pred = (scores >= threshold) & valid
+    gt = pos & valid
+    tp = (pred & gt).sum(0)
+    n_pred, n_gt = pred.sum(0), gt.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
+        r = np.where(n_gt > 0, tp / np.maximum(n_gt, 1), 0.0)
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    C = scores.shape[1]
+    best = [best_f1_threshold(scores[:, c], gt[:, c], valid[:, c]) for c in range(C)]
+    curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(C)]
+    ts = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    cf1, of1 = [], []
+    pr_valid = None if valid.all() else valid
+    for t in ts:
+        d = precision_recall(scores >= t, pos, pr_valid, pr_convention)
+        cf1.append(d["CF1"])
+        of1.append(d["OF1"])
+    return ClassAnalysis(ap=ap, positives=pos.sum(0), predicted=n_pred, tp=tp, precision=p, recall=r, f1=f1,
+                         best_threshold=np.array([b[0] for b in best]), best_f1=np.array([b[1] for b in best]),
+                         curves=curves, sweep={"thresholds": ts, "CF1": np.array(cf1), "OF1": np.array(of1)})
+
+
+def worst_mistakes(scores: np.ndarray, targets: np.ndarray, c: int, k: int = 4) -> Tuple[List[int], List[int]]:
+    """Image indices of class ``c``'s k highest-scoring negatives (false positives first) and k
+    lowest-scoring positives (false negatives first); difficult and unspecified entries are skipped."""
+    pos, neg, _, _ = masks(np.asarray(targets))
+    s = np.asarray(scores, dtype=np.float64)[:, c]
+    negatives, positives = np.flatnonzero(neg[:, c]), np.flatnonzero(pos[:, c])
+    fp = negatives[np.argsort(-s[negatives], kind="stable")][:k]
+    fn = positives[np.argsort(s[positives], kind="stable")][:k]
+    return fp.tolist(), fn.tolist()
+
+
+def worst_classes(ap: np.ndarray, n: Optional[int]) -> List[int]:
+    """Classes by AP, worst first (classes without an AP last); all of them when ``n`` is None."""
+    order = sorted(range(len(ap)), key=lambda c: (np.isnan(ap[c]), ap[c]))
+    return order if n is None else order[:n]

@@ -1,0 +1,219 @@
+"""The evaluation report: one self-contained HTML page (index.html) with PNG figures beside it, and
+thresholds.json. Opens from disk in any browser; no scripts, fonts or style sheets from elsewhere.
+
+    val.py ... --report DIR [--report_classes 10]          (or --from_scores scores.json instead of a model)
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
+from utils.evaluation.metrics import Report
+from utils.evaluation.report import KEYS, class_name
+from utils.fileio import atomic_write, make_folder, write_json_atomic
+from utils.visualize import fit_thumbnail
+
+THUMB = 160
+# (image index, class index) -> thumbnail with that class's heatmap; called once with every request
+Thumbnailer = Callable[[Dict[int, List[int]]], Dict[Tuple[int, int], Image.Image]]
+
+CSS = """body{font-family:sans-serif;font-size:15px;margin:24px;max-width:1400px;color:#111}
+h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #aaa}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
+th{background:#eee}td.name,th.name{text-align:left;white-space:nowrap}
+.cls{margin:18px 0}.row{display:flex;flex-wrap:wrap;gap:10px}.fig{text-align:left;font-size:13px}
+.fig img{display:block;border:1px solid #999}.note{color:#444}"""
+
+
+def _matplotlib():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str]) -> None:
+    plt = _matplotlib()
+    order = [c for c in worst_classes(ap, None) if not np.isnan(ap[c])][::-1]  # best at the top
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.24 * len(order) + 1)))
+    ax.barh(range(len(order)), [100 * ap[c] for c in order], color="0.35")
+    ax.set_yticks(range(len(order)))
+    ax.set_yticklabels([names[c] for c in order], fontsize=9)
+    ax.set_xlabel("AP (%)")
+    ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_pr_curves(path: str, a: ClassAnalysis, names: Sequence[str]) -> None:
+    """Small multiples, one per class (no shared axes, no tight_layout: both cost time quadratic in
+    the number of panels)."""
+    plt = _matplotlib()
+    C = len(names)
+    cols = min(6, C)
+    rows = math.ceil(C / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.1 * rows + 0.6), squeeze=False)
+    fig.subplots_adjust(left=0.07 if cols > 2 else 0.2, right=0.98, bottom=0.5 / (2.1 * rows + 0.6) + 0.02,
+                        top=1 - 0.25 / (2.1 * rows + 0.6), wspace=0.12, hspace=0.35)
+    for c in range(rows * cols):
+        ax = axes[c // cols][c % cols]
+        if c >= C:
+            ax.axis("off")
+            continue
+        curve = a.curves[c]
+        if curve.recall.size:
+            r = np.concatenate([[0.0], curve.recall])
+            p = np.concatenate([[curve.precision[0]], curve.precision])
+            ax.step(r, p, where="pre", color="black", linewidth=1.1)  # the area under it is the AP
+        title = names[c] if len(names[c]) <= 22 else names[c][:21] + "."
+        ap = "n/a" if np.isnan(a.ap[c]) else f"{100 * a.ap[c]:.1f}"
+        ax.set_title(f"{title}  AP {ap}", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(labelsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("recall", fontsize=9)
+    for row in axes:
+        row[0].set_ylabel("precision", fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
+    plt = _matplotlib()
+    t = a.sweep["thresholds"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style, marker in (("CF1", "-", "o"), ("OF1", "--", "s")):
+        y = a.sweep[key]
+        k = int(np.argmax(y))
+        ax.plot(t, y, linestyle=style, marker=marker, markersize=4, color="black", label=key)
+        ax.plot([t[k]], [y[k]], marker="*", markersize=14, color="0.5", markeredgecolor="black")
+        ax.annotate(f"best {key} {y[k]:.2f} at {t[k]:.2f}", (t[k], y[k]), textcoords="offset points",
+                    xytext=(6, 6 if key == "CF1" else -14), fontsize=9)
+    ax.set_xlabel("threshold (one for every class)")
+    ax.set_ylabel("F1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_cols: int = 1) -> str:
+    cells = "".join(f"<th{' class=name' if i < name_cols else ''}>{html.escape(h)}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{' class=name' if i < name_cols else ''}>{html.escape(str(v))}</td>"
+                                    for i, v in enumerate(r)) + "</tr>" for r in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _plain_thumbnail(path: str) -> Optional[Image.Image]:
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (OSError, ValueError):
+        return None
+    return fit_thumbnail(img, THUMB)
+
+
+def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: Sequence[str],
+                 class_names: Optional[Sequence[str]], report: Report, *, info: Dict[str, str],
+                 thumbnails: Optional[Thumbnailer] = None, report_classes: Optional[int] = 10,
+                 pr_convention: str = "ours") -> Dict[str, object]:
+    """Write index.html, the figures and thresholds.json into ``out_dir``; return paths and timings."""
+    t0 = time.perf_counter()
+    make_folder(out_dir)
+    C = scores.shape[1]
+    names = [class_name(class_names, c) for c in range(C)]
+    a = analyse(scores, targets, report.ap, pr_convention=pr_convention)
+    draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names)
+    draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names)
+    draw_threshold_sweep(os.path.join(out_dir, "threshold_sweep.png"), a)
+    write_json_atomic({"classes": names,
+                       "thresholds": {n: float(t) for n, t in zip(names, a.best_threshold)},
+                       "best_f1": {n: float(f) for n, f in zip(names, a.best_f1)},
+                       "chosen_on": info.get("data", ""),
+                       "note": "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
+                               "choose them on a held-out split for honest figures"},
+                      os.path.join(out_dir, "thresholds.json"))
+    t_figures = time.perf_counter() - t0
+
+    shown = worst_classes(report.ap, report_classes)
+    mistakes = {c: worst_mistakes(scores, targets, c) for c in shown}
+    requests: Dict[int, List[int]] = {}
+    for c, (fp, fn) in mistakes.items():
+        for i in fp + fn:
+            requests.setdefault(i, []).append(c)
+    thumbs = thumbnails(requests) if thumbnails is not None else {}
+    thumb_dir = make_folder(os.path.join(out_dir, "thumbs"))
+    sections = []
+    for c in shown:
+        fp, fn = mistakes[c]
+        blocks = []
+        for kind, items in (("false positives: highest-scoring negatives", fp),
+                            ("false negatives: lowest-scoring positives", fn)):
+            figs = []
+            for i in items:
+                img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
+                name = f"c{c:03d}_{'fp' if items is fp else 'fn'}_{i}.png"
+                if img is not None:
+                    img.save(os.path.join(thumb_dir, name))
+                    pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
+                else:
+                    pic = "<div class=note>(image not readable)</div>"
+                figs.append(f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}<br>"
+                            f"{html.escape(os.path.basename(paths[i]))}</div>")
+            blocks.append(f"<p><b>{kind}</b></p><div class=row>{''.join(figs) or '<i>none</i>'}</div>")
+        ap = "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}"
+        sections.append(f"<div class=cls><h3>{html.escape(names[c])} (AP {ap})</h3>{''.join(blocks)}</div>")
+
+    summary_rows = [["all"] + [f"{report.overall[k]:.2f}" for k in KEYS] + [f"{report.overall['CF1_mean_per_class']:.2f}"],
+                    ["top-3"] + [f"{report.top3[k]:.2f}" for k in KEYS] + [f"{report.top3['CF1_mean_per_class']:.2f}"]]
+    conventions = [f"AP non-interpolated, tied scores as one block; convention: {report.convention}",
+                   "predicted: score >= 0.5; CF1 = harmonic mean of CP and CR; CF1(zoo) = mean of per-class F1",
+                   f"P/R convention: {pr_convention}"]
+    if report.convention == "voc":
+        conventions.append("VOC: difficult (0) left out of AP and P/R; -1 negative")
+    if report.extra.get("has_ignored_99"):
+        conventions.append("99 (unspecified) left out of AP, negative in P/R (the authors' rule)")
+    per_class = [[names[c], "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}", int(a.positives[c]),
+                  int(a.predicted[c]), int(a.tp[c]), f"{100 * a.precision[c]:.2f}", f"{100 * a.recall[c]:.2f}",
+                  f"{100 * a.f1[c]:.2f}", f"{a.best_threshold[c]:.4f}", f"{100 * a.best_f1[c]:.2f}"]
+                 for c in range(C)]
+    facts = "".join(f"<tr><td class=name>{html.escape(k)}</td><td class=name>{html.escape(str(v))}</td></tr>"
+                    for k, v in info.items())
+    heat_note = "" if thumbnails is not None else \
+        "<p class=note>Drawn from saved scores: thumbnails show the images without attention heatmaps.</p>"
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>CSRA evaluation report</title>
+<style>{CSS}</style></head><body>
+<h1>CSRA evaluation report: mAP {report.map:.2f}</h1>
+<table>{facts}<tr><td class=name>images</td><td class=name>{scores.shape[0]}</td></tr></table>
+<h2>Summary</h2>{_table(["", *KEYS, "CF1(zoo)"], summary_rows)}
+<p class=note>{"<br>".join(html.escape(x) for x in conventions)}</p>
+<h2>AP per class</h2><img src="ap_per_class.png" alt="AP per class">
+{_table(["class", "AP", "positives", "predicted", "tp", "P@0.5", "R@0.5", "F1@0.5", "best-F1 threshold",
+         "best F1"], per_class)}
+<p class=note>Best-F1 thresholds (also in thresholds.json, for demo.py --thresholds) are chosen on this set:
+optimistic here; choose them on a held-out split for honest figures.</p>
+<h2>Precision-recall curves</h2><p class=note>Stepwise: the area under each curve is the class's AP.</p>
+<img src="pr_curves.png" alt="PR curves">
+<h2>One threshold for every class</h2><img src="threshold_sweep.png" alt="CF1 and OF1 against the threshold">
+<h2>Worst mistakes ({len(shown)} classes with the lowest AP)</h2>{heat_note}{''.join(sections)}
+</body></html>"""
+    index = os.path.join(out_dir, "index.html")
+    with atomic_write(index) as f:
+        f.write(page)
+    return {"index": index, "thresholds": os.path.join(out_dir, "thresholds.json"), "seconds_figures": t_figures,
+            "seconds_total": time.perf_counter() - t0, "thumbnail_images": len(requests)}

@@ -7,23 +7,21 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 
 import torch
 from PIL import Image
 
-from pipeline.dataset import DATASETS, ImageTransform, read_json, to_rgb8
+from pipeline.dataset import DATASETS, ImageTransform, to_rgb8
 from pipeline.errors import ConfigError, DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime
 from utils import distributed as du
 from utils.cli import add_model_args, add_runtime_args, model_kwargs, new_parser, parse_args, run_main
 from utils.evaluation.report import class_name
-from utils.fileio import atomic_write
-from utils.visualize import IMAGE_EXTENSIONS, list_images, save_heatmaps
+from utils.predictions import class_thresholds, describe, find_images, label_record, write_output
+from utils.visualize import save_heatmaps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,21 +105,6 @@ def unique_stems(files) -> dict:
     return stems
 
 
-def class_thresholds(path: str, names) -> list:
-    """Per-class thresholds from a thresholds.json (val.py --report), in the order of ``names``."""
-    data = read_json(path)
-    table = data.get("thresholds") if isinstance(data, dict) else None
-    if not isinstance(table, dict):
-        raise DataError(f"{path}: not a thresholds file (no 'thresholds' object)")
-    missing = [n for n in names if n not in table]
-    if missing:
-        raise DataError(f"{path}: no threshold for class {missing[0]!r}")
-    bad = [n for n in names if not isinstance(table[n], (int, float)) or not 0 <= table[n] <= 1]
-    if bad:
-        raise DataError(f"{path}: threshold of {bad[0]!r} must be a number in [0, 1]")
-    return [float(table[n]) for n in names]
-
-
 def collate_files(batch):
     kept = [b for b in batch if b[0] is not None]
     errors = [b[2] for b in batch if b[0] is None]
@@ -130,15 +113,9 @@ def collate_files(batch):
 
 
 def run(args) -> list:
-    files, skipped = list_images(args.img_dir)
-    missing = [p for p in args.img_dir if not os.path.exists(p)]
-    if missing:
-        raise DataError(f"{missing[0]}: no such file or folder")
+    files, skipped = find_images(args.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    if not files:
-        raise DataError(f"no image files in {', '.join(args.img_dir)} "
-                        f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last)
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
@@ -167,12 +144,8 @@ def run(args) -> list:
         for i, index in enumerate(indices):
             f = files[index]
             scores = probs[i].tolist()
-            order = sorted(range(len(scores)), key=lambda c: -scores[c])
-            shown = order[:args.topk] if args.topk else [c for c in order if scores[c] >= cut[c]]
-            labels = [(names[c], scores[c]) for c in shown]
-            print(f"{f}: " + (", ".join(f"{n} ({s:.3f})" for n, s in labels) or "(nothing above threshold)"))
-            rec = {"image": f, "labels": [{"class": n, "score": round(s, 6)} for n, s in labels],
-                   "scores": {n: round(s, 6) for n, s in zip(names, scores)}}
+            rec = label_record(f, names, scores, cut, args.topk)
+            print(describe(rec))
             if args.heatmaps:
                 rec["heatmaps"] = save_heatmaps(args.heatmaps, f, open_rgb(f), out, i,
                                                 chosen_classes(args, names, scores, cut), names, scores,
@@ -186,18 +159,6 @@ def run(args) -> list:
     if args.heatmaps:
         print(f"wrote heatmaps for {len(results)} images to {args.heatmaps}")
     return results
-
-
-def write_output(path: str, results: list, names: list) -> None:
-    if path.endswith(".json"):
-        with atomic_write(path) as f:
-            json.dump(results, f, indent=1)
-        return
-    with atomic_write(path) as f:
-        w = csv.writer(f)
-        w.writerow(["image", "labels"] + names)
-        for r in results:
-            w.writerow([r["image"], ";".join(x["class"] for x in r["labels"])] + [r["scores"][n] for n in names])
 
 
 def main(argv=None) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES
 from pipeline.errors import DataError
+from pipeline.jsonfile import read_json  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass(frozen=True)
@@ -56,19 +57,6 @@ DATASETS: Dict[str, DatasetSpec] = {
                         train_overrides=dict(pretrained="none", lr=0.05, total_epoch=10, warmup_epoch=1,
                                              num_workers=0, cache_images=True)),
 }
-
-
-def read_json(path: str):
-    """A JSON file (UTF-8, a byte-order mark accepted) with one-line errors naming it."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return json.load(f)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 TRAIN_LABELS = (0, 1)

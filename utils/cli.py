@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.classes import load_class_names
 from pipeline.dataset import DATASETS, ImageTransform
 from pipeline.errors import ConfigError, CSRAError
 from pipeline.runtime import AMP_CHOICES
+from utils.entry import run_main  # noqa: F401  (entry scripts import it from here)
 
 AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
 
@@ -192,24 +192,3 @@ def dataset_files(args: argparse.Namespace):
     """(train JSON, test JSON): the flags', else the dataset's."""
     spec = DATASETS[args.dataset]
     return getattr(args, "train_json", None) or spec.train_json, getattr(args, "test_json", None) or spec.test_json
-
-
-def _worker_message(e: BaseException) -> str:
-    """The one line of an error re-raised from a DataLoader worker (its message holds the worker's traceback)."""
-    text = str(e)
-    if "Original Traceback" not in text:
-        return text
-    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
-    return last.split(": ", 1)[1] if ": " in last else last
-
-
-def run_main(main: Callable[[], object], interrupted_hint: str = "") -> None:
-    """Run an entry script's main: every CSRAError (also from a DataLoader worker) becomes
-    'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted' and exit 130."""
-    try:
-        main()
-    except CSRAError as e:
-        sys.exit(f"error: {_worker_message(e)}")
-    except KeyboardInterrupt:
-        print("interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
-        sys.exit(130)

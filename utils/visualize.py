@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 PANEL_HEIGHT = 224
 CAPTION_HEIGHT = 22
 
@@ -93,19 +92,3 @@ def fit_thumbnail(img: Image.Image, size: int) -> Image.Image:
     scale = size / max(img.width, img.height)
     return img.convert("RGB").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                                      Image.BILINEAR)
-
-
-def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Files to try (folders expanded, sorted) and the names skipped as not images."""
-    files, skipped = [], []
-    for p in paths:
-        if os.path.isdir(p):
-            for name in sorted(os.listdir(p)):
-                full = os.path.join(p, name)
-                if os.path.isfile(full):
-                    (files if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else skipped).append(full)
-        elif os.path.isfile(p):
-            files.append(p)
-        else:
-            skipped.append(p)
-    return files, skipped

@@ -1,0 +1,66 @@
+"""Export a trained CSRA model to ONNX or TorchScript, checked against PyTorch at export time.
+
+    python export.py --load_from MODEL.pth --num_heads 1 --lam 0.1 --dataset voc07 --format onnx --out csra.onnx
+    python export.py --load_from MODEL.pth --dataset demo --format torchscript --out csra.pt --with_maps
+
+The file takes ``images`` (N, 3, H, W) float32, normalised as the metadata says, with a dynamic batch
+and the fixed --img_size, and returns ``logits`` (N, C) (and, with --with_maps, one head's heatmaps
+``maps`` (N, C, h, w)). Class names, temperatures, lam, input size and normalisation go into the file's
+metadata. The exported model is run on real-looking inputs and compared with PyTorch: the largest
+difference is printed, and export fails above 1e-4. ``predict_onnx.py`` runs an ONNX file without torch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from pipeline.dataset import DATASETS
+from pipeline.errors import ConfigError
+from pipeline.export import FORMATS, TOLERANCE, export
+from pipeline.model import load_for_inference
+from utils.cli import add_model_args, model_kwargs, new_parser, parse_args, run_main
+from utils.evaluation.report import class_name
+from utils.fileio import OutputError, make_folder
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.")
+    add_model_args(p)
+    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS), help="sets the class names and size")
+    p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
+    p.add_argument("--load_from", required=True)
+    p.add_argument("--format", required=True, choices=list(FORMATS))
+    p.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
+    p.add_argument("--with_maps", action="store_true", help="also output one head's heatmaps (N, C, h, w)")
+    p.add_argument("--heatmap_head", type=int, default=0, help="the head whose maps are output (0: T = 1)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p
+
+
+def run(args) -> dict:
+    if os.path.exists(args.out) and not args.force:
+        raise OutputError(f"{args.out}: exists; pass --force to replace it")
+    if args.num_cls is None:
+        raise ConfigError("--num_cls (or --classes) is needed to build the model")
+    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
+    names = args.class_names or [class_name(None, i) for i in range(args.num_cls)]
+    make_folder(os.path.dirname(os.path.abspath(args.out)))
+    tmp = os.path.join(os.path.dirname(os.path.abspath(args.out)), f".{os.path.basename(args.out)}.tmp{os.getpid()}")
+    try:
+        diffs = export(model, names, args.format, tmp, with_maps=args.with_maps, head=args.heatmap_head)
+        os.replace(tmp, args.out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    shown = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    print(f"wrote {args.out} ({args.format}, {args.model}, {args.head} head, {args.num_cls} classes, "
+          f"{args.img_size} px); parity with PyTorch: max |difference| {shown} (limit {TOLERANCE:.0e})")
+    return diffs
+
+
+def main(argv=None) -> None:
+    run_main(lambda: run(parse_args(build_parser(), argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Predictions on a folder of images, shared by demo.py and the torch-free predict_onnx.py: finding
+the images, per-class thresholds, one record per image, and the JSON/CSV output. Imports no torch."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import List, Optional, Sequence, Tuple
+
+from pipeline.errors import DataError
+from pipeline.jsonfile import read_json
+from utils.fileio import atomic_write
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Files to try (folders expanded, sorted) and the names skipped as not images."""
+    files, skipped = [], []
+    for p in paths:
+        if os.path.isdir(p):
+            for name in sorted(os.listdir(p)):
+                full = os.path.join(p, name)
+                if os.path.isfile(full):
+                    (files if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else skipped).append(full)
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            skipped.append(p)
+    return files, skipped
+
+
+def find_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """``list_images`` with one-line errors for a missing path or no image at all."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"{missing[0]}: no such file or folder")
+    files, skipped = list_images(paths)
+    if not files:
+        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return files, skipped
+
+
+def class_thresholds(path: str, names) -> list:
+    """Per-class thresholds from a thresholds.json (val.py --report), in the order of ``names``."""
+    data = read_json(path)
+    table = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(table, dict):
+        raise DataError(f"{path}: not a thresholds file (no 'thresholds' object)")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise DataError(f"{path}: no threshold for class {missing[0]!r}")
+    bad = [n for n in names if not isinstance(table[n], (int, float)) or not 0 <= table[n] <= 1]
+    if bad:
+        raise DataError(f"{path}: threshold of {bad[0]!r} must be a number in [0, 1]")
+    return [float(table[n]) for n in names]
+
+
+def label_record(image: str, names: Sequence[str], scores: Sequence[float], cut: Sequence[float],
+                 topk: Optional[int] = None) -> dict:
+    """One image's prediction: the labels at or above their thresholds (or the top k), highest first."""
+    order = sorted(range(len(scores)), key=lambda c: -scores[c])
+    shown = order[:topk] if topk else [c for c in order if scores[c] >= cut[c]]
+    return {"image": image, "labels": [{"class": names[c], "score": round(float(scores[c]), 6)} for c in shown],
+            "scores": {n: round(float(s), 6) for n, s in zip(names, scores)}}
+
+
+def describe(rec: dict) -> str:
+    return f"{rec['image']}: " + (", ".join(f"{x['class']} ({x['score']:.3f})" for x in rec["labels"])
+                                  or "(nothing above threshold)")
+
+
+def write_output(path: str, results: list, names: list) -> None:
+    if path.endswith(".json"):
+        with atomic_write(path) as f:
+            json.dump(results, f, indent=1)
+        return
+    with atomic_write(path) as f:
+        w = csv.writer(f)
+        w.writerow(["image", "labels"] + names)
+        for r in results:
+            w.writerow([r["image"], ";".join(x["class"] for x in r["labels"])] + [r["scores"][n] for n in names])

@@ -20,7 +20,7 @@ from pipeline.runtime import resolve_runtime
 from utils import distributed as du
 from utils.cli import add_model_args, add_runtime_args, model_kwargs, new_parser, parse_args, run_main
 from utils.evaluation.report import class_name
-from utils.predictions import class_thresholds, describe, find_images, label_record, write_output
+from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 from utils.visualize import save_heatmaps
 
 
@@ -151,11 +151,7 @@ def run(args) -> list:
                                                 chosen_classes(args, names, scores, cut), names, scores,
                                                 head=args.heatmap_head, stem=stems[f])
             results.append(rec)
-    if not results:
-        raise DataError(f"none of the {len(files)} image files could be read")
-    if args.output:
-        write_output(args.output, results, names)
-        print(f"wrote {args.output} ({len(results)} images)")
+    finish(results, files, args.output, names)
     if args.heatmaps:
         print(f"wrote heatmaps for {len(results)} images to {args.heatmaps}")
     return results

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.errors import ConfigError, DataError
 from utils.entry import run_main
-from utils.predictions import class_thresholds, describe, find_images, label_record, write_output
+from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 
 INSTALL = "pip install -r requirements-export.txt"
 
@@ -90,11 +90,7 @@ def run(argv=None) -> List[dict]:
             rec = label_record(f, names, scores.tolist(), cut, a.topk)
             print(describe(rec))
             results.append(rec)
-    if not results:
-        raise DataError(f"none of the {len(files)} image files could be read")
-    if a.output:
-        write_output(a.output, results, names)
-        print(f"wrote {a.output} ({len(results)} images)")
+    finish(results, files, a.output, names)
     return results
 
 

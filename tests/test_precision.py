@@ -63,13 +63,13 @@ def _batch(n=8, size=32, seed=0):
 def test_training_steps_in_every_precision(amp, channels_last):
     torch.manual_seed(0)
     rt = runtime(amp, channels_last)
-    model = rt.prepare_model(CSRANet("small_cnn", 6, img_size=32, pretrained="none"))
+    model = rt.prepare_model(CSRANet("small_cnn", 6, img_size=24, pretrained="none"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = rt.grad_scaler()
     assert scaler.is_enabled() == (amp == "fp16")
     criterion = torch.nn.BCEWithLogitsLoss()
-    images, targets = _batch()
+    images, targets = _batch(size=24)
     losses = [train_step(model.train(), criterion, opt, images, targets, rt, scaler) for _ in range(8)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])

@@ -1,21 +1,19 @@
 """Preparation scripts against tiny raw datasets built here, with labels derived by hand."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 from PIL import Image
 
 from conftest import ROOT, SHARED_SAMPLES
+from helpers import run_in_process
 from pipeline.classes import VOC_CLASSES, WIDER_ATTRIBUTES
 
 VOC = {c: i for i, c in enumerate(VOC_CLASSES)}
 
 
 def run_script(name, *args, cwd=None):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "utils", "prepare", name), *args],
-                          capture_output=True, text=True, cwd=cwd or ROOT)
+    return run_in_process(os.path.join("utils", "prepare", name), *args, cwd=cwd)
 
 
 def write_xml(path, objects):

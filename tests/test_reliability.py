@@ -229,7 +229,7 @@ def test_worker_error_is_the_same_one_line(tmp_path, files):
     argv = train_argv(files, tmp_path / "run")
     argv[argv.index("--train_json") + 1] = broken
     argv[argv.index("--num_workers") + 1] = "1"
-    r = run_py("main.py", *argv)
+    r = run_py("main.py", *argv, fresh=True)  # real worker processes and the real exit path
     lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("epoch", "\r"))]
     assert r.returncode == 1 and lines[-1].startswith("error: ") and "gone.jpg (record 3" in lines[-1]
     assert "Traceback" not in r.stderr

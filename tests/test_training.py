@@ -158,7 +158,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp):
         a[a.index("--output_dir") + 1] = str(out)
         return a
 
-    r = run_py("main.py", *argv(tmp_path / "full"))
+    r = run_py("main.py", *argv(tmp_path / "full"), fresh=True)  # same thread count as the killed run
     assert r.returncode == 0, r.stderr[-2000:]
 
     out = tmp_path / "killed"
@@ -182,7 +182,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp):
     proc.wait()
     assert killed_at is not None, "training finished before it could be killed"
     assert not (out / "epoch_2.pth").exists()
-    r = run_py("main.py", *argv(out), "--resume")
+    r = run_py("main.py", *argv(out), "--resume", fresh=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout
     a = torch.load(tmp_path / "full" / "epoch_2.pth", weights_only=True)

@@ -80,3 +80,12 @@ def write_output(path: str, results: list, names: list) -> None:
         w.writerow(["image", "labels"] + names)
         for r in results:
             w.writerow([r["image"], ";".join(x["class"] for x in r["labels"])] + [r["scores"][n] for n in names])
+
+
+def finish(results: list, files: Sequence[str], output: Optional[str], names: Sequence[str]) -> None:
+    """Stop when no image could be read; else write the --output file, if one was asked for."""
+    if not results:
+        raise DataError(f"none of the {len(files)} image files could be read")
+    if output:
+        write_output(output, results, names)
+        print(f"wrote {output} ({len(results)} images)")

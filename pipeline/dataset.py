@@ -6,7 +6,6 @@ conversion to float and normalisation happen on the device (``pipeline.runtime.t
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random

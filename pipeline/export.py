@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image
 
 from helpers import run_py

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SHARED_SAMPLES
+from conftest import SHARED_SAMPLES
 from helpers import run_in_process
 from pipeline.classes import VOC_CLASSES, WIDER_ATTRIBUTES
 

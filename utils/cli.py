@@ -15,7 +15,7 @@ from typing import List, Optional
 from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.classes import load_class_names
 from pipeline.dataset import DATASETS, ImageTransform
-from pipeline.errors import ConfigError, CSRAError
+from pipeline.errors import ConfigError
 from pipeline.runtime import AMP_CHOICES
 from utils.entry import run_main  # noqa: F401  (entry scripts import it from here)
 

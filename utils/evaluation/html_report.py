@@ -6,7 +6,6 @@ thresholds.json. Opens from disk in any browser; no scripts, fonts or style shee
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import time

@@ -5,7 +5,7 @@ import os
 from typing import List, Sequence
 
 from pipeline.errors import CSRAError
-from utils.cli import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
+from utils.entry import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
 from utils.fileio import write_json_atomic
 
 

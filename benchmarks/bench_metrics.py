@@ -32,6 +32,14 @@ def loop_map(scores: np.ndarray, targets: np.ndarray) -> float:
     return 100 * sum(aps) / len(aps)
 
 
+def coco_like(n: int, classes: int, separation: float = 1.5, seed: int = 0):
+    """Synthetic (scores, targets) with about 2.9 positives per image, as COCO; tie-free scores."""
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((n, classes)) < 0.036).astype(np.int64)
+    scores = 1 / (1 + np.exp(-rng.normal(separation * targets - separation / 1.5, 1.0)))
+    return scores, targets
+
+
 def previous_ap(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """The evaluator before the rewrite (one full arg-sort per class row and gathers), for the
     identity check and the timing ratio."""
@@ -94,9 +102,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
     a = p.parse_args()
-    rng = np.random.default_rng(0)
-    targets = (rng.random((a.n, a.classes)) < 0.036).astype(np.int64)  # ~2.9 labels per image, as COCO
-    scores = 1 / (1 + np.exp(-rng.normal(1.5 * targets - 1.0, 1.0)))  # tie-free, so both rank alike
+    scores, targets = coco_like(a.n, a.classes)
     model_scores = scores.astype(np.float32)  # what val.py passes: the model's float32 sigmoid, int8 labels
     model_targets = targets.astype(np.int8)
     tied = np.round(scores, 2)  # 101 distinct values: heavy ties

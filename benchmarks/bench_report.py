@@ -18,8 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
+from benchmarks.bench_metrics import coco_like  # noqa: E402
 from utils.evaluation.report import save_scores  # noqa: E402
 from val import get_args, report_from_scores  # noqa: E402
 
@@ -29,9 +28,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
     a = p.parse_args()
-    rng = np.random.default_rng(0)
-    targets = (rng.random((a.n, a.classes)) < 0.036).astype(np.int64)
-    scores = 1 / (1 + np.exp(-rng.normal(2.5 * targets - 1.5, 1.0)))
+    scores, targets = coco_like(a.n, a.classes, separation=2.5)
     names = [f"class_{c}" for c in range(a.classes)]
     out = tempfile.mkdtemp(prefix="report_bench_")
     scores_file = os.path.join(out, "scores.json")

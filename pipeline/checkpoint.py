@@ -122,6 +122,20 @@ def to_zoo_layout(sd: Mapping[str, torch.Tensor], meta: Optional[dict] = None) -
     return {"state_dict": out, "meta": dict(meta or {})}
 
 
+def from_zoo_layout(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The model-zoo toolbox's keys -> ours (the inverse of ``to_zoo_layout``); other keys are dropped."""
+    out = {}
+    for k, v in sd.items():
+        m = _TOOLBOX_HEAD.match(k)
+        if m:
+            out[f"classifier.multi_head.{m.group(1)}.head.weight"] = v
+        elif k.startswith("backbone."):
+            out[k[len("backbone."):]] = v
+        elif k.startswith("head.fc."):
+            out["fc." + k[len("head.fc."):]] = v
+    return out
+
+
 def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Return a flat state dict in the authors' key layout from any accepted layout."""
     if not isinstance(obj, Mapping):
@@ -139,16 +153,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     if is_timm_vit(sd):  # the authors' ViT checkpoints
         sd = rename_vit(sd, "to_torchvision")
     if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox
-        out = {}
-        for k, v in sd.items():
-            m = _TOOLBOX_HEAD.match(k)
-            if m:
-                out[f"classifier.multi_head.{m.group(1)}.head.weight"] = v
-            elif k.startswith("backbone."):
-                out[k[len("backbone."):]] = v
-            elif k.startswith("head.fc."):
-                out["fc." + k[len("head.fc."):]] = v
-        sd = out
+        sd = from_zoo_layout(sd)
     return sd
 
 

@@ -153,7 +153,6 @@ def check_values(args: argparse.Namespace) -> None:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Canonical model name, lam by head, class names and their count; ConfigError when they disagree."""
     args.model = get_backbone(args.model).name
-    check_values(args)
     if args.lam is None:
         args.lam = 0.0 if args.head == "gap" else 0.1
     spec = DATASETS[args.dataset]

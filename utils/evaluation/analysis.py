@@ -18,8 +18,9 @@ class ClassCurve:
 
 
 def _descending_blocks(s: np.ndarray, *flags: np.ndarray):
-    """Sort by score (descending) and return the block-end indices and cumulative flag counts there."""
-    order = np.argsort(-s, kind="stable")
+    """Sort by score (descending) and return the block-end scores and cumulative flag counts there.
+    Counts at block ends do not depend on the order inside a block, so the sort need not be stable."""
+    order = np.argsort(-s)
     s = s[order]
     ends = np.flatnonzero(np.append(s[1:] != s[:-1], True))
     return s[ends], [np.cumsum(f[order])[ends] for f in flags]

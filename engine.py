@@ -152,10 +152,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
-            desc: str = "eval"):
+            desc: str = "eval", return_indices: bool = False):
     """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
 
-    Returns (scores (N, C), targets (N, C) or None, paths) for the images that could be read.
+    Returns (scores (N, C), targets (N, C) or None, paths) for the images that could be read, and
+    with ``return_indices`` their dataset indices (rows skip unreadable images; several WIDER
+    records share one path, so paths do not identify records).
     """
     model.eval()
     shard = list(range(du.rank(), len(dataset), du.world_size()))
@@ -191,7 +193,7 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     scores = scores[order]
     all_paths = [all_paths[i] for i in order]
     targets = dataset.targets()[indices] if dataset.has_labels else None
-    return scores, targets, all_paths
+    return (scores, targets, all_paths, indices) if return_indices else (scores, targets, all_paths)
 
 
 @torch.no_grad()
@@ -220,9 +222,9 @@ def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, 
     return out
 
 
-def thumbnails_by_row(model, dataset, runtime, paths, requests) -> dict:
-    """attention_thumbnails for rows of the score matrix (rows skip unreadable images; dataset indices do not)."""
-    index_of = {r["img_path"]: i for i, r in enumerate(dataset.records)}
-    row_of = {index_of[paths[row]]: row for row in requests}
-    made = attention_thumbnails(model, dataset, runtime, {index_of[paths[row]]: cs for row, cs in requests.items()})
+def thumbnails_by_row(model, dataset, runtime, indices, requests) -> dict:
+    """attention_thumbnails keyed by rows of the score matrix; ``indices`` (from ``predict``) maps rows
+    to dataset indices."""
+    made = attention_thumbnails(model, dataset, runtime, {int(indices[row]): cs for row, cs in requests.items()})
+    row_of = {int(indices[row]): row for row in requests}
     return {(row_of[i], c): img for (i, c), img in made.items()}

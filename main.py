@@ -30,8 +30,8 @@ from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, given_flags, load_train_state,
-                               progress, read_recorded_args, reconcile_args, remove_stale_temporaries,
-                               restore_train_state, save_train_state)
+                               read_recorded_args, reconcile_args, remove_stale_temporaries, restore_train_state,
+                               save_train_state)
 
 LOG_FILE = "log.jsonl"
 
@@ -112,11 +112,16 @@ def new_run_folder(args) -> str:
     return folder
 
 
-def resume_folder(args) -> str:
-    """The run --resume continues: the named folder or state file, else the one unfinished run."""
-    if args.resume != "auto":
-        return args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume) or "."
-    return find_unfinished_run(run_base(args))
+def resume_paths(args):
+    """(run folder, training-state file) --resume continues: the named folder or state file, else
+    the one unfinished run."""
+    if args.resume == "auto":
+        folder = find_unfinished_run(run_base(args))
+    elif os.path.isdir(args.resume):
+        folder = args.resume
+    else:
+        return os.path.dirname(args.resume) or ".", args.resume
+    return folder, os.path.join(folder, STATE_FILE)
 
 
 class DivergedError(CSRAError):
@@ -168,8 +173,9 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
     best.pth. Returns (log fields, updated best, the regular model's report)."""
     fields, model_report = {}, None
     for source, net in candidates:
-        scores, targets, paths = predict(net, test_set, runtime, batch_size=args.batch_size,
-                                         num_workers=args.num_workers, desc=f"eval {source}")
+        scores, targets, paths, indices = predict(net, test_set, runtime, batch_size=args.batch_size,
+                                                  num_workers=args.num_workers, desc=f"eval {source}",
+                                                  return_indices=True)
         if not np.isfinite(scores).all():
             raise DivergedError(f"the model diverged: its {source} scores on the test set are NaN or infinite "
                                 f"after epoch {epoch + 1}; stopped; {last_good(folder)}")
@@ -185,21 +191,22 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
             if du.is_main():
                 save_torch_atomic(net.state_dict(), os.path.join(folder, "best.pth"))
         if source == "model":
-            model_report = (report, scores, targets, paths)
+            model_report = (report, scores, targets, paths, indices)
     return fields, best, model_report
 
 
-def prepare_resume(args, given) -> str:
-    """Find the run to continue and restore its recorded options (see utils.train_state)."""
-    folder = du.broadcast_object(resume_folder(args) if du.is_main() else None)
+def prepare_resume(args, given):
+    """Find the run to continue, restore its recorded options (see utils.train_state) and read its
+    state once. Returns (run folder, state file, state)."""
+    folder, path = du.broadcast_object(resume_paths(args) if du.is_main() else None)
     changes = reconcile_args(args, folder, given)
     resolve(args)
-    done = progress(folder)
-    if done is None:
-        raise CheckpointError(f"--resume: no training state at {os.path.join(folder, STATE_FILE)}")
-    if done[0] >= args.total_epoch:
-        raise CheckpointError(f"--resume: the run in {folder} is finished ({done[0]} of {args.total_epoch} epochs); "
-                              "raise --total_epoch to train it further")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: no training state at {path}")
+    state = load_train_state(path)
+    if state["epoch"] >= args.total_epoch:
+        raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {args.total_epoch} "
+                              "epochs); raise --total_epoch to train it further")
     if du.is_main():
         for name in remove_stale_temporaries(folder):
             print(f"removed {os.path.join(folder, name)}, left by an interrupted write")
@@ -210,12 +217,12 @@ def prepare_resume(args, given) -> str:
             with atomic_write(os.path.join(folder, "args.json")) as f:
                 json.dump(recorded, f, indent=1, default=str)
         print(f"resuming {folder}" + (f" with {', '.join(changes)}" if changes else ""))
-    return folder
+    return folder, path, state
 
 
 def train(args, given=frozenset()) -> dict:
     device = du.init_distributed()
-    folder = prepare_resume(args, given) if args.resume else None
+    folder, state_path, state = prepare_resume(args, given) if args.resume else (None, None, None)
     torch.manual_seed(args.seed)
     ensure_demo_data(args)
     train_json, test_json = dataset_files(args)
@@ -242,16 +249,14 @@ def train(args, given=frozenset()) -> dict:
 
     if folder is None:
         folder = du.broadcast_object(new_run_folder(args) if du.is_main() else None)
-    state_path = os.path.join(folder, STATE_FILE)
+        state_path = os.path.join(folder, STATE_FILE)
     start_epoch, start_iter, best = 0, 0, {"mAP": -1.0, "epoch": None, "source": None}
-    if args.resume:
-        path = args.resume if args.resume.endswith(".pth") else state_path
-        state = load_train_state(path)
+    if state is not None:
         restore_train_state(state, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
         start_epoch, start_iter, best = state["epoch"], state["iter"], state["best"]
         if du.is_main():
             truncate_log(os.path.join(folder, LOG_FILE), start_epoch)
-            print(f"resumed from {path}: epoch {start_epoch + 1}, iteration {start_iter}")
+            print(f"resumed from {state_path}: epoch {start_epoch + 1}, iteration {start_iter}")
     elif du.is_main():
         make_folder(folder)
         with atomic_write(os.path.join(folder, "args.json")) as f:
@@ -265,8 +270,9 @@ def train(args, given=frozenset()) -> dict:
         train_model = torch.compile(train_model)  # checkpoints still come from `model`: same keys
     loader = make_loader(train_set, args.batch_size, args.num_workers, sampler, device)
 
-    def save_state(epoch: int, it: int) -> None:
-        ensure_finite(model, folder, f"at epoch {epoch + 1}, iteration {it}")
+    def save_state(epoch: int, it: int, checked: bool = False) -> None:
+        if not checked:
+            ensure_finite(model, folder, f"at epoch {epoch + 1}, iteration {it}")
         if du.is_main():
             save_train_state(state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema, epoch=epoch,
                              it=it, best=best, args=vars(args))
@@ -305,16 +311,16 @@ def train(args, given=frozenset()) -> dict:
             entry["best_mAP"], entry["best_epoch"], entry["best_source"] = best["mAP"], best["epoch"], best["source"]
             with open(os.path.join(folder, LOG_FILE), "a") as f:
                 f.write(json.dumps(entry) + "\n")
-        save_state(epoch + 1, 0)
+        save_state(epoch + 1, 0, checked=True)  # checked after the epoch; the weights have not changed since
         du.barrier()
     if du.is_main() and last_report is not None:
         print(format_report(last_report[0], args.class_names, per_class=True))
         if args.report:
-            report, scores, targets, paths = last_report
+            report, scores, targets, paths, indices = last_report
             out = write_report(args.report, scores, targets, paths, args.class_names, report,
                                info={"model": f"{args.model}, {args.head} head, {args.num_heads} heads, lam {args.lam}",
                                      "checkpoint": f"{folder} (last epoch)", "data": test_json},
-                               thumbnails=lambda req: thumbnails_by_row(model, test_set, runtime, paths, req))
+                               thumbnails=lambda req: thumbnails_by_row(model, test_set, runtime, indices, req))
             print(f"wrote {out['index']}")
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), "
               f"saved as {os.path.join(folder, 'best.pth')}")

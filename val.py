@@ -93,8 +93,8 @@ def validate(args) -> dict:
             (f"training-free mean + {args.lam} * max" if args.lam else "plain GAP")
         print(f"{args.load_from}: {args.model}, {args.head} head ({heads}), {args.num_cls} classes; "
               f"{len(dataset)} images from {test_json} on {runtime.describe()}")
-    scores, targets, paths = predict(model, dataset, runtime, batch_size=args.batch_size,
-                                     num_workers=args.num_workers)
+    scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=args.batch_size,
+                                              num_workers=args.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}
     if du.is_main():
         names = args.class_names
@@ -110,7 +110,7 @@ def validate(args) -> dict:
                     pr_convention=args.pr_convention,
                     info={"model": f"{args.model}, {args.head} head, {model.num_heads} heads, lam {args.lam}",
                           "checkpoint": args.load_from, "data": test_json},
-                    thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, paths, req))
+                    thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, indices, req))
                 print(f"wrote {out['index']}")
                 result["html"] = out
         elif not writes_only:

@@ -29,14 +29,15 @@ def _looks_like_torch_file(path: str) -> bool:
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
-def safe_load(path: str) -> object:
-    """torch.load with weights_only=True; refuses files holding arbitrary pickled objects."""
+def safe_load(path: str, mmap: bool = False) -> object:
+    """torch.load with weights_only=True; refuses files holding arbitrary pickled objects. With
+    ``mmap`` the tensors stay on disk until touched (cheap when only small entries are read)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         if not _looks_like_torch_file(path):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:

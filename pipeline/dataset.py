@@ -260,6 +260,7 @@ class MultiLabelDataset(Dataset):
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._cache: Optional[Dict[int, Image.Image]] = {} if cache_images else None
+        self._targets: Optional[np.ndarray] = None
         # reduced-scale JPEG decoding: on for training (speed), off for evaluation (exact pixels)
         self.fast_decode = transform.train if fast_decode is None else fast_decode
 
@@ -267,8 +268,11 @@ class MultiLabelDataset(Dataset):
         return len(self.records)
 
     def targets(self) -> np.ndarray:
-        """(N, C) int8 (the label values are checked on loading to fit)."""
-        return np.array([r["target"] for r in self.records], dtype=np.int8)
+        """(N, C) int8 (the label values are checked on loading to fit), built once: evaluation asks
+        for it every epoch."""
+        if self._targets is None:
+            self._targets = np.array([r["target"] for r in self.records], dtype=np.int8)
+        return self._targets
 
     def load_image(self, idx: int) -> Image.Image:
         if self._cache is None:

@@ -140,3 +140,24 @@ def test_demo_applies_per_class_thresholds(trained, tmp_path):
         got = {x["class"] for x in b["labels"]}
         want = {n for n in names if b["scores"][n] >= cut[n]}
         assert got == want and a["scores"] == b["scores"]
+
+
+def test_thumbnails_follow_dataset_indices_when_records_share_a_path(tmp_path):
+    """WIDER: several persons (records) share one image file; each thumbnail must show its own crop."""
+    import torch
+    from PIL import Image
+
+    from engine import thumbnails_by_row
+    from pipeline.dataset import ImageTransform, MultiLabelDataset
+    from pipeline.model import CSRANet
+    from pipeline.runtime import Runtime
+
+    Image.new("RGB", (60, 60), "gray").save(tmp_path / "group.jpg")
+    recs = [{"img_path": str(tmp_path / "group.jpg"), "target": [1], "bbox": [0, 0, 40, 10]},   # wide person
+            {"img_path": str(tmp_path / "group.jpg"), "target": [1], "bbox": [0, 0, 10, 40]}]   # tall person
+    (tmp_path / "w.json").write_text(json.dumps(recs))
+    ds = MultiLabelDataset(str(tmp_path / "w.json"), ImageTransform(32, train=False))
+    model = CSRANet("small_cnn", 1, img_size=32, pretrained="none").eval()
+    rt = Runtime(torch.device("cpu"), "off", False, (0.0,) * 3, (1.0,) * 3)
+    thumbs = thumbnails_by_row(model, ds, rt, np.array([0, 1]), {0: [0], 1: [0]})
+    assert thumbs[(0, 0)].width > thumbs[(0, 0)].height and thumbs[(1, 0)].height > thumbs[(1, 0)].width

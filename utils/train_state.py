@@ -15,6 +15,7 @@ from typing import List, Optional, Sequence, Set, Tuple
 
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
+from pipeline.jsonfile import read_json
 from utils.fileio import save_torch_atomic
 
 FORMAT = "csra-train-state"
@@ -33,9 +34,9 @@ def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, epoc
     }, path)
 
 
-def load_train_state(path: str) -> dict:
+def load_train_state(path: str, mmap: bool = False) -> dict:
     """Read and check a training-state file (format tag, version, required entries)."""
-    state = safe_load(path)
+    state = safe_load(path, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a training-state file written by main.py")
     version = state.get("version")
@@ -70,27 +71,23 @@ SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "sta
 
 def read_recorded_args(folder: str) -> dict:
     path = os.path.join(folder, ARGS_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            recorded = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; this folder does not hold a run of main.py") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing; this folder does not hold a run of main.py")
+    recorded = read_json(path)
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return recorded
 
 
-def progress(folder: str) -> Optional[Tuple[int, int, int]]:
-    """(finished epochs, iterations into the next, recorded total epochs) of a run folder, or None
-    when it holds no training state."""
+def progress(folder: str) -> Optional[Tuple[int, int]]:
+    """(finished epochs, recorded total epochs) of a run folder, or None when it holds no training
+    state. The state file is memory-mapped: its weights are not read."""
     path = os.path.join(folder, STATE_FILE)
     if not os.path.isfile(path):
         return None
-    state = load_train_state(path)
+    done = int(load_train_state(path, mmap=True)["epoch"])
     total = read_recorded_args(folder).get("total_epoch")
-    return int(state["epoch"]), int(state["iter"]), int(total) if isinstance(total, int) else int(state["epoch"])
+    return done, int(total) if isinstance(total, int) else done
 
 
 def run_folders(base: str) -> List[str]:
@@ -110,21 +107,20 @@ def run_folders(base: str) -> List[str]:
 def find_unfinished_run(base: str) -> str:
     """The one unfinished run among ``base``, ``base_2``, ...; an error naming the candidates when
     there is none or more than one."""
-    runs = run_folders(base)
     unfinished, finished = [], []
-    for folder in runs:
+    for folder in run_folders(base):
         p = progress(folder)
-        if p is None:
-            continue
-        (unfinished if p[0] < p[2] else finished).append(f"{folder} ({p[0]}/{p[2]} epochs)")
+        if p is not None:
+            (unfinished if p[0] < p[1] else finished).append((folder, p))
+    named = lambda runs: ", ".join(f"{f} ({done}/{total} epochs)" for f, (done, total) in runs)  # noqa: E731
     if len(unfinished) == 1:
-        return unfinished[0].rsplit(" (", 1)[0]
+        return unfinished[0][0]
     if not unfinished:
-        seen = f"; finished: {', '.join(finished)} (raise --total_epoch and name it with --resume PATH)" \
+        seen = f"; finished: {named(finished)} (raise --total_epoch and name it with --resume PATH)" \
             if finished else ""
         raise CheckpointError(f"--resume: no training state of an unfinished run in {base} or its numbered "
                               f"siblings{seen}")
-    raise CheckpointError(f"--resume: several unfinished runs: {', '.join(unfinished)}; "
+    raise CheckpointError(f"--resume: several unfinished runs: {named(unfinished)}; "
                           "name one with --resume PATH")
 
 

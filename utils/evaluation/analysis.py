@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from utils.evaluation.metrics import masks, precision_recall
+from utils.evaluation.metrics import class_counts, masks, precision_recall
 
 
 @dataclass
@@ -73,12 +73,10 @@ class ClassAnalysis:
 def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: float = 0.5,
             pr_convention: str = "ours") -> ClassAnalysis:
     scores = np.asarray(scores, dtype=np.float64)
-    pos, neg, valid, _ = masks(np.asarray(targets))
-    valid = np.ones_like(pos) if valid is None else valid
-    pred = (scores >= threshold) & valid
+    pos, neg, pr_valid, _ = masks(np.asarray(targets))
+    tp, n_pred, n_gt = class_counts(scores >= threshold, pos, pr_valid)
+    valid = np.ones_like(pos) if pr_valid is None else pr_valid
     gt = pos & valid
-    tp = (pred & gt).sum(0)
-    n_pred, n_gt = pred.sum(0), gt.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
         r = np.where(n_gt > 0, tp / np.maximum(n_gt, 1), 0.0)
@@ -88,7 +86,6 @@ def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: 
     curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(C)]
     ts = np.round(np.arange(0.05, 0.951, 0.05), 2)
     cf1, of1 = [], []
-    pr_valid = None if valid.all() else valid
     for t in ts:
         d = precision_recall(scores >= t, pos, pr_valid, pr_convention)
         cf1.append(d["CF1"])
@@ -98,10 +95,12 @@ def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: 
                          curves=curves, sweep={"thresholds": ts, "CF1": np.array(cf1), "OF1": np.array(of1)})
 
 
-def worst_mistakes(scores: np.ndarray, targets: np.ndarray, c: int, k: int = 4) -> Tuple[List[int], List[int]]:
+def worst_mistakes(scores: np.ndarray, targets: np.ndarray, c: int, k: int = 4,
+                   pos_neg: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Tuple[List[int], List[int]]:
     """Image indices of class ``c``'s k highest-scoring negatives (false positives first) and k
-    lowest-scoring positives (false negatives first); difficult and unspecified entries are skipped."""
-    pos, neg, _, _ = masks(np.asarray(targets))
+    lowest-scoring positives (false negatives first); difficult and unspecified entries are skipped.
+    ``pos_neg``: the (positive, negative) masks when the caller has them already."""
+    pos, neg = pos_neg if pos_neg is not None else masks(np.asarray(targets))[:2]
     s = np.asarray(scores, dtype=np.float64)[:, c]
     negatives, positives = np.flatnonzero(neg[:, c]), np.flatnonzero(pos[:, c])
     fp = negatives[np.argsort(-s[negatives], kind="stable")][:k]

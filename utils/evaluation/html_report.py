@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
-from utils.evaluation.metrics import Report
+from utils.evaluation.metrics import Report, masks
 from utils.evaluation.report import KEYS, class_name
 from utils.fileio import atomic_write, make_folder, write_json_atomic
 from utils.visualize import fit_thumbnail
@@ -150,7 +150,8 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     t_figures = time.perf_counter() - t0
 
     shown = worst_classes(report.ap, report_classes)
-    mistakes = {c: worst_mistakes(scores, targets, c) for c in shown}
+    pos_neg = masks(np.asarray(targets))[:2]  # once, not once per class
+    mistakes = {c: worst_mistakes(scores, targets, c, pos_neg=pos_neg) for c in shown}
     requests: Dict[int, List[int]] = {}
     for c, (fp, fn) in mistakes.items():
         for i in fp + fn:

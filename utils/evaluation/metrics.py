@@ -108,17 +108,20 @@ def _column_counts(mask: np.ndarray) -> np.ndarray:
 PR_CONVENTIONS = ("ours", "authors")
 
 
+def class_counts(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray]):
+    """Per class: (true positives, predicted, ground truth) over the entries ``valid`` keeps (None: all)."""
+    if valid is not None:
+        pred = pred & valid
+        gt = gt & valid
+    return _column_counts(pred & gt), _column_counts(pred), _column_counts(gt)
+
+
 def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray],
                      convention: str = "ours") -> Dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 (x100) plus the mean of per-class F1 (model-zoo 'CF1').
     ``valid`` (None: all) masks the entries that count. A class with no prediction counts as one
     predicted in CP; with ``convention="authors"`` also in OP's denominator (the authors' code)."""
-    if valid is not None:
-        pred = pred & valid
-        gt = gt & valid
-    tp = _column_counts(pred & gt)
-    n_pred = _column_counts(pred)
-    n_gt = _column_counts(gt)
+    tp, n_pred, n_gt = class_counts(pred, gt, valid)
     p_c = tp / np.maximum(n_pred, 1)
     r_c = tp / np.maximum(n_gt, 1)
     cp, cr = p_c.mean(), r_c.mean()

@@ -11,15 +11,15 @@ import os
 import sys
 
 import torch
-from PIL import Image
 
-from pipeline.dataset import DATASETS, ImageTransform, to_rgb8
+from pipeline.dataset import DATASETS, ImageTransform
 from pipeline.errors import ConfigError, DataError
+from pipeline.images import read_rgb
 from pipeline.model import load_for_inference
-from pipeline.runtime import resolve_runtime
+from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
-from utils.cli import add_model_args, add_runtime_args, model_kwargs, new_parser, parse_args, run_main
-from utils.evaluation.report import class_name
+from utils.cli import (add_model_args, add_record_flag, add_runtime_args, describe_inference, model_kwargs, new_parser,
+                       parse_args, run_main)
 from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 from utils.visualize import save_heatmaps
 
@@ -28,9 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Predict labels (and heatmaps) for images.")
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS), help="sets the class names and size")
+    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
+                   help="sets the class names, size and normalisation of a checkpoint without a run record")
     p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
-    p.add_argument("--load_from", required=True)
+    p.add_argument("--load_from", required=True,
+                   help="checkpoint (trained here: the model options come from the run record beside it)")
+    add_record_flag(p)
     p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--thresholds", default=None, metavar="FILE",
@@ -71,17 +74,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         try:
-            return self.transform(open_rgb(self.files[i])), i, ""
+            return self.transform(read_rgb(self.files[i])), i, ""
         except DataError as e:
             return None, i, str(e)
-
-
-def open_rgb(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return to_rgb8(im, path)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
 
 
 def unique_stems(files) -> dict:
@@ -116,10 +111,13 @@ def run(args) -> list:
     files, skipped = find_images(args.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last)
+    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
-    names = args.class_names or [class_name(None, i) for i in range(args.num_cls)]
+    names = args.class_names
+    if runtime_warning(runtime):
+        print(runtime_warning(runtime), file=sys.stderr)
+    print(describe_inference(args, runtime), file=sys.stderr)
     if args.heatmap_classes:
         unknown = [n for n in args.heatmap_classes.split(",") if n not in names]
         if unknown:
@@ -147,7 +145,7 @@ def run(args) -> list:
             rec = label_record(f, names, scores, cut, args.topk)
             print(describe(rec))
             if args.heatmaps:
-                rec["heatmaps"] = save_heatmaps(args.heatmaps, f, open_rgb(f), out, i,
+                rec["heatmaps"] = save_heatmaps(args.heatmaps, f, read_rgb(f), out, i,
                                                 chosen_classes(args, names, scores, cut), names, scores,
                                                 head=args.heatmap_head, stem=stems[f])
             results.append(rec)

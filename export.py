@@ -16,19 +16,21 @@ import os
 
 from pipeline.dataset import DATASETS
 from pipeline.errors import ConfigError
-from pipeline.export import FORMATS, TOLERANCE, export
+from pipeline.export import FORMATS, TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
-from utils.cli import add_model_args, model_kwargs, new_parser, parse_args, run_main
-from utils.evaluation.report import class_name
+from utils.cli import add_model_args, add_record_flag, describe_inference, model_kwargs, new_parser, parse_args, run_main
 from utils.fileio import OutputError, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.")
     add_model_args(p)
-    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS), help="sets the class names and size")
+    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
+                   help="sets the class names, size and normalisation of a checkpoint without a run record")
     p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
-    p.add_argument("--load_from", required=True)
+    p.add_argument("--load_from", required=True,
+                   help="checkpoint (trained here: the model options come from the run record beside it)")
+    add_record_flag(p)
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
     p.add_argument("--with_maps", action="store_true", help="also output one head's heatmaps (N, C, h, w)")
@@ -43,18 +45,24 @@ def run(args) -> dict:
     if args.num_cls is None:
         raise ConfigError("--num_cls (or --classes) is needed to build the model")
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    names = args.class_names or [class_name(None, i) for i in range(args.num_cls)]
+    print(describe_inference(args))
+    names = args.class_names
     make_folder(os.path.dirname(os.path.abspath(args.out)))
     tmp = os.path.join(os.path.dirname(os.path.abspath(args.out)), f".{os.path.basename(args.out)}.tmp{os.getpid()}")
     try:
-        diffs = export(model, names, args.format, tmp, with_maps=args.with_maps, head=args.heatmap_head)
+        try:
+            diffs = export(model, names, args.format, tmp, with_maps=args.with_maps, head=args.heatmap_head,
+                           normalize=args.normalize)
+        except ExportError as e:
+            raise ExportError(f"{args.out}: {e}") from None
         os.replace(tmp, args.out)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
     print(f"wrote {args.out} ({args.format}, {args.model}, {args.head} head, {args.num_cls} classes, "
-          f"{args.img_size} px); parity with PyTorch: max |difference| {shown} (limit {TOLERANCE:.0e})")
+          f"{args.img_size} px, input normalisation {args.normalize}); "
+          f"parity with PyTorch: max |difference| {shown} (limit {TOLERANCE:.0e})")
     return diffs
 
 

@@ -22,14 +22,15 @@ from engine import (NonFiniteLossError, SeededShardSampler, lr_factor, make_load
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError, CSRAError
 from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime, runtime_warning
+from pipeline.runtime import AMP_CHOICES, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
-                       model_kwargs, new_parser, parse_args, resolve, run_main)
+                       finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve, run_main,
+                       typed_flags)
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
-from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, given_flags, load_train_state,
+from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, load_train_state,
                                read_recorded_args, reconcile_args, remove_stale_temporaries, restore_train_state,
                                save_train_state)
 
@@ -40,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Train CSRA.")
     add_model_args(p)
     add_data_args(p)
-    add_runtime_args(p)
+    add_runtime_args(p, inference=False)
+    p.add_argument("--eval_amp", default="off", choices=list(AMP_CHOICES),
+                   help="precision of the per-epoch evaluation: off = float32, as the published numbers (and "
+                        "val.py by default); bf16/fp16 opt into autocast there too")
     g = p.add_argument_group("training (the paper's recipe by default)")
     g.add_argument("--train_json", default=None, help="train on this prepared JSON instead of the dataset's")
     g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
@@ -89,7 +93,7 @@ def ensure_demo_data(args) -> None:
         if du.is_main():
             from utils.prepare.prepare_demo import generate_demo
             print(f"generating the demo dataset in {os.path.dirname(train_json)} ...")
-            generate_demo(os.path.dirname(train_json), quiet=True)
+            generate_demo(os.path.dirname(train_json), quiet=True, force=True)  # no JSON: an interrupted generation
         du.barrier()
 
 
@@ -228,12 +232,14 @@ def train(args, given=frozenset()) -> dict:
     train_json, test_json = dataset_files(args)
     train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True))
     args.num_cls = args.num_cls or train_set.num_classes
+    finish_class_names(args, args.num_cls)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
         print(f"note: {test_json} has no labels (e.g. VOC2012 test): training without evaluation; "
               "use val.py --voc_submission on the saved epochs")
 
-    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last)
+    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
+    eval_runtime = resolve_runtime(device, args.model, args.eval_amp, runtime.channels_last, args.normalize)
     if runtime_warning(runtime) and du.is_main():
         print(runtime_warning(runtime))
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
@@ -278,9 +284,10 @@ def train(args, given=frozenset()) -> dict:
                              it=it, best=best, args=vars(args))
 
     if du.is_main():
-        print(f"training {args.model} + {args.head}"
-              f"{f' ({args.num_heads} heads, lam {args.lam})' if args.head == 'csra' else ''} on {len(train_set)} "
-              f"images ({args.dataset}), {du.world_size()} process(es) on {runtime.describe()}; run folder {folder}")
+        heads = f" ({plural(args.num_heads, 'head')}, lam {args.lam})" if args.head == "csra" else ""
+        print(f"training {args.model} + {args.head}{heads} on {len(train_set)} images ({args.dataset}), "
+              f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
+              f"{'float32' if eval_runtime.amp == 'off' else eval_runtime.amp + ' autocast'}; run folder {folder}")
     last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)
@@ -303,7 +310,7 @@ def train(args, given=frozenset()) -> dict:
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
-            fields, best, last_report = evaluate_and_keep_best(candidates, test_set, args, runtime, epoch=epoch,
+            fields, best, last_report = evaluate_and_keep_best(candidates, test_set, args, eval_runtime, epoch=epoch,
                                                                best=best, folder=folder)
             entry.update(fields)
         if du.is_main():
@@ -320,7 +327,7 @@ def train(args, given=frozenset()) -> dict:
             out = write_report(args.report, scores, targets, paths, args.class_names, report,
                                info={"model": f"{args.model}, {args.head} head, {args.num_heads} heads, lam {args.lam}",
                                      "checkpoint": f"{folder} (last epoch)", "data": test_json},
-                               thumbnails=lambda req: thumbnails_by_row(model, test_set, runtime, indices, req))
+                               thumbnails=lambda req: thumbnails_by_row(model, test_set, eval_runtime, indices, req))
             print(f"wrote {out['index']}")
         print(f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), "
               f"saved as {os.path.join(folder, 'best.pth')}")
@@ -330,7 +337,7 @@ def train(args, given=frozenset()) -> dict:
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    run_main(lambda: train(get_args(argv), given_flags(argv)),
+    run_main(lambda: train(get_args(argv), typed_flags(argv)),
              interrupted_hint="continue with the same command plus --resume")
 
 

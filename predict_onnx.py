@@ -4,8 +4,9 @@
         [--output preds.json|preds.csv]
 
 Class names, input size and normalisation come from the file's metadata (written by export.py); the
-images are prepared as demo.py prepares them (RGB, resized to a square with bilinear filtering, scaled
-to [0, 1], normalised), so labels and scores equal demo.py's on the same model to about 1e-6.
+images are read and resized by the same code as demo.py's (``pipeline.images``: every kind of file gives
+the same 8-bit RGB pixels), scaled to [0, 1] and normalised, so labels and scores equal demo.py's on the
+same model to about 1e-6.
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import sys
 from typing import List
 
 import numpy as np
-from PIL import Image
-
 from pipeline.errors import ConfigError, DataError
+from pipeline.images import read_rgb, resize_square
 from utils.entry import run_main
 from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 
@@ -41,12 +41,9 @@ def load_session(path: str):
 
 
 def prepare(path: str, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
-    x = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / np.float32(255.0)
+    """The image as the model's input: the project's one reader and resize, then scaled and normalised."""
+    img = resize_square(read_rgb(path), size)
+    x = np.asarray(img, dtype=np.float32) / np.float32(255.0)
     return ((x - mean) / std).transpose(2, 0, 1)
 
 

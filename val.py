@@ -16,8 +16,9 @@ from pipeline.errors import DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
-from utils.cli import (add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs, model_kwargs,
-                       new_parser, parse_args, run_main)
+from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,
+                       dataset_kwargs, describe_inference, finish_class_names, model_kwargs, new_parser, parse_args,
+                       run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.evaluation.html_report import write_report
 from utils.evaluation.report import save_scores, write_voc_submission
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     add_data_args(p)
     add_runtime_args(p)
-    p.add_argument("--load_from", default=None, help="checkpoint: authors', model-zoo, DataParallel or ours")
+    p.add_argument("--load_from", default=None, help="checkpoint: authors', model-zoo, DataParallel or ours "
+                   "(ours: the model options come from the run record beside it)")
+    add_record_flag(p)
     p.add_argument("--save_scores", default=None, metavar="PATH",
                    help="write per-image scores with their paths and the metrics as JSON")
     p.add_argument("--voc_submission", default=None, metavar="DIR",
@@ -83,16 +86,14 @@ def validate(args) -> dict:
     writes_only = bool(args.voc_submission or args.save_scores)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=not writes_only)
     args.num_cls = args.num_cls or dataset.num_classes
-    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last)
+    finish_class_names(args, args.num_cls)
+    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
     model, info = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
     if du.is_main():
         if runtime_warning(runtime):
             print(runtime_warning(runtime))
-        heads = f"{info['num_heads']} heads, lam {args.lam}" if args.head == "csra" else \
-            (f"training-free mean + {args.lam} * max" if args.lam else "plain GAP")
-        print(f"{args.load_from}: {args.model}, {args.head} head ({heads}), {args.num_cls} classes; "
-              f"{len(dataset)} images from {test_json} on {runtime.describe()}")
+        print(f"{describe_inference(args, runtime)}; {len(dataset)} images from {test_json}")
     scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=args.batch_size,
                                               num_workers=args.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}
@@ -119,8 +120,7 @@ def validate(args) -> dict:
             save_scores(args.save_scores, paths, scores, targets, names, metrics)
             print(f"wrote {args.save_scores}")
         if args.voc_submission:
-            files = write_voc_submission(args.voc_submission, paths, scores,
-                                         names or [f"class_{i}" for i in range(scores.shape[1])])
+            files = write_voc_submission(args.voc_submission, paths, scores, names)
             print(f"wrote {len(files)} submission files to {args.voc_submission}")
     du.cleanup()
     return result

@@ -3,7 +3,7 @@
 A ``Backbone`` names the torchvision constructor and ImageNet weights, the modules of the
 torchvision model that ``CSRANet`` adopts (their names are the checkpoint keys, so state dicts
 keep the authors' layout), the function from input to feature map, the feature width and the
-input normalisation. Adding a backbone is adding one ``register(...)`` call below; checkpoints
+backbone's own input normalisation. Adding a backbone is adding one ``register(...)`` call below; checkpoints
 are recognised by comparing their keys and shapes with the backbone's own, so nothing else changes.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torchvision.models as tvm
 from pipeline.errors import ConfigError
 
 Size = Tuple[int, int]
-# ResNets see pixels in [0, 1] without mean/std (the authors' released checkpoints expect it).
+# Input normalisations on pixels in [0, 1] (named in pipeline.runtime.NORMALIZATIONS).
 UNIT_RANGE = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -37,19 +37,13 @@ class Backbone:
     parts: Tuple[str, ...]                      # attributes of that model that CSRANet keeps
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, images) -> (B, d, h, w)
     feat_dim: int
+    # the backbone's own input convention; runs now normalise by dataset (the authors' rule), and this
+    # is only what runs trained here before normalisation was recorded used
     normalization: Tuple[Tuple[float, ...], Tuple[float, ...]] = UNIT_RANGE
     img_size: Optional[int] = None              # input size it dictates (else the dataset's)
     batch_size: Optional[int] = None            # batch it dictates (else the dataset's)
     # state-dict entries whose shape follows the input size: key -> fn(tensor, img_size)
     resizable: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = field(default_factory=dict)
-
-    @property
-    def mean(self) -> Tuple[float, ...]:
-        return self.normalization[0]
-
-    @property
-    def std(self) -> Tuple[float, ...]:
-        return self.normalization[1]
 
 
 BACKBONES: Dict[str, Backbone] = {}

@@ -109,6 +109,25 @@ def is_timm_vit(sd: Mapping[str, torch.Tensor]) -> bool:
     return "cls_token" in sd or "patch_embed.proj.weight" in sd
 
 
+_BIASED_HEAD = re.compile(r"^head(\d+)\.(weight|bias)$")
+
+
+def refuse_biased_vit_heads(sd: Mapping[str, torch.Tensor], path: str) -> None:
+    """The authors' later ViT-L/16 COCO file (vit_L16_224_coco_head8_86.5.pth) holds ``head1.weight,
+    head1.bias ... head8.bias`` beside timm's ``head.*``: heads with biases, which the published code
+    does not have, so how it combined them is unknown. Say so instead of listing missing keys."""
+    heads = sorted({int(m.group(1)) for k in sd for m in [_BIASED_HEAD.match(k)] if m})
+    if not heads:
+        return
+    pos = sd.get("pos_embed", sd.get("encoder.pos_embedding"))
+    grid = f", position embedding {list(pos.shape)}" if pos is not None else ""
+    raise CheckpointError(
+        f"{path}: this is the layout of the authors' later ViT COCO checkpoint ({len(heads)} heads with biases, "
+        f"head{heads[0]}.weight/bias ... head{heads[-1]}.weight/bias{grid}); their published code has no heads "
+        "with biases, so the formula that combines them is unknown and the file cannot be loaded faithfully. "
+        "Use their released checkpoints of the published code, or train with main.py --model vit_L16_224")
+
+
 def to_zoo_layout(sd: Mapping[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
     """Our/authors' state dict -> the model-zoo toolbox's checkpoint."""
     out = {}
@@ -151,6 +170,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
     sd = strip_prefix(sd, "module.")
+    refuse_biased_vit_heads(sd, path)
     if is_timm_vit(sd):  # the authors' ViT checkpoints
         sd = rename_vit(sd, "to_torchvision")
     if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox

@@ -20,19 +20,21 @@ from torch.utils.data import Dataset
 
 from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTRIBUTES
 from pipeline.errors import DataError
+from pipeline.images import crop_box, read_rgb, resize_square
 from pipeline.jsonfile import read_json  # noqa: F401  (re-exported: callers import it from here)
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
     """A known dataset's files and the settings the paper's recipe uses for it."""
-    classes: Tuple[str, ...]
-    train_json: str
-    test_json: str
+    classes: Tuple[str, ...]           # empty: the names come from --classes or a file beside the JSON
+    train_json: Optional[str]          # None: --train_json / --test_json name the files
+    test_json: Optional[str]
     img_size: int
     batch_size: int
     decay_every: int                   # x0.1 every N epochs
     crop: bool = True                  # random resized crop in training (WIDER: flip only)
+    normalize: str = "unit"            # input normalisation, the authors' rule: by dataset, whatever the backbone
     model: str = "resnet101"           # default backbone
     train_overrides: Dict[str, object] = field(default_factory=dict)  # main.py defaults it changes
 
@@ -49,13 +51,16 @@ DATASETS: Dict[str, DatasetSpec] = {
     "coco": DatasetSpec(tuple(COCO_CLASSES), "data/coco/train_coco2014.json", "data/coco/val_coco2014.json",
                         img_size=448, batch_size=16, decay_every=5),
     "wider": DatasetSpec(tuple(WIDER_ATTRIBUTES), "data/wider/trainval_wider.json", "data/wider/test_wider.json",
-                         img_size=224, batch_size=64, decay_every=5, crop=False),
+                         img_size=224, batch_size=64, decay_every=5, crop=False, normalize="half"),
     # the built-in generated dataset: a small CNN trained from scratch on CPU in a few minutes
     "demo": DatasetSpec(tuple(DEMO_CLASSES), "data/demo/train_demo.json", "data/demo/test_demo.json",
                         img_size=64, batch_size=32, decay_every=4, model="small_cnn",
                         train_overrides=dict(pretrained="none", lr=0.05, total_epoch=10, warmup_epoch=1,
                                              num_workers=0, cache_images=True)),
+    # your own prepared files (--train_json / --test_json without --dataset): VOC's recipe
+    "custom": DatasetSpec((), None, None, img_size=448, batch_size=16, decay_every=4),
 }
+CUSTOM = "custom"
 
 
 TRAIN_LABELS = (0, 1)
@@ -101,8 +106,10 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
                                 f"{expected_from} {expected_len}")
         if "bbox" in r:
             b = r["bbox"]
-            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)):
-                raise DataError(f"{json_path}: record {i} ({r['img_path']}): bbox must be [x, y, w, h]")
+            if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                and math.isfinite(v) for v in b)):
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}): bbox must be [x, y, w, h], four finite "
+                                f"numbers (got {b!r})")
     if require_labels and not labelled:
         raise DataError(f"{json_path}: records have no 'target' labels; for an unlabelled test list, "
                         "write predictions with val.py --voc_submission DIR or --save_scores PATH")
@@ -170,46 +177,6 @@ def _resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.7, 1.0), rati
     return (x, y, x + cw, y + ch)
 
 
-WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-def to_rgb8(img: Image.Image, where: str) -> Image.Image:
-    """An RGB 8-bit image. 16-bit, 32-bit integer and float images are scaled to 8 bits (PIL's own
-    conversion would clip them to a constant white or black image); values it cannot place in a
-    known range are refused with one line."""
-    if img.mode not in WIDE_MODES:
-        return img.convert("RGB")
-    a = np.asarray(img)
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise DataError(f"{where}: float image holds NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
-    if lo < 0:
-        raise DataError(f"{where}: {img.mode} image has negative values ({lo}); cannot map it to 8 bits")
-    if a.dtype.kind == "f" and hi <= 1.0:
-        scale = 255.0
-    elif hi <= 255 and a.dtype.kind != "u":
-        scale = 1.0
-    elif hi <= 65535:
-        scale = 255.0 / 65535.0
-    else:
-        raise DataError(f"{where}: {img.mode} image values reach {hi}; cannot map them to 8 bits")
-    gray = np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray, "L").convert("RGB")
-
-
-def crop_person(img: Image.Image, bbox, where: str) -> Image.Image:
-    """The person box [x, y, w, h] cut as the authors' loader does: PIL's crop of (x, y, x + w, y + h),
-    which rounds each coordinate and pads with black where the box leaves the image."""
-    x, y, w, h = bbox
-    box = (x, y, x + w, y + h)
-    left, top, right, bottom = (int(round(v)) for v in box)
-    if right <= left or bottom <= top:
-        raise DataError(f"{where}: empty box {list(bbox)}")
-    if right <= 0 or bottom <= 0 or left >= img.width or top >= img.height:
-        raise DataError(f"{where}: box {list(bbox)} lies outside the {img.width}x{img.height} image")
-    return img.crop(box)
-
-
 def pil_to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
 
@@ -225,11 +192,10 @@ class ImageTransform:
 
     def __call__(self, img: Image.Image, rng: Optional[random.Random] = None) -> torch.Tensor:
         rng = rng or random
-        size = (self.img_size, self.img_size)
         box = None
-        if self.train and self.crop:
+        if self.train and self.crop and img.width and img.height:
             box = _resized_crop_box(img.width, img.height, rng)
-        img = img.resize(size, Image.BILINEAR, box=box)
+        img = resize_square(img, self.img_size, box)
         if self.train and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         return pil_to_uint8_tensor(img)
@@ -285,18 +251,12 @@ class MultiLabelDataset(Dataset):
         rec = self.records[idx]
         path = rec["img_path"]
         where = f"{path} (record {idx} of {self.json_path})"
-        try:
-            with Image.open(path) as im:
-                if self.fast_decode and "bbox" not in rec:
-                    # JPEG: decode at a reduced scale when the image is much larger than the input
-                    # (faster; the pixels differ slightly from a full decode + resize)
-                    side = int(self.transform.img_size * 1.2)
-                    im.draft("RGB", (side, side))
-                img = to_rgb8(im, where)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{where}: cannot read image: {e}") from None
+        # JPEG: decode at a reduced scale when the image is much larger than the input (faster; the
+        # pixels differ slightly from a full decode + resize); never for person crops
+        draft = int(self.transform.img_size * 1.2) if self.fast_decode and "bbox" not in rec else None
+        img = read_rgb(path, where, draft)
         if "bbox" in rec:
-            img = crop_person(img, rec["bbox"], where)
+            img = crop_box(img, rec["bbox"], where)
         return img
 
     def __getitem__(self, key):

@@ -1,7 +1,7 @@
 """Export a CSRA model to ONNX or TorchScript, with its metadata and a parity check against PyTorch.
 
-The exported graph takes ``images``, (N, 3, H, W) float32 already normalised as the backbone expects
-(the metadata states mean and std; ResNets: pixels in [0, 1]), and returns ``logits`` (N, C) and, with
+The exported graph takes ``images``, (N, 3, H, W) float32 already normalised as the model was trained
+(the metadata states the normalisation's name, mean and std), and returns ``logits`` (N, C) and, with
 ``with_maps``, ``maps`` (N, C, h, w): the heatmap of one head (its attention softmax(T s), or the score
 map for T = infinity and the GAP head). The batch dimension is dynamic; the input size is fixed.
 """
@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError, CSRAError
+from pipeline.runtime import normalization
 
 FORMATS = ("onnx", "torchscript")
 INSTALL = "pip install -r requirements-export.txt"
@@ -44,9 +45,9 @@ class ExportModule(nn.Module):
         return out["logits"], maps
 
 
-def metadata(model, class_names: Sequence[str], with_maps: bool, head: int) -> Dict[str, str]:
+def metadata(model, class_names: Sequence[str], with_maps: bool, head: int, normalize: str) -> Dict[str, str]:
     """What a deployment needs beside the graph, as strings (ONNX metadata_props, TorchScript extra file)."""
-    spec = model.backbone
+    mean, std = normalization(normalize)
     temps = model.head.temperatures if model.head_type == "csra" else [math.inf]
     lam = model.head.lam if model.head_type == "csra" else model.fc.spatial_lam
     return {
@@ -54,19 +55,18 @@ def metadata(model, class_names: Sequence[str], with_maps: bool, head: int) -> D
         "model": model.model_name, "head": model.head_type, "num_heads": str(model.num_heads),
         "temperatures": json.dumps([("inf" if math.isinf(t) else t) for t in temps]),
         "lam": str(lam), "input_size": str(model.img_size),
-        "mean": json.dumps(list(spec.mean)), "std": json.dumps(list(spec.std)),
+        "normalize": normalize, "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
         "input": "images: float32 (N, 3, H, W), RGB pixels scaled to [0, 1], then (x - mean) / std",
         "outputs": "logits (N, C)" + (f"; maps (N, C, h, w) of head {head}" if with_maps else ""),
     }
 
 
-def sample_inputs(model, batch: int = 4, seed: int = 0) -> torch.Tensor:
+def sample_inputs(model, batch: int = 4, seed: int = 0, normalize: str = "unit") -> torch.Tensor:
     """Real-looking inputs: smooth random images (low-resolution noise enlarged), normalised."""
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(batch, 3, 7, 7, generator=g)
     x = F.interpolate(low, size=(model.img_size, model.img_size), mode="bicubic", align_corners=False).clamp(0, 1)
-    mean = torch.tensor(model.backbone.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.backbone.std).view(1, 3, 1, 1)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in normalization(normalize))
     return (x - mean) / std
 
 
@@ -133,7 +133,7 @@ def read_metadata(path: str, fmt: str) -> Dict[str, str]:
 
 
 def export(model, class_names: Sequence[str], fmt: str, path: str, with_maps: bool = False, head: int = 0,
-           check_batch: int = 3, tolerance: float = TOLERANCE) -> Dict[str, float]:
+           normalize: str = "unit", check_batch: int = 3, tolerance: float = TOLERANCE) -> Dict[str, float]:
     """Export ``model`` (CPU, float32, eval) and check it: the exported file's logits (and maps) on
     real-looking inputs must match PyTorch's within ``tolerance``. Returns the largest differences."""
     if fmt not in FORMATS:
@@ -142,16 +142,16 @@ def export(model, class_names: Sequence[str], fmt: str, path: str, with_maps: bo
     if not 0 <= head < max(1, model.num_heads):
         raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
     wrapper = ExportModule(model, with_maps, head)
-    meta = metadata(model, class_names, with_maps, head)
-    example = sample_inputs(model, batch=2, seed=1)
+    meta = metadata(model, class_names, with_maps, head, normalize)
+    example = sample_inputs(model, batch=2, seed=1, normalize=normalize)
     (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, example, path, meta)
-    x = sample_inputs(model, batch=check_batch, seed=2)  # another batch size: the batch is dynamic
+    x = sample_inputs(model, batch=check_batch, seed=2, normalize=normalize)  # another batch size: the batch is dynamic
     with torch.no_grad():
         want = wrapper(x)
     want = [t.numpy() for t in (want if isinstance(want, tuple) else (want,))]
     got = run_exported(path, fmt, x.numpy())
     diffs = {name: float(np.abs(g - w).max()) for name, g, w in zip(["logits", "maps"], got, want)}
     if diffs["logits"] > tolerance or not np.isfinite(list(diffs.values())).all():
-        raise ExportError(f"{path}: exported logits differ from PyTorch's by {diffs['logits']:.2e} "
-                          f"(more than {tolerance:.0e}); the file is not trustworthy")
+        raise ExportError(f"the exported logits differ from PyTorch's by {diffs['logits']:.2e} "
+                          f"(more than {tolerance:.0e}); the file is not trustworthy and was not written")
     return diffs

@@ -6,17 +6,20 @@ step, evaluation and prediction, which all run the same code on CPU and CUDA.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from pipeline.backbones import get_backbone
+from pipeline.backbones import HALF, IMAGENET, UNIT_RANGE, get_backbone
 from pipeline.errors import ConfigError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# --normalize: (mean, std) applied to pixels scaled to [0, 1]
+NORMALIZATIONS = {"unit": UNIT_RANGE, "half": HALF, "imagenet": IMAGENET}
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Runtime:
     channels_last: bool
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
+    normalize: str = "unit"       # the name of (mean, std) in NORMALIZATIONS
 
     def autocast(self):
         if self.amp == "off":
@@ -46,10 +50,17 @@ class Runtime:
         return to_model_input(images, self.mean, self.std, self.device, self.channels_last)
 
     def describe(self) -> str:
-        return f"{self.device.type}, amp {self.amp}, {'channels-last' if self.channels_last else 'NCHW'}"
+        precision = "float32" if self.amp == "off" else f"{self.amp} autocast"
+        return (f"{self.device.type}, {precision}, {'channels-last' if self.channels_last else 'NCHW'}, "
+                f"input normalisation {self.normalize}")
 
     def as_dict(self) -> dict:
-        return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last}
+        return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
+                "normalize": self.normalize}
+
+    def in_float32(self) -> "Runtime":
+        """The same runtime without autocast: evaluation's default (the published numbers are float32)."""
+        return dataclasses.replace(self, amp="off")
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,
@@ -74,8 +85,22 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def normalization(name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(mean, std) of a --normalize value."""
+    if name not in NORMALIZATIONS:
+        raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)} (got {name!r})")
+    return NORMALIZATIONS[name]
+
+
+def legacy_normalize(model_name: str) -> str:
+    """What runs trained here before normalisation was recorded used: the backbone's own convention
+    (ViTs mean = std = 0.5, the rest [0, 1])."""
+    spec = get_backbone(model_name)
+    return next((name for name, ms in NORMALIZATIONS.items() if ms == spec.normalization), "unit")
+
+
 def resolve_runtime(device: torch.device, model_name: str, amp: str = "auto",
-                    channels_last: bool = True) -> Runtime:
+                    channels_last: bool = True, normalize: str = "unit") -> Runtime:
     """The one place that decides precision and memory format for a device and backbone.
 
     ``auto``: on CUDA bf16 where the GPU supports it, else fp16 (with loss scaling); on CPU bf16
@@ -83,9 +108,10 @@ def resolve_runtime(device: torch.device, model_name: str, amp: str = "auto",
     that can run it. Channels-last is used where it pays (CUDA; CPUs with native bf16) unless
     ``channels_last`` is False (--no_channels_last).
     """
+    mean, std = normalization(normalize)
     if amp not in AMP_CHOICES:
         raise ConfigError(f"--amp must be one of {', '.join(AMP_CHOICES)} (got {amp!r})")
-    spec = get_backbone(model_name)
+    get_backbone(model_name)  # an unknown --model is reported here too
     cuda = device.type == "cuda"
     if cuda:
         native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -98,7 +124,7 @@ def resolve_runtime(device: torch.device, model_name: str, amp: str = "auto",
         raise ConfigError(f"device {device.type} is not supported; CUDA or CPU")
     if amp == "auto":
         amp = "bf16" if native_bf16 else ("fp16" if cuda else "off")
-    return Runtime(device, amp, channels_last and (cuda or native_bf16), tuple(spec.mean), tuple(spec.std))
+    return Runtime(device, amp, channels_last and (cuda or native_bf16), tuple(mean), tuple(std), normalize)
 
 
 def runtime_warning(runtime: Runtime) -> str:
@@ -108,9 +134,3 @@ def runtime_warning(runtime: Runtime) -> str:
     if runtime.device.type == "cpu" and runtime.amp == "bf16" and not cpu_has_native_bf16():
         return "note: this CPU has no native bfloat16; --amp bf16 is emulated and slow (--amp off is faster)"
     return ""
-
-
-def normalization_for(model_name: str) -> Tuple[Sequence[float], Sequence[float]]:
-    """(mean, std) the backbone expects on [0, 1] pixels."""
-    spec = get_backbone(model_name)
-    return spec.mean, spec.std

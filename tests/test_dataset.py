@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records
-from pipeline.runtime import normalization_for, to_model_input
+from pipeline.runtime import normalization, to_model_input
 
 
 def write(path, obj):
@@ -119,11 +119,15 @@ def test_train_transform_is_a_function_of_the_seed(tmp_path):
     assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_normalisation_per_backbone():
+def test_named_normalisations():
     images = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)  # (1, 3, 1, 2)
-    mean, std = normalization_for("resnet101")
+    mean, std = normalization("unit")
     x = to_model_input(images, mean, std, torch.device("cpu"))
     assert x.dtype == torch.float32 and x.flatten().tolist() == [0.0, 1.0] * 3
-    mean, std = normalization_for("vit_B16_224")
+    mean, std = normalization("half")
     x = to_model_input(images, mean, std, torch.device("cpu"))
     assert x.flatten().tolist() == [-1.0, 1.0] * 3
+    mean, std = normalization("imagenet")
+    x = to_model_input(images, mean, std, torch.device("cpu"))
+    want = [(v - m) / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for v in (0.0, 1.0)]
+    assert np.allclose(x.flatten().tolist(), want)

@@ -62,10 +62,11 @@ def test_resnet_exports_in_both_formats(tmp_path, fmt):
 def test_vit_exports(tmp_path):
     torch.manual_seed(0)
     model = CSRANet("vit_B16_224", 3, num_heads=1, lam=0.3, img_size=224, pretrained="none")
-    diffs = ex.export(model, NAMES[:3], "onnx", str(tmp_path / "vit.onnx"), with_maps=True)
+    diffs = ex.export(model, NAMES[:3], "onnx", str(tmp_path / "vit.onnx"), with_maps=True, normalize="half")
     assert diffs["logits"] < 1e-4 and diffs["maps"] < 1e-4
     meta = ex.read_metadata(str(tmp_path / "vit.onnx"), "onnx")
     assert json.loads(meta["mean"]) == [0.5, 0.5, 0.5] and json.loads(meta["std"]) == [0.5, 0.5, 0.5]
+    assert meta["normalize"] == "half"
 
 
 def test_parity_failure_and_missing_package_are_one_line(tmp_path, monkeypatch):
@@ -98,7 +99,7 @@ def test_predict_onnx_without_torch_matches_demo(tmp_path):
     r = run_py("export.py", *common, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 1 and "exists; pass --force" in r.stderr
     img_dir = os.path.dirname(json.loads(open(files["test"]).read())[0]["img_path"])
-    r = run_py("demo.py", *common, "--amp", "off", "--img_dir", img_dir, "--topk", "2",
+    r = run_py("demo.py", *common, "--img_dir", img_dir, "--topk", "2",  # float32 by default, as the ONNX file
                "--output", str(tmp_path / "demo.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     check = ("import sys, runpy; sys.argv = ['predict_onnx.py'] + sys.argv[1:]\n"

@@ -108,7 +108,7 @@ def test_runtime_decision():
     assert not resolve_runtime(CPU, "resnet50", "auto", channels_last=False).channels_last
     for amp in ("off", "bf16", "fp16"):
         assert resolve_runtime(CPU, "resnet50", amp).amp == amp  # explicit choices are honoured
-    vit = resolve_runtime(CPU, "vit_B16_224", "off")
-    assert (vit.mean, vit.std) == ((0.5,) * 3, (0.5,) * 3)
+    vit = resolve_runtime(CPU, "vit_B16_224", "off", normalize="half")
+    assert (vit.mean, vit.std, vit.normalize) == ((0.5,) * 3, (0.5,) * 3, "half")
     with pytest.raises(ConfigError, match="--amp"):
         resolve_runtime(CPU, "resnet50", "fp8")

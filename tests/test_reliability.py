@@ -215,8 +215,14 @@ def test_prepare_refuses_to_overwrite_without_force(tmp_path):
     tiny_demo(tmp_path / "demo", num_train=4, num_test=2)
     before = (tmp_path / "demo" / "train_demo.json").read_bytes()
     r = run_py("utils/prepare/prepare_demo.py", "--out_dir", str(tmp_path / "demo"), "--num_train", "3")
-    assert r.returncode == 1 and "train_demo.json (and 1 more): already prepared; pass --force" in r.stderr
+    assert r.returncode == 1 and "train_demo.json (and 3 more): already prepared; pass --force" in r.stderr
     assert (tmp_path / "demo" / "train_demo.json").read_bytes() == before
+    mine = tmp_path / "mine"  # a folder holding only the user's own class file: it is not replaced either
+    mine.mkdir()
+    (mine / "classes.txt").write_text("mine\n")
+    r = run_py("utils/prepare/prepare_demo.py", "--out_dir", str(mine))
+    assert r.returncode == 1 and "classes.txt: already prepared; pass --force" in r.stderr
+    assert (mine / "classes.txt").read_text() == "mine\n" and not (mine / "train_demo.json").exists()
     r = run_py("utils/prepare/prepare_demo.py", "--out_dir", str(tmp_path / "demo"), "--num_train", "3", "--force")
     assert r.returncode == 0 and len(json.loads((tmp_path / "demo" / "train_demo.json").read_text())) == 3
 
@@ -328,10 +334,12 @@ def test_random_bytes_and_gap_checkpoint_messages(tmp_path, files):
         safe_load(str(junk))
     gap = tmp_path / "gap"
     train_main.main(train_argv(files, gap, "--total_epoch", "1", "--head", "gap"))
-    msg = one_line_exit(val_main.main, ["--dataset", "demo", "--test_json", files["test"], "--classes",
-                                        files["classes"], "--img_size", "32", "--num_workers", "0",
-                                        "--load_from", str(gap / "best.pth")])
+    common = ["--dataset", "demo", "--test_json", files["test"], "--classes", files["classes"], "--img_size", "32",
+              "--num_workers", "0", "--load_from", str(gap / "best.pth")]
+    msg = one_line_exit(val_main.main, common + ["--no_record"])  # described by flags: --head defaults to csra
     assert "checkpoint has a GAP head, --head is csra" in msg
+    msg = one_line_exit(val_main.main, common + ["--head", "csra"])  # the run record knows better
+    assert "--head is csra but the checkpoint's run record" in msg and "says gap" in msg
 
 
 # --- 12: text encodings ----------------------------------------------------------------------------

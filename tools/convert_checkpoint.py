@@ -25,6 +25,7 @@ from pipeline.checkpoint import describe, rename_vit, safe_load, to_authors_layo
 from pipeline.errors import CheckpointError  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.fileio import OutputError, save_torch_atomic  # noqa: E402
+from utils.run_record import find_record  # noqa: E402
 
 LAYOUTS = ("ours", "authors", "zoo")
 
@@ -41,12 +42,18 @@ def convert(load_from: str, to: str) -> object:
         return sd
     if to == "authors":
         return rename_vit(sd, "to_timm") if BACKBONES[info["model"]].family == "vit" else sd
-    return to_zoo_layout(sd, meta={"model": info["model"], "head": info["head"], "num_heads": info["num_heads"],
-                                   "num_classes": info["num_classes"], "converted_from": os.path.basename(load_from)})
+    meta = {"model": info["model"], "head": info["head"], "num_heads": info["num_heads"],
+            "num_classes": info["num_classes"], "converted_from": os.path.basename(load_from)}
+    found = find_record(load_from)
+    if found:  # a model trained here: what its run record says travels in the toolbox's meta
+        record = found[1]
+        meta.update({k: record[k] for k in ("lam", "img_size", "normalize", "class_names") if record.get(k) is not None})
+    return to_zoo_layout(sd, meta=meta)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--load_from", required=True, help="a checkpoint in any layout val.py accepts")
     p.add_argument("--to", required=True, choices=LAYOUTS)
     p.add_argument("--out", required=True)

@@ -23,8 +23,9 @@ from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.model import load_for_inference  # noqa: E402
 from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.cli import (add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,  # noqa: E402
-                       model_kwargs, new_parser, parse_args, run_main)
+from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,  # noqa: E402
+                       dataset_kwargs, describe_inference, finish_class_names, model_kwargs, new_parser, parse_args,
+                       run_main)
 from utils.evaluation import evaluate  # noqa: E402
 
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_runtime_args(p)
     p.add_argument("--load_from", required=True, help="a checkpoint trained with --head gap")
+    add_record_flag(p)
     p.add_argument("--lams", default="0,0.02,0.05,0.1,0.2,0.5", help="comma-separated lam values")
     p.set_defaults(head="gap")
     return p
@@ -59,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> dict:
     args = parse_args(build_parser(), argv)
     if args.head != "gap":
-        raise ConfigError("the training-free sweep needs a GAP-head checkpoint (--head gap)")
+        raise ConfigError(f"{args.load_from}: checkpoint has a CSRA head (" + (f"its run record {args.record_path}"
+                          if args.record_path else "--head csra") + "); the training-free sweep needs a GAP head")
     try:
         lams = sorted({0.0} | {float(v) for v in args.lams.split(",") if v.strip()})
     except ValueError:
@@ -67,8 +70,10 @@ def run(argv=None) -> dict:
     _, test_json = dataset_files(args)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False))
     args.num_cls = args.num_cls or dataset.num_classes
-    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last)
+    finish_class_names(args, args.num_cls)
+    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
+    print(describe_inference(args, runtime))
     scores = sweep_scores(runtime.prepare_model(model), dataset, lams, runtime, args.batch_size, args.num_workers)
     targets = dataset.targets()
     results = {lam: evaluate(s, targets) for lam, s in scores.items()}

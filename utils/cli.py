@@ -1,25 +1,29 @@
 """Command-line options shared by the entry scripts, their defaults, and the one-line error wrapper.
 
-Defaults live in three places, applied in this order, the user's flags last:
+Defaults live in four places, applied in this order, the user's flags last:
 literal values on the ``add_argument`` lines; the dataset's row of ``pipeline.dataset.DATASETS``
-(classes, input size, batch, decay period, default backbone and, for main.py, its training
-overrides); the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and batch 64).
+(classes, input size, batch, decay period, normalisation, default backbone and, for main.py, its
+training overrides); the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and
+batch 64); the run record beside ``--load_from`` (``utils.run_record``: the model as it was trained).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
-from typing import List, Optional
+import sys
+from typing import List, Optional, Sequence, Set, Tuple
 
 from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.classes import load_class_names
-from pipeline.dataset import DATASETS, ImageTransform
+from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
-from pipeline.runtime import AMP_CHOICES
+from pipeline.runtime import AMP_CHOICES, NORMALIZATIONS
+from utils.run_record import check_flags, find_record, record_defaults
 from utils.entry import run_main  # noqa: F401  (entry scripts import it from here)
 
 AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
+CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -32,7 +36,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    """Every entry script's parser: no abbreviated flags (``--total`` is not ``--total_epoch``: a resumed
+    run compares the flags typed, and an abbreviation would slip past it)."""
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -47,14 +53,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "training-free mean + lam * max rule (default 0: plain GAP)")
     g.add_argument("--num_cls", type=int, default=None,
                    help="number of classes (default: the --classes file's, else the dataset's, else the JSON's)")
-    g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO, "
+    g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO/custom, "
                    "224 WIDER, 64 demo; ViTs 224)")
+    g.add_argument("--normalize", default=None, choices=list(NORMALIZATIONS),
+                   help="input normalisation of pixels in [0, 1]: unit = none, half = mean = std = 0.5, imagenet = "
+                        "ImageNet mean/std (default: the checkpoint's record, else the authors' rule by dataset: "
+                        "half for WIDER, unit for the others, whatever the backbone)")
 
 
 def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="voc07, voc12, coco, wider, or demo (the built-in generated dataset)")
+                   help="voc07, voc12, coco, wider, demo (the built-in generated dataset), or custom (your own "
+                        "files: the default when --train_json/--test_json are given without --dataset)")
     g.add_argument("--test_json", default=None, help="evaluate this prepared JSON instead of the dataset's")
     g.add_argument("--classes", default=None, help="class-names file (.txt one per line, or .json list)")
     g.add_argument("--data_root", default=None,
@@ -75,40 +86,103 @@ def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool 
                         "--dataset demo: on)")
 
 
-def add_runtime_args(p: argparse.ArgumentParser, amp_default: str = "auto") -> None:
+def add_runtime_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
+    """--amp and --no_channels_last. Inference (val, demo, the sweep) runs in float32 by default, as the
+    published numbers were computed; training picks the fastest precision the machine computes."""
     g = p.add_argument_group("runtime")
-    g.add_argument("--amp", default=amp_default, choices=list(AMP_CHOICES),
-                   help="mixed precision: auto = bf16 on CUDA (fp16 where bf16 is unsupported), off on CPU")
-    g.add_argument("--no_channels_last", action="store_true", help="CUDA: keep the NCHW memory format")
+    if inference:
+        g.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
+                       help="precision: off = float32 (the published numbers' precision); bf16/fp16 opt into "
+                            "autocast (faster on GPUs; scores move by up to a few 0.01); auto = bf16 where the "
+                            "GPU or CPU computes it natively")
+    else:
+        g.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
+                       help="training precision: auto = bf16 autocast where the GPU or CPU computes it natively "
+                            "(AVX512-BF16/AMX), fp16 with loss scaling on older GPUs, else float32; off = float32")
+    g.add_argument("--no_channels_last", action="store_true",
+                   help="keep the NCHW memory format (channels-last is used on CUDA and on CPUs with native bf16)")
 
 
-def _pre_parse(argv: Optional[List[str]]) -> argparse.Namespace:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--dataset", default="voc07")
-    pre.add_argument("--model", default=None)
+def plural(n: int, one: str, many: Optional[str] = None) -> str:
+    """'1 head', '6 heads'."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def describe_model(args) -> str:
+    """'resnet101, csra head (1 head, lam 0.1), 20 classes, 448 px'."""
+    if args.head == "csra":
+        heads = f"{plural(args.num_heads, 'head')}, lam {args.lam}"
+    else:
+        heads = f"training-free mean + {args.lam} * max" if args.lam else "plain GAP"
+    return f"{args.model}, {args.head} head ({heads}), {plural(args.num_cls, 'class', 'classes')}, {args.img_size} px"
+
+
+def describe_inference(args, runtime=None) -> str:
+    """The header of a script that loads a checkpoint: what was loaded, from which description, how it runs."""
+    source = f"described by its run record {args.record_path}" if getattr(args, "record_path", None) else \
+        "described by flags"
+    text = f"{args.load_from} ({source}): {describe_model(args)}"
+    if runtime is not None:
+        text += f"; {runtime.describe()}"
+        if runtime.amp != "off":
+            text += (f"; {runtime.amp} autocast opted in: scores differ slightly from float32, the published "
+                     "numbers' precision")
+    return text
+
+
+def add_record_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no_record", action="store_true",
+                   help="ignore the run record (args.json) beside --load_from: describe the model by flags only")
+
+
+def typed_flags(argv: Sequence[str]) -> Set[str]:
+    """The option names typed on the command line (``--lr 0.1`` and ``--lr=0.1`` both give 'lr');
+    exact, because no parser accepts abbreviations."""
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+
+
+def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json"):
+        pre.add_argument(flag, default=None)
+    pre.add_argument("--no_record", action="store_true")
     known, _ = pre.parse_known_args(argv)
     return known
 
 
-def parse_args(p: argparse.ArgumentParser, argv: Optional[List[str]] = None, train: bool = False) -> argparse.Namespace:
-    """Parse with the dataset's and backbone's defaults in force (also in --help), then fill the
-    options whose default depends on other options (--lam, --num_cls, class names)."""
+def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, train: bool = False) -> argparse.Namespace:
+    """Parse with the defaults in force (also in --help): the checkpoint's run record (see
+    utils.run_record), then the dataset's row, then the backbone's; then fill the options whose
+    default depends on other options (--lam, --num_cls, class names)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     pre = _pre_parse(argv)
-    spec = DATASETS.get(pre.dataset)
+    typed = typed_flags(argv)
+    known = {a.dest for a in p._actions}
+    found = find_record(pre.load_from) if pre.load_from and "load_from" in known and not pre.no_record else None
+    record = found[1] if found else {}
+    dataset = pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
+    spec = DATASETS.get(dataset)
+    defaults = {}
     if spec is not None:
-        defaults = dict(model=spec.model, img_size=spec.img_size, batch_size=spec.batch_size,
+        defaults = dict(dataset=dataset, model=spec.model, img_size=spec.img_size, batch_size=spec.batch_size,
                         decay_every=spec.decay_every)
         if train:
             defaults.update(spec.train_overrides)
         try:
-            backbone = get_backbone(pre.model or spec.model)
+            backbone = get_backbone(pre.model or record.get("model") or spec.model)
         except ConfigError:
             backbone = None  # reported after parsing, with the other checks
         if backbone is not None and backbone.img_size:
             defaults.update(img_size=backbone.img_size, batch_size=backbone.batch_size)
-        known = {a.dest for a in p._actions}
-        p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
-    return resolve(p.parse_args(argv))
+    if found:
+        defaults.update(record_defaults(record, typed))
+    p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
+    args = p.parse_args(argv)
+    args.record_path, args.record_names = (found[0], record.get("class_names")) if found else (None, None)
+    args = resolve(args)
+    if found:
+        check_flags(args, typed, found[0], record)
+    return args
 
 
 def _positive(v) -> bool:
@@ -151,26 +225,73 @@ def check_values(args: argparse.Namespace) -> None:
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Canonical model name, lam by head, class names and their count; ConfigError when they disagree."""
+    """Canonical model name, lam by head, normalisation by dataset, class names and their count;
+    ConfigError when they disagree."""
     args.model = get_backbone(args.model).name
     if args.lam is None:
         args.lam = 0.0 if args.head == "gap" else 0.1
     spec = DATASETS[args.dataset]
-    class_file = getattr(args, "classes", None)
-    names: Optional[List[str]] = load_class_names(class_file) if class_file else None
-    custom_files = getattr(args, "test_json", None) or getattr(args, "train_json", None)
-    if names is None and not custom_files:
-        names = list(spec.classes)
+    if getattr(args, "normalize", "unit") is None:
+        args.normalize = spec.normalize  # the authors' rule: by dataset, whatever the backbone
+    names, source = class_names_known_now(args)
     if args.num_cls is None and names is not None:
         args.num_cls = len(names)
-    elif args.num_cls is None and not custom_files:
-        args.num_cls = spec.num_cls  # else taken from the JSON's first record
     if names is not None and args.num_cls is not None and len(names) != args.num_cls:
-        raise ConfigError(f"--num_cls is {args.num_cls} but the class names "
-                          f"({class_file or args.dataset}) list {len(names)} classes")
+        raise ConfigError(f"--num_cls is {args.num_cls} but the class names ({source}) list {len(names)} classes")
     args.class_names = names
+    if args.num_cls is None and not _custom_json(args) and spec.classes:
+        args.num_cls = spec.num_cls
     check_values(args)
+    if args.num_cls is not None:
+        finish_class_names(args, args.num_cls)
     return args
+
+
+def _custom_json(args) -> Optional[str]:
+    return getattr(args, "test_json", None) or getattr(args, "train_json", None)
+
+
+def names_beside(json_path: str) -> Optional[Tuple[str, List[str]]]:
+    """(path, names) of a class-names file beside a prepared JSON (the preparation scripts write one)."""
+    folder = os.path.dirname(os.path.abspath(json_path))
+    for name in CLASS_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path, load_class_names(path)
+    return None
+
+
+def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
+    """The first steps of the one rule for class names, every entry script: --classes; else the
+    checkpoint's run record; else a class file beside the JSON; else the --dataset's names when the
+    data are the dataset's own. (None, '') when only the label count can decide (finish_class_names)."""
+    class_file = getattr(args, "classes", None)
+    if class_file:
+        return load_class_names(class_file), class_file
+    if getattr(args, "record_names", None):
+        return list(args.record_names), args.record_path
+    custom = _custom_json(args)
+    if custom:
+        found = names_beside(custom)
+        if found:
+            return found[1], found[0]
+        return None, ""
+    spec = DATASETS[args.dataset]
+    return (list(spec.classes), args.dataset) if spec.classes else (None, "")
+
+
+def finish_class_names(args, num_cls: int) -> List[str]:
+    """The last steps of the rule, once the label count is known: the --dataset's names when their
+    number matches, else class_<i> with a one-line warning."""
+    if args.class_names is None:
+        spec = DATASETS[args.dataset]
+        if spec.classes and len(spec.classes) == num_cls:
+            args.class_names = list(spec.classes)
+        else:
+            args.class_names = [f"class_{i}" for i in range(num_cls)]
+            print(f"warning: no class names for these {num_cls} classes (pass --classes FILE, or put "
+                  f"{CLASS_FILES[0]} beside the JSON); calling them class_0 ... class_{num_cls - 1}", file=sys.stderr)
+    return args.class_names
 
 
 def model_kwargs(args: argparse.Namespace) -> dict:
@@ -190,4 +311,10 @@ def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
 def dataset_files(args: argparse.Namespace):
     """(train JSON, test JSON): the flags', else the dataset's."""
     spec = DATASETS[args.dataset]
-    return getattr(args, "train_json", None) or spec.train_json, getattr(args, "test_json", None) or spec.test_json
+    train_json = getattr(args, "train_json", None) or spec.train_json
+    test_json = getattr(args, "test_json", None) or spec.test_json
+    needed = ("train_json", "test_json") if hasattr(args, "train_json") else ("test_json",)
+    missing = [f"--{k}" for k, v in zip(("train_json", "test_json"), (train_json, test_json)) if k in needed and not v]
+    if missing:
+        raise ConfigError(f"--dataset {args.dataset}: name your prepared files with {' and '.join(missing)}")
+    return train_json, test_json

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Set, Tuple
 
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
 from pipeline.jsonfile import read_json
+from pipeline.runtime import legacy_normalize
 from utils.fileio import save_torch_atomic
 
 FORMAT = "csra-train-state"
@@ -64,9 +65,9 @@ ARGS_FILE = "args.json"
 # options that define a run: a resumed run keeps its recorded values
 RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "train_json", "test_json", "classes",
                 "data_root", "img_size", "batch_size", "lr", "head_lr_mult", "momentum", "w_d", "warmup_epoch",
-                "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last")
+                "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last", "normalize")
 # options that may change on resume (total_epoch only upwards); they are applied and recorded
-SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every")
+SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp")
 
 
 def read_recorded_args(folder: str) -> dict:
@@ -124,11 +125,6 @@ def find_unfinished_run(base: str) -> str:
                           "name one with --resume PATH")
 
 
-def given_flags(argv: Sequence[str]) -> Set[str]:
-    """The option names typed on the command line (``--lr 0.1`` and ``--lr=0.1`` both give 'lr')."""
-    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
-
-
 def _as_recorded(value):
     return json.loads(json.dumps(value, default=str))
 
@@ -138,6 +134,8 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
     value is an error naming both; a safe one is applied (total_epoch only upwards). Returns the
     changes applied, for the record."""
     recorded = read_recorded_args(folder)
+    if not recorded.get("normalize") and recorded.get("model"):  # a run from before normalisation was recorded
+        recorded["normalize"] = legacy_normalize(recorded["model"])
     for key in RUN_DEFINING:
         if key not in recorded:
             continue

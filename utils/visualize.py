@@ -89,6 +89,8 @@ def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: dict, im
 
 def fit_thumbnail(img: Image.Image, size: int) -> Image.Image:
     """A copy whose longer side is ``size`` pixels (small images are enlarged, so they stay legible)."""
+    if not img.width or not img.height:  # an empty person box
+        return Image.new("RGB", (size, size))
     scale = size / max(img.width, img.height)
     return img.convert("RGB").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                                      Image.BILINEAR)

@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import DataError
+from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
 from utils.evaluation.metrics import Report, masks
 from utils.evaluation.report import KEYS, class_name
@@ -120,11 +122,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_cols: int 
 
 def _plain_thumbnail(path: str) -> Optional[Image.Image]:
     try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (OSError, ValueError):
+        return fit_thumbnail(read_rgb(path), THUMB)
+    except DataError:
         return None
-    return fit_thumbnail(img, THUMB)
 
 
 def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: Sequence[str],

@@ -6,7 +6,7 @@ from typing import List, Sequence
 
 from pipeline.errors import CSRAError
 from utils.entry import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
-from utils.fileio import write_json_atomic
+from utils.fileio import atomic_write, write_json_atomic
 
 
 class PrepareError(CSRAError):
@@ -47,6 +47,19 @@ def summarize(path: str, records: List[dict], class_names: Sequence[str]) -> str
         for name, n in zip(class_names, counts):
             lines.append(f"    {name:{width}s} {n}")
     return "\n".join(lines)
+
+
+CLASS_FILE = "classes.txt"  # beside the JSON files: every entry script finds the names there
+
+
+def write_class_names(out_dir: str, names: Sequence[str], quiet: bool = False) -> str:
+    """classes.txt (one name per line) beside the prepared JSON files, written atomically."""
+    path = os.path.join(out_dir, CLASS_FILE)
+    with atomic_write(path) as f:
+        f.write("\n".join(names) + "\n")
+    if not quiet:
+        print(f"wrote {path}: {len(names)} classes")
+    return path
 
 
 def write_split(path: str, records: List[dict], class_names: Sequence[str], quiet: bool = False) -> str:

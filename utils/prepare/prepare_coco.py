@@ -22,8 +22,8 @@ from pycocotools.coco import COCO  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.dataset import read_json  # noqa: E402
-from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
-                                   require_file, run_main, write_split)
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+                                   require_dir, require_file, run_main, write_class_names, write_split)
 
 
 def load_coco(path: str) -> COCO:
@@ -70,7 +70,8 @@ def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tupl
 
 def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, force: bool = False) -> Dict[str, str]:
     require_dir(data_path)
-    refuse_overwrite([os.path.join(out_dir, f"{s}_coco{year}.json") for s in ("train", "val")], force)
+    refuse_overwrite([os.path.join(out_dir, f"{s}_coco{year}.json") for s in ("train", "val")]
+                     + [os.path.join(out_dir, CLASS_FILE)], force)
     outputs = {}
     for split, out_name in (("train", f"train_coco{year}.json"), ("val", f"val_coco{year}.json")):
         ann = os.path.join(data_path, "annotations", f"instances_{split}{year}.json")
@@ -79,6 +80,7 @@ def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, f
         path = os.path.join(out_dir, out_name)
         write_split(path, records, names)
         outputs[split] = path
+    outputs["classes"] = write_class_names(out_dir, names)
     return outputs
 
 

@@ -21,8 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from pipeline.classes import load_class_names  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
-from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
-                                   require_file, run_main, write_split)
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+                                   require_dir, require_file, run_main, write_class_names, write_split)
 
 
 def read_labels(path: str) -> Dict[str, List[str]]:
@@ -84,7 +84,6 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
         records.append({"img_path": img_path, "target": target})
     if not 0 <= test_split < 1:
         raise PrepareError(f"--test_split must be in [0, 1), got {test_split}")
-    os.makedirs(out_dir, exist_ok=True)
     outputs = {}
     if test_split > 0:
         order = list(range(len(records)))
@@ -97,17 +96,13 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
                   "test": [r for i, r in enumerate(records) if i in test_ids]}
     else:
         splits = {"all": records}
-    refuse_overwrite([os.path.join(out_dir, f"{n}.json") for n in splits] + [os.path.join(out_dir, "classes.txt")],
+    refuse_overwrite([os.path.join(out_dir, f"{n}.json") for n in splits] + [os.path.join(out_dir, CLASS_FILE)],
                      force)
     for name, recs in splits.items():
         path = os.path.join(out_dir, f"{name}.json")
         write_split(path, recs, classes)
         outputs[name] = path
-    names_path = os.path.join(out_dir, "classes.txt")
-    with open(names_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(classes) + "\n")
-    outputs["classes"] = names_path
-    print(f"wrote {names_path}: {len(classes)} classes")
+    outputs["classes"] = write_class_names(out_dir, classes)
     return outputs
 
 

@@ -20,7 +20,16 @@ from PIL import Image, ImageDraw  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.prepare.common import add_force_flag, refuse_overwrite, run_main, write_split  # noqa: E402
+from utils.fileio import OutputError, make_folder  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, run_main,  # noqa: E402
+                                  write_class_names, write_split)
+
+
+def save_image(img: Image.Image, path: str) -> None:
+    try:
+        img.save(path, quality=92)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
@@ -68,30 +77,33 @@ def render_image(rng: random.Random, size: int):
 
 def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: int = 500, size: int = 64,
                   seed: int = 0, quiet: bool = False, force: bool = False) -> dict:
-    """Write images and JSON files; returns the paths written."""
-    refuse_overwrite([os.path.join(out_dir, f"{s}_demo.json") for s in ("train", "test")], force)
+    """Write images and JSON files; returns the paths written. Nothing already there (JSON files, the
+    class file, images) is replaced without ``force``."""
+    for flag, value in (("--num_train", num_train), ("--num_test", num_test), ("--size", size)):
+        if not isinstance(value, int) or value < 1:
+            raise PrepareError(f"{flag} must be a positive integer (got {value})")
+    if size < 16:
+        raise PrepareError(f"--size must be at least 16 pixels to draw the shapes (got {size})")
+    refuse_overwrite([os.path.join(out_dir, f"{s}_demo.json") for s in ("train", "test")]
+                     + [os.path.join(out_dir, CLASS_FILE), os.path.join(out_dir, "images")], force)
     rng = random.Random(seed)
     outputs = {}
     for split, n in (("train", num_train), ("test", num_test)):
-        folder = os.path.join(out_dir, "images", split)
-        os.makedirs(folder, exist_ok=True)
+        make_folder(os.path.join(out_dir, "images", split))
         records = []
         for i in tqdm(range(n), desc=f"demo {split}", disable=quiet, mininterval=1.0):
             img, present = render_image(rng, size)
             rel = os.path.join("images", split, f"{i:05d}.jpg")
-            img.save(os.path.join(out_dir, rel), quality=92)
+            save_image(img, os.path.join(out_dir, rel))
             target = [1 if c in present else 0 for c in range(len(DEMO_CLASSES))]
             records.append({"img_path": os.path.join(out_dir, rel), "target": target})
         path = os.path.join(out_dir, f"{split}_demo.json")
         outputs[split] = write_split(path, records, DEMO_CLASSES, quiet)
-    names = os.path.join(out_dir, "classes.txt")
-    with open(names, "w") as f:
-        f.write("\n".join(DEMO_CLASSES) + "\n")
-    outputs["classes"] = names
+    outputs["classes"] = write_class_names(out_dir, DEMO_CLASSES, quiet)
     return outputs
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/demo")
     p.add_argument("--num_train", type=int, default=2000)
@@ -99,7 +111,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     add_force_flag(p)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     generate_demo(a.out_dir, a.num_train, a.num_test, a.size, a.seed, force=a.force)
 
 

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
-from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
-                                   require_file, run_main, write_split)
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+                                   require_dir, require_file, run_main, write_class_names, write_split)
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 
@@ -85,12 +85,14 @@ def prepare(data_path: str, year: str, out_dir: str, force: bool = False) -> Dic
         splits.append(("test", read_ids(test_txt), False, True))
     elif os.path.isfile(test_txt):
         splits.append(("test", read_ids(test_txt), False, False))
-    refuse_overwrite([os.path.join(out_dir, f"{split}_{tag}.json") for split, *_ in splits], force)
+    refuse_overwrite([os.path.join(out_dir, f"{split}_{tag}.json") for split, *_ in splits]
+                     + [os.path.join(out_dir, CLASS_FILE)], force)
     for split, split_ids, binary, with_labels in splits:
         records = build_split(voc_dir, split_ids, binary, with_labels, desc=f"VOC{year} {split}")
         path = os.path.join(out_dir, f"{split}_{tag}.json")
         write_split(path, records, VOC_CLASSES)
         outputs[split] = path
+    outputs["classes"] = write_class_names(out_dir, VOC_CLASSES)
     return outputs
 
 

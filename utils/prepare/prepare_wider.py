@@ -9,6 +9,7 @@ person's "bbox": [x, y, w, h]. Attribute 1 -> 1, -1 -> 0; unspecified (0) -> 0 i
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Dict, List
@@ -19,8 +20,8 @@ from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
-from utils.prepare.common import (PrepareError, add_force_flag, refuse_overwrite, require_dir,  # noqa: E402
-                                   require_file, run_main, write_split)
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+                                   require_dir, require_file, run_main, write_class_names, write_split)
 
 UNSPECIFIED_TEST = 99
 
@@ -42,32 +43,30 @@ def convert(values: List[int], test: bool, where: str) -> List[int]:
 def build_split(ann_path: str, image_root: str, test: bool) -> List[dict]:
     require_file(ann_path)
     data = read_json(ann_path)
-    try:
-        images = data["images"]
-    except (KeyError, TypeError):
-        raise PrepareError(f"{ann_path}: no 'images' list (not a WIDER-Attribute annotation file)") from None
-    records, skipped = [], 0
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise PrepareError(f"{ann_path}: no 'images' list (not a WIDER-Attribute annotation file)")
+    records = []
     for i, im in enumerate(tqdm(images, desc=os.path.basename(ann_path), mininterval=1.0)):
-        try:
-            file_name, targets = im["file_name"], im["targets"]
-        except (KeyError, TypeError):
-            raise PrepareError(f"{ann_path}: image entry {i} lacks file_name/targets") from None
+        file_name = im.get("file_name") if isinstance(im, dict) else None
+        targets = im.get("targets") if isinstance(im, dict) else None
+        if not isinstance(file_name, str) or not isinstance(targets, list):
+            raise PrepareError(f"{ann_path}: image entry {i} needs a string 'file_name' and a 'targets' list")
         for j, person in enumerate(targets):
             where = f"{ann_path}: {file_name} person {j}"
+            if not isinstance(person, dict):
+                raise PrepareError(f"{where}: expected an object with 'attribute' and 'bbox'")
             attrs, bbox = person.get("attribute"), person.get("bbox")
             if not isinstance(attrs, list) or len(attrs) != len(WIDER_ATTRIBUTES):
                 raise PrepareError(f"{where}: expected {len(WIDER_ATTRIBUTES)} attributes")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                raise PrepareError(f"{where}: bbox must be [x, y, w, h]")
-            if bbox[2] <= 0 or bbox[3] <= 0:
-                skipped += 1
-                continue
+            if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+                raise PrepareError(f"{where}: bbox must be [x, y, w, h], four finite numbers (got {bbox!r})")
+            # every person, as the authors' script: zero-size and outside boxes too (the loader makes them black)
             records.append({"img_path": os.path.join(image_root, file_name),
                             "target": convert(attrs, test, where), "bbox": [float(v) for v in bbox]})
     if not records:
         raise PrepareError(f"{ann_path}: empty split")
-    if skipped:
-        print(f"{ann_path}: left out {skipped} persons with an empty bbox")
     return records
 
 
@@ -86,7 +85,8 @@ def annotation_file(data_path: str, split: str) -> str:
 
 def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]:
     require_dir(data_path)
-    refuse_overwrite([os.path.join(out_dir, f"{s}_wider.json") for s in ("trainval", "test")], force)
+    refuse_overwrite([os.path.join(out_dir, f"{s}_wider.json") for s in ("trainval", "test")]
+                     + [os.path.join(out_dir, CLASS_FILE)], force)
     image_root = require_dir(os.path.join(data_path, "Image"))
     outputs = {}
     for split, test in (("trainval", False), ("test", True)):
@@ -94,6 +94,7 @@ def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]
         path = os.path.join(out_dir, f"{split}_wider.json")
         write_split(path, records, WIDER_ATTRIBUTES)
         outputs[split] = path
+    outputs["classes"] = write_class_names(out_dir, WIDER_ATTRIBUTES)
     return outputs
 
 

@@ -1,0 +1,71 @@
+"""The record a run trained here keeps beside its checkpoints: the run folder's ``args.json``.
+
+Every script that loads a checkpoint (val.py, demo.py, export.py, the sweep, the converter) reads
+the record of the checkpoint's folder, so ``--load_from checkpoint/<run>/best.pth`` alone rebuilds
+the model as it was trained: backbone, head, heads, lam, classes and their names, input size and
+normalisation. A flag typed with another value than the record's stops with both named
+(``--no_record`` ignores the record). The checkpoints themselves stay plain state dicts in the
+authors' layout, which their code loads; a file without a record beside it (the authors', the
+toolbox's, a copy moved elsewhere) is described by flags, as before.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Set, Tuple
+
+from pipeline.backbones import get_backbone
+from pipeline.errors import ConfigError
+from pipeline.jsonfile import read_json
+from pipeline.runtime import legacy_normalize
+
+RECORD_FILE = "args.json"
+# what a record fixes; a typed flag with another value is an error (lam only for a CSRA head: a GAP
+# head's lam at evaluation is the training-free rule, a choice of the evaluation)
+MODEL_OPTIONS = ("model", "head", "num_heads", "num_cls", "lam", "img_size", "normalize")
+# what a record only suggests (a typed flag wins): where the run's data was
+DATA_OPTIONS = ("dataset", "test_json", "data_root")
+REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")
+
+
+def find_record(checkpoint: str) -> Optional[Tuple[str, dict]]:
+    """(path, record) of the run that wrote ``checkpoint``, or None when its folder holds no record
+    of main.py. Records written before normalisation was recorded get the rule those runs used."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RECORD_FILE)
+    if not os.path.isfile(path):
+        return None
+    record = read_json(path)
+    if not isinstance(record, dict) or any(record.get(k) is None for k in REQUIRED):
+        return None  # some other program's args.json: not ours to interpret
+    if not record.get("normalize"):
+        record = dict(record, normalize=legacy_normalize(record["model"]))
+    return path, record
+
+
+def record_defaults(record: dict, typed: Set[str]) -> dict:
+    """Parser defaults from a record: the model options always, the data options unless the user
+    named other data (a typed --dataset, --test_json or --data_root)."""
+    out = {k: record[k] for k in MODEL_OPTIONS if record.get(k) is not None}
+    if not typed & set(DATA_OPTIONS):
+        out.update({k: record[k] for k in DATA_OPTIONS if k in record})
+    return out
+
+
+def _same(key: str, now, then) -> bool:
+    if key == "model":
+        try:
+            return get_backbone(str(now)).name == get_backbone(str(then)).name
+        except ConfigError:
+            return False
+    if isinstance(now, (int, float)) and isinstance(then, (int, float)):
+        return float(now) == float(then)
+    return now == then
+
+
+def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
+    """A typed model option that contradicts the record stops with both values named."""
+    for key in MODEL_OPTIONS:
+        if key == "lam" and record.get("head") == "gap":
+            continue
+        if key in typed and key in record and not _same(key, getattr(args, key, None), record[key]):
+            raise ConfigError(f"--{key} is {getattr(args, key)} but the checkpoint's run record {path} says "
+                              f"{record[key]}; drop the flag, or pass --no_record to describe the model by flags")

@@ -122,8 +122,9 @@ def run(args) -> list:
         unknown = [n for n in args.heatmap_classes.split(",") if n not in names]
         if unknown:
             raise ConfigError(f"--heatmap_classes: unknown class {unknown[0]!r}; classes are {', '.join(names)}")
-    if not 0 <= args.heatmap_head < max(1, model.num_heads):
-        raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
+    n_maps = len(model.head.temperatures)
+    if not 0 <= args.heatmap_head < n_maps:
+        raise ConfigError(f"--heatmap_head must be below the number of heads ({n_maps})")
     cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
     stems = unique_stems(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
@@ -138,7 +139,7 @@ def run(args) -> list:
         x = runtime.to_input(images)
         with torch.no_grad(), runtime.autocast():
             out = model.forward_with_maps(x)
-        probs = torch.sigmoid(out["logits"].float()).cpu()
+        probs = torch.sigmoid(out.logits.float()).cpu()
         for i, index in enumerate(indices):
             f = files[index]
             scores = probs[i].tolist()

@@ -74,16 +74,17 @@ def make_loader(dataset, batch_size: int, num_workers: int, sampler, device: tor
                       persistent_workers=False, drop_last=False)
 
 
-def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+def train_step(model: nn.Module, criterion: Callable, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                targets: torch.Tensor, runtime: Runtime, scaler=None) -> float:
     """One optimiser step on one batch; returns the loss. A non-finite loss is returned before
     any update, so the caller can stop with the weights as they were. The loss is computed in
-    float32 on float32 logits, whatever the autocast precision."""
+    float32 on float32 logits, whatever the autocast precision; the targets reach it as they are
+    (with partial labels a -1 is an unknown)."""
     x = runtime.to_input(images)
-    y = targets.to(runtime.device, non_blocking=True).float()
+    y = targets.to(runtime.device, non_blocking=True)
     with runtime.autocast():
         logits = model(x)
-    loss = criterion(logits.float(), y)
+    loss = criterion(logits.float(), y.float())
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         return loss_value
@@ -99,12 +100,13 @@ def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Op
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, runtime: Runtime, *,
-                    epoch: int, start_iter: int, iters_per_epoch: int, lr_fn: Callable[[int], float], scaler=None,
-                    ema=None, on_step: Optional[Callable[[int], None]] = None, print_freq: int = 100) -> dict:
-    """One epoch from iteration ``start_iter``; ``on_step(iter_done)`` runs after each step.
-    The progress bar's loss, LR and speed are refreshed every ``print_freq`` iterations."""
+                    criterion: Callable, epoch: int, start_iter: int, iters_per_epoch: int,
+                    lr_fn: Callable[[int], float], scaler=None, ema=None,
+                    on_step: Optional[Callable[[int], None]] = None, print_freq: int = 100) -> dict:
+    """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.losses``);
+    ``on_step(iter_done)`` runs after each step. The progress bar's loss, LR and speed are refreshed
+    every ``print_freq`` iterations."""
     model.train()
-    criterion = nn.BCEWithLogitsLoss()
     loss_sum, seen, skipped = 0.0, 0, 0
     t0 = time.time()
     join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
@@ -146,7 +148,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                         f"read in epoch {epoch + 1} ({int(totals[2])} skipped)")
     elapsed = max(time.time() - t0, 1e-9)
     return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),
-            "images_per_s": totals[1] / elapsed,
+            "images_per_s": totals[1] / elapsed, "train_seconds": elapsed,
             "lr": [g["lr"] for g in optimizer.param_groups]}
 
 

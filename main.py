@@ -21,12 +21,13 @@ from engine import (NonFiniteLossError, SeededShardSampler, lr_factor, make_load
                     thumbnails_by_row, train_one_epoch)
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError, CSRAError
+from pipeline.losses import LOSSES, make_criterion, resolved_options
 from pipeline.model import CSRANet
 from pipeline.runtime import AMP_CHOICES, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
-                       finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve, run_main,
-                       typed_flags)
+                       describe_model, finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve,
+                       run_main, typed_flags)
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
@@ -52,7 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone initialisation (--dataset demo: none)")
     g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate (--dataset demo: 0.05); the "
                    "CSRA head uses --head_lr_mult times it")
-    g.add_argument("--head_lr_mult", type=float, default=10.0, help="CSRA head LR multiplier (GAP head: always 1)")
+    g.add_argument("--head_lr_mult", type=float, default=10.0,
+                   help="head LR multiplier for heads that take one (CSRA; the GAP baseline: always 1)")
+    g.add_argument("--loss", default="bce", choices=list(LOSSES),
+                   help="; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()))
+    g.add_argument("--gamma_pos", type=float, default=None,
+                   help="focusing exponent on positives (the loss's default: " +
+                        ", ".join(f"{k.name} {k.defaults['gamma_pos']:g}" for k in LOSSES.values()) + ")")
+    g.add_argument("--gamma_neg", type=float, default=None,
+                   help="focusing exponent on negatives (" +
+                        ", ".join(f"{k.name} {k.defaults['gamma_neg']:g}" for k in LOSSES.values()) + ")")
+    g.add_argument("--asl_clip", type=float, default=None,
+                   help="ASL probability shift of negatives (asl 0.05; the others 0)")
+    g.add_argument("--partial_labels", action="store_true",
+                   help="a -1 in the training JSON means unknown: left out of the loss and its normalisation "
+                        "(without the flag a -1 there is an error)")
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--w_d", type=float, default=1e-4, help="weight decay")
     g.add_argument("--warmup_epoch", type=float, default=2, help="linear warm-up epochs (--dataset demo: 1)")
@@ -81,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    return parse_args(build_parser(), argv, train=True)
+    args = parse_args(build_parser(), argv, train=True)
+    # the loss's own defaults for its options left unset: args.json records every value in force
+    args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
+                                                                    args.asl_clip)
+    return args
 
 
 def ensure_demo_data(args) -> None:
@@ -148,7 +167,7 @@ def ensure_finite(model, folder: str, when: str) -> None:
 
 
 def param_groups(model, args):
-    lr_head = args.lr * (args.head_lr_mult if args.head == "csra" else 1.0)
+    lr_head = args.lr * (args.head_lr_mult if model.head_kind.head_lr_mult else 1.0)
     return [
         {"params": model.backbone_parameters(), "lr": args.lr, "base_lr": args.lr, "name": "backbone"},
         {"params": model.head_parameters(), "lr": lr_head, "base_lr": lr_head, "name": "head"},
@@ -230,7 +249,8 @@ def train(args, given=frozenset()) -> dict:
     torch.manual_seed(args.seed)
     ensure_demo_data(args)
     train_json, test_json = dataset_files(args)
-    train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True))
+    train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True),
+                                  partial_labels=args.partial_labels)
     args.num_cls = args.num_cls or train_set.num_classes
     finish_class_names(args, args.num_cls)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=False)
@@ -247,6 +267,7 @@ def train(args, given=frozenset()) -> dict:
     optimizer = torch.optim.SGD(param_groups(model, args), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.w_d)
     scaler = runtime.grad_scaler()
+    criterion = make_criterion(args.loss, args.gamma_pos, args.gamma_neg, args.asl_clip, args.partial_labels)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
 
     sampler = SeededShardSampler(len(train_set), args.seed, du.rank(), du.world_size())
@@ -284,8 +305,8 @@ def train(args, given=frozenset()) -> dict:
                              it=it, best=best, args=vars(args))
 
     if du.is_main():
-        heads = f" ({plural(args.num_heads, 'head')}, lam {args.lam})" if args.head == "csra" else ""
-        print(f"training {args.model} + {args.head}{heads} on {len(train_set)} images ({args.dataset}), "
+        print(f"training {describe_model(args)}, {args.loss} loss"
+              f"{' with partial labels' if args.partial_labels else ''}, on {len(train_set)} images ({args.dataset}), "
               f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
               f"{'float32' if eval_runtime.amp == 'off' else eval_runtime.amp + ' autocast'}; run folder {folder}")
     last_report = None
@@ -297,15 +318,16 @@ def train(args, given=frozenset()) -> dict:
                 save_state(epoch, it)
 
         try:
-            stats = train_one_epoch(train_model, loader, optimizer, runtime, epoch=epoch, start_iter=start_iter,
-                                    iters_per_epoch=iters_per_epoch, lr_fn=lr_fn, scaler=scaler, ema=ema,
-                                    on_step=on_step, print_freq=args.print_freq)
+            stats = train_one_epoch(train_model, loader, optimizer, runtime, criterion=criterion, epoch=epoch,
+                                    start_iter=start_iter, iters_per_epoch=iters_per_epoch, lr_fn=lr_fn,
+                                    scaler=scaler, ema=ema, on_step=on_step, print_freq=args.print_freq)
         except NonFiniteLossError as e:
             raise DivergedError(f"{e}; {last_good(folder)}") from None
         ensure_finite(model, folder, f"after epoch {epoch + 1}")
         start_iter = 0
-        entry = {"epoch": epoch + 1, **{k: stats[k] for k in ("train_loss", "images_per_s", "skipped_images")},
-                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "amp": runtime.amp,
+        entry = {"epoch": epoch + 1,
+                 **{k: stats[k] for k in ("train_loss", "images_per_s", "train_seconds", "skipped_images")},
+                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": args.loss, "amp": runtime.amp,
                  "channels_last": runtime.channels_last}
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
@@ -325,7 +347,7 @@ def train(args, given=frozenset()) -> dict:
         if args.report:
             report, scores, targets, paths, indices = last_report
             out = write_report(args.report, scores, targets, paths, args.class_names, report,
-                               info={"model": f"{args.model}, {args.head} head, {args.num_heads} heads, lam {args.lam}",
+                               info={"model": describe_model(args),
                                      "checkpoint": f"{folder} (last epoch)", "data": test_json},
                                thumbnails=lambda req: thumbnails_by_row(model, test_set, eval_runtime, indices, req))
             print(f"wrote {out['index']}")

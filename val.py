@@ -17,7 +17,7 @@ from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,
-                       dataset_kwargs, describe_inference, finish_class_names, model_kwargs, new_parser, parse_args,
+                       dataset_kwargs, describe_inference, describe_model, finish_class_names, model_kwargs, new_parser, parse_args,
                        run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.evaluation.html_report import write_report
@@ -109,7 +109,7 @@ def validate(args) -> dict:
                 out = write_report(
                     args.report, scores, targets, paths, names, report, report_classes=args.report_classes,
                     pr_convention=args.pr_convention,
-                    info={"model": f"{args.model}, {args.head} head, {model.num_heads} heads, lam {args.lam}",
+                    info={"model": describe_model(args),
                           "checkpoint": args.load_from, "data": test_json},
                     thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, indices, req))
                 print(f"wrote {out['index']}")

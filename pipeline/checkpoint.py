@@ -20,6 +20,7 @@ import torch
 
 from pipeline.backbones import BACKBONES, identify
 from pipeline.errors import CheckpointError
+from pipeline.heads import HEAD_KINDS, get_head, recognise_head
 
 
 def _looks_like_torch_file(path: str) -> bool:
@@ -63,7 +64,6 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch
     return dict(sd)
 
 
-_TOOLBOX_HEAD = re.compile(r"^head\.csra_heads\.(\d+)\.head\.weight$")
 
 # The authors' ViT-CSRA names its weights as timm does: (their name, torchvision's name).
 VIT_NAMES = [
@@ -129,16 +129,11 @@ def refuse_biased_vit_heads(sd: Mapping[str, torch.Tensor], path: str) -> None:
 
 
 def to_zoo_layout(sd: Mapping[str, torch.Tensor], meta: Optional[dict] = None) -> dict:
-    """Our/authors' state dict -> the model-zoo toolbox's checkpoint."""
+    """Our/authors' state dict -> the model-zoo toolbox's checkpoint (heads as the head table names them)."""
     out = {}
     for k, v in sd.items():
-        m = _CSRA_HEAD.match(k)
-        if m:
-            out[f"head.csra_heads.{m.group(1)}.head.weight"] = v
-        elif k.startswith("fc."):
-            out["head." + k] = v
-        else:
-            out["backbone." + k] = v
+        kind = next((h for h in HEAD_KINDS.values() if k.startswith(h.prefix)), None)
+        out[kind.zoo_prefix + k[len(kind.prefix):] if kind else "backbone." + k] = v
     return {"state_dict": out, "meta": dict(meta or {})}
 
 
@@ -146,13 +141,11 @@ def from_zoo_layout(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The model-zoo toolbox's keys -> ours (the inverse of ``to_zoo_layout``); other keys are dropped."""
     out = {}
     for k, v in sd.items():
-        m = _TOOLBOX_HEAD.match(k)
-        if m:
-            out[f"classifier.multi_head.{m.group(1)}.head.weight"] = v
+        kind = next((h for h in HEAD_KINDS.values() if k.startswith(h.zoo_prefix)), None)
+        if kind is not None:
+            out[kind.prefix + k[len(kind.zoo_prefix):]] = v
         elif k.startswith("backbone."):
             out[k[len("backbone."):]] = v
-        elif k.startswith("head.fc."):
-            out["fc." + k[len("head.fc."):]] = v
     return out
 
 
@@ -178,21 +171,15 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     return sd
 
 
-_CSRA_HEAD = re.compile(r"^classifier\.multi_head\.(\d+)\.head\.weight$")
-
-
-def describe(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None) -> dict:
-    """Backbone (by comparing keys and shapes with the backbone table), head type, head count
-    and class count of a state dict in the authors' layout."""
+def describe(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None,
+             expected_head: Optional[str] = None) -> dict:
+    """Backbone (by comparing keys and shapes with the backbone table), head kind (by the head table),
+    head count and class count of a state dict in the authors' layout."""
     info: dict = {"model": identify(sd, first=expected_model), "head": None, "num_heads": 0, "num_classes": None}
-    heads = sorted(int(m.group(1)) for k in sd for m in [_CSRA_HEAD.match(k)] if m)
-    if heads:
-        info["head"] = "csra"
-        info["num_heads"] = len(heads)
-        info["num_classes"] = sd[f"classifier.multi_head.{heads[0]}.head.weight"].shape[0]
-    elif "fc.weight" in sd:
-        info["head"] = "gap"
-        info["num_classes"] = sd["fc.weight"].shape[0]
+    found = recognise_head(sd, first=expected_head)
+    if found is not None:
+        kind, info["num_classes"], info["num_heads"] = found
+        info["head"] = kind.name
     return info
 
 
@@ -202,17 +189,17 @@ def pretty_model(name: Optional[str]) -> str:
 
 def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
     """Raise a one-line CheckpointError naming the first thing that does not match."""
-    info = describe(sd, model.model_name)
+    info = describe(sd, model.model_name, model.head_type)
     if info["model"] != model.model_name:
         raise CheckpointError(
             f"{path}: checkpoint is a {pretty_model(info['model'])}, --model is {model.model_name}"
         )
     if info["head"] is None:
-        raise CheckpointError(f"{path}: checkpoint has no classifier weights (no classifier.* or fc.* keys)")
+        known = " or ".join(f"{k.prefix}*" for k in HEAD_KINDS.values())
+        raise CheckpointError(f"{path}: checkpoint has no classifier weights (no {known} keys)")
     if info["head"] != model.head_type:
-        names = {"csra": "a CSRA head", "gap": "a GAP head"}
-        raise CheckpointError(f"{path}: checkpoint has {names[info['head']]}, --head is {model.head_type}")
-    if info["head"] == "csra" and info["num_heads"] != model.num_heads:
+        raise CheckpointError(f"{path}: checkpoint has {get_head(info['head']).display}, --head is {model.head_type}")
+    if model.head_kind.multi_head and info["num_heads"] != model.num_heads:
         raise CheckpointError(
             f"{path}: checkpoint has {info['num_heads']} heads, --num_heads is {model.num_heads}"
         )
@@ -225,8 +212,9 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
 def load_model_weights(model, path: str) -> dict:
     """Load any accepted checkpoint into ``model`` (strict), returning what was described."""
     sd = to_authors_layout(safe_load(path), path)
-    if model.head_type == "csra" and any(_CSRA_HEAD.match(k) for k in sd):
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # e.g. a leftover ImageNet fc
+    if model.head_kind.recognise(sd) is not None:  # other heads' keys go, e.g. a leftover ImageNet fc
+        others = tuple(h.prefix for h in HEAD_KINDS.values() if h.name != model.head_type)
+        sd = {k: v for k, v in sd.items() if not k.startswith(others)}
     check_compatible(sd, model, path)
     model.adapt_state_dict(sd)
     own = model.state_dict()
@@ -245,4 +233,4 @@ def load_model_weights(model, path: str) -> dict:
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             )
     model.load_state_dict(sd, strict=True)
-    return describe(sd, model.model_name)
+    return describe(sd, model.model_name, model.head_type)

@@ -9,6 +9,7 @@ at T up to 7 loses its small weights in bfloat16, and the head costs well under 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -60,6 +61,21 @@ def temperatures_for(num_heads: int) -> List[float]:
         allowed = ", ".join(str(h) for h in HEAD_TEMPERATURES)
         raise ConfigError(f"--num_heads must be one of {allowed} (got {num_heads})")
     return list(HEAD_TEMPERATURES[num_heads])
+
+
+@dataclass
+class HeadMaps:
+    """What a head computes from one feature map: logits (B, C) and, per sub-head k, its score maps
+    (B, C, h, w), its attention weights softmax(T s) and its temperature."""
+    logits: torch.Tensor
+    score_maps: List[torch.Tensor]
+    attention: List[torch.Tensor]
+    temperatures: List[float]
+
+    def heatmap(self, k: int = 0) -> torch.Tensor:
+        """Sub-head k's heatmaps (B, C, h, w): its attention for a finite temperature, its score map for
+        T = infinity (a one-hot attention would show a single location)."""
+        return self.score_maps[k] if math.isinf(self.temperatures[k]) else self.attention[k]
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -154,15 +170,13 @@ class MultiHeadCSRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return csra_pool(self.all_scores(x).flatten(3), self.finite_temperatures, self.lam)
 
-    def forward_with_maps(self, x: torch.Tensor) -> dict:
+    def forward_with_maps(self, x: torch.Tensor) -> HeadMaps:
         """Logits plus, per head, the score maps and the attention weights softmax(T s)."""
         s = self.all_scores(x)
-        return {
-            "logits": csra_pool(s.flatten(3), self.finite_temperatures, self.lam),
-            "score_maps": [s[:, k] for k in range(s.shape[1])],
-            "attention": [attention_maps(s[:, k], T) for k, T in enumerate(self.temperatures)],
-            "temperatures": list(self.temperatures),
-        }
+        return HeadMaps(csra_pool(s.flatten(3), self.finite_temperatures, self.lam),
+                        [s[:, k] for k in range(s.shape[1])],
+                        [attention_maps(s[:, k], T) for k, T in enumerate(self.temperatures)],
+                        list(self.temperatures))
 
 
 class GAPHead(nn.Linear):
@@ -173,9 +187,19 @@ class GAPHead(nn.Linear):
     the linear layer at every location, score = mean + lam * max over locations.
     """
 
+    temperatures = [INF]  # its heatmap is the score map, as for a T = infinity head
+
     def __init__(self, in_dim: int, num_classes: int, spatial_lam: float = 0.0):
         super().__init__(in_dim, num_classes, bias=True)
         self.spatial_lam = float(spatial_lam)
+
+    @property
+    def lam(self) -> float:
+        return self.spatial_lam
+
+    @lam.setter
+    def lam(self, value: float) -> None:
+        self.spatial_lam = float(value)
 
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The linear layer applied at every location, (B, C, h, w), float32."""
@@ -201,11 +225,6 @@ class GAPHead(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(x)
 
-    def forward_with_maps(self, x: torch.Tensor) -> dict:
+    def forward_with_maps(self, x: torch.Tensor) -> HeadMaps:
         maps = self.score_maps(x)
-        return {
-            "logits": self._logits(x, maps),
-            "score_maps": [maps],
-            "attention": [attention_maps(maps, INF)],
-            "temperatures": [INF],
-        }
+        return HeadMaps(self._logits(x, maps), [maps], [attention_maps(maps, INF)], [INF])

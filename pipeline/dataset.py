@@ -64,6 +64,7 @@ CUSTOM = "custom"
 
 
 TRAIN_LABELS = (0, 1)
+PARTIAL_TRAIN_LABELS = (-1, 0, 1)  # with --partial_labels: -1 unknown
 TEST_LABELS = (-1, 0, 1, 99)  # -1 absent, 0 negative (VOC: difficult), 1 present, 99 unspecified (WIDER)
 
 
@@ -97,8 +98,9 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): empty target list")
             bad = next((j for j, v in enumerate(t) if v not in allowed_labels), None)
             if bad is not None:
+                hint = " (-1 = unknown: pass --partial_labels)" if t[bad] == -1 and allowed_labels == TRAIN_LABELS else ""
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): class {bad} has label {t[bad]}; "
-                                f"this file may hold {', '.join(map(str, allowed_labels))}")
+                                f"this file may hold {', '.join(map(str, allowed_labels))}{hint}")
             if expected_len is None:
                 expected_len, expected_from = len(t), "record 0 has"
             elif len(t) != expected_len:
@@ -213,10 +215,10 @@ class MultiLabelDataset(Dataset):
 
     def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
                  data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True,
-                 cache_images: bool = False, fast_decode: Optional[bool] = None):
+                 cache_images: bool = False, fast_decode: Optional[bool] = None, partial_labels: bool = False):
         self.json_path = json_path
-        self.records = load_records(json_path, num_classes, require_labels,
-                                    TRAIN_LABELS if transform.train else TEST_LABELS)
+        allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
+        self.records = load_records(json_path, num_classes, require_labels, allowed)
         if data_root:
             self.records = reroot(self.records, data_root, json_path)
         else:

@@ -40,16 +40,13 @@ class ExportModule(nn.Module):
         if not self.with_maps:
             return self.model(images)
         out = self.model.forward_with_maps(images)
-        T = out["temperatures"][self.head_index]
-        maps = out["score_maps"][self.head_index] if math.isinf(T) else out["attention"][self.head_index]
-        return out["logits"], maps
+        return out.logits, out.heatmap(self.head_index)
 
 
 def metadata(model, class_names: Sequence[str], with_maps: bool, head: int, normalize: str) -> Dict[str, str]:
     """What a deployment needs beside the graph, as strings (ONNX metadata_props, TorchScript extra file)."""
     mean, std = normalization(normalize)
-    temps = model.head.temperatures if model.head_type == "csra" else [math.inf]
-    lam = model.head.lam if model.head_type == "csra" else model.fc.spatial_lam
+    temps, lam = model.head.temperatures, model.head.lam
     return {
         "classes": json.dumps(list(class_names)),
         "model": model.model_name, "head": model.head_type, "num_heads": str(model.num_heads),
@@ -139,8 +136,8 @@ def export(model, class_names: Sequence[str], fmt: str, path: str, with_maps: bo
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     model = model.float().cpu().eval()
-    if not 0 <= head < max(1, model.num_heads):
-        raise ConfigError(f"--heatmap_head must be below the number of heads ({max(1, model.num_heads)})")
+    if not 0 <= head < len(model.head.temperatures):
+        raise ConfigError(f"--heatmap_head must be below the number of heads ({len(model.head.temperatures)})")
     wrapper = ExportModule(model, with_maps, head)
     meta = metadata(model, class_names, with_maps, head, normalize)
     example = sample_inputs(model, batch=2, seed=1, normalize=normalize)

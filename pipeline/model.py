@@ -1,4 +1,4 @@
-"""CSRANet: a backbone from the table in ``pipeline.backbones`` with a CSRA or GAP head.
+"""CSRANet: a backbone from the table in ``pipeline.backbones`` with a head from ``pipeline.heads``.
 
 The backbone's modules sit at the top level of the model, as in the authors' ResNet subclass,
 so ``model.state_dict()`` is exactly their checkpoint layout.
@@ -14,10 +14,9 @@ import torch.nn as nn
 
 from pipeline.backbones import Backbone, get_backbone
 from pipeline.checkpoint import load_model_weights, safe_load, strip_prefix
-from pipeline.csra import GAPHead, MultiHeadCSRA
+from pipeline.csra import HeadMaps
 from pipeline.errors import CheckpointError, ConfigError, PretrainedWeightsError
-
-HEADS = ("csra", "gap")
+from pipeline.heads import HeadKind, get_head
 
 
 def fetch_torchvision_weights(weights) -> Dict[str, torch.Tensor]:
@@ -66,15 +65,15 @@ def load_cutmix_weights(path: str, model: nn.Module, spec: Backbone) -> None:
 
 
 class CSRANet(nn.Module):
-    """A backbone with a multi-head CSRA head (``head="csra"``) or a GAP head (``head="gap"``)."""
+    """A backbone with a head of one of the kinds in ``pipeline.heads`` (``head="csra"``: multi-head CSRA,
+    ``head="gap"``: the baseline), held under the kind's attribute (so the state dict is the authors')."""
 
     def __init__(self, model_name: str = "resnet101", num_classes: int = 20, head: str = "csra",
                  num_heads: int = 1, lam: float = 0.1, img_size: int = 448, pretrained: str = "imagenet",
                  cutmix: Optional[str] = None):
         super().__init__()
         spec = get_backbone(model_name)
-        if head not in HEADS:
-            raise ConfigError(f"--head must be csra or gap (got {head!r})")
+        kind = get_head(head)
         if pretrained not in ("imagenet", "none"):
             raise ConfigError(f"--pretrained must be imagenet or none (got {pretrained!r})")
         if cutmix and spec.family != "resnet":
@@ -82,9 +81,9 @@ class CSRANet(nn.Module):
         if pretrained == "imagenet" and spec.weights is None and not cutmix:
             raise ConfigError(f"{spec.name} has no ImageNet weights: pass --pretrained none")
         self.model_name = spec.name
-        self.head_type = head
+        self.head_type = kind.name
         self.num_classes = num_classes
-        self.num_heads = num_heads if head == "csra" else 0
+        self.num_heads = num_heads if kind.multi_head else 0
         self.img_size = img_size
         self.feat_dim = spec.feat_dim
 
@@ -104,18 +103,19 @@ class CSRANet(nn.Module):
             module = self.get_submodule(owner)
             setattr(module, leaf, nn.Parameter(fit(getattr(module, leaf).data, img_size)))
 
-        if head == "csra":
-            self.classifier = MultiHeadCSRA(num_heads, lam, spec.feat_dim, num_classes)
-        else:
-            self.fc = GAPHead(spec.feat_dim, num_classes)
+        self.add_module(kind.attribute, kind.build(spec.feat_dim, num_classes, num_heads, lam))
 
     @property
     def backbone(self) -> Backbone:
         return get_backbone(self.model_name)
 
     @property
+    def head_kind(self) -> HeadKind:
+        return get_head(self.head_type)
+
+    @property
     def head(self) -> nn.Module:
-        return self.classifier if self.head_type == "csra" else self.fc
+        return getattr(self, self.head_kind.attribute)
 
     def head_parameters(self):
         return list(self.head.parameters())
@@ -125,11 +125,9 @@ class CSRANet(nn.Module):
         return [p for p in self.parameters() if id(p) not in head_ids]
 
     def set_lam(self, lam: float) -> None:
-        """CSRA: the residual weight of every head. GAP: the training-free mean + lam * max rule."""
-        if self.head_type == "csra":
-            self.classifier.lam = lam
-        else:
-            self.fc.spatial_lam = float(lam)
+        """What lam means is the head's (CSRA: the residual weight of every head; GAP: the training-free
+        mean + lam * max rule)."""
+        self.head.lam = float(lam)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map (B, d, h, w)."""
@@ -138,7 +136,7 @@ class CSRANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-    def forward_with_maps(self, x: torch.Tensor) -> dict:
+    def forward_with_maps(self, x: torch.Tensor) -> HeadMaps:
         """Logits, per-head score maps and attention maps from one backbone pass."""
         return self.head.forward_with_maps(self.forward_features(x))
 

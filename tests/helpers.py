@@ -52,3 +52,14 @@ def run_py(*args, timeout=300, env=None, fresh=False):
     full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
                           env=full_env)
+
+
+def wrap_training_loss(monkeypatch, wrap):
+    """Make main.py's criterion pass each loss through ``wrap(loss) -> loss`` (to record or poison it)."""
+    import main as train_main
+    real = train_main.make_criterion
+
+    def make(*a, **k):
+        crit = real(*a, **k)
+        return lambda x, y: wrap(crit(x, y))
+    monkeypatch.setattr(train_main, "make_criterion", make)

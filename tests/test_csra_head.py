@@ -128,12 +128,12 @@ def test_maps_come_from_one_pass_and_match_logits():
     mha = MultiHeadCSRA(4, 0.1, 5, 3).double()
     x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
     out = mha.forward_with_maps(x)
-    assert len(out["score_maps"]) == 4 and out["score_maps"][0].shape == (2, 3, 4, 3)
-    np.testing.assert_allclose(out["logits"].detach().numpy(), mha(x).detach().numpy(), atol=1e-12)
-    for k, T in enumerate(out["temperatures"]):
-        att = out["attention"][k]
+    assert len(out.score_maps) == 4 and out.score_maps[0].shape == (2, 3, 4, 3)
+    np.testing.assert_allclose(out.logits.detach().numpy(), mha(x).detach().numpy(), atol=1e-12)
+    for k, T in enumerate(out.temperatures):
+        att = out.attention[k]
         np.testing.assert_allclose(att.sum(dim=(2, 3)).detach().numpy(), 1.0, atol=1e-12)
-        s = out["score_maps"][k].flatten(2)
+        s = out.score_maps[k].flatten(2)
         if not math.isinf(T):
             np.testing.assert_allclose(att.flatten(2).detach().numpy(),
                                        torch.softmax(T * s, dim=-1).detach().numpy(), atol=1e-12)

@@ -35,10 +35,10 @@ def test_onnx_parity_for_every_head_configuration(tmp_path, num_heads, head):
     logits, maps = exported_outputs(path, "onnx", x)
     with torch.no_grad():
         out = model.eval().forward_with_maps(x)
-    np.testing.assert_allclose(logits, out["logits"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(logits, out.logits.numpy(), atol=1e-4)
     k = num_heads - 1 if head == "csra" else 0
-    T = out["temperatures"][k]
-    want = out["score_maps"][k] if math.isinf(T) else out["attention"][k]
+    T = out.temperatures[k]
+    want = out.score_maps[k] if math.isinf(T) else out.attention[k]
     assert maps.shape == (5, 5, 4, 4)
     np.testing.assert_allclose(maps, want.numpy(), atol=1e-4)
     meta = ex.read_metadata(str(path), "onnx")

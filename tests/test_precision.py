@@ -36,7 +36,7 @@ def test_head_under_bf16_autocast_matches_float64(num_heads):
     assert got.dtype == torch.float32
     want = reference_logits(x.double().numpy(), head_weights(head), SPEC_TEMPS[num_heads], 0.5)
     np.testing.assert_allclose(got.detach().numpy(), want, atol=1e-4, rtol=0)
-    for att in out["attention"]:
+    for att in out.attention:
         assert att.dtype == torch.float32
         np.testing.assert_allclose(att.sum(dim=(2, 3)).detach().numpy(), 1.0, atol=1e-6)
 

@@ -37,7 +37,7 @@ import demo as demo_main
 import main as train_main
 import val as val_main
 from conftest import ROOT
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, train_argv, wrap_training_loss
 from pipeline.checkpoint import safe_load
 from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset
 from pipeline.errors import CheckpointError
@@ -54,13 +54,11 @@ def one_line_exit(fn, *args):
 def nan_at_call(monkeypatch, n):
     """Make the n-th loss NaN (a run that stops part-way, leaving an unfinished state)."""
     calls = {"n": 0}
-    real = torch.nn.BCEWithLogitsLoss.forward
 
-    def poisoned(self, x, y):
+    def poisoned(loss):
         calls["n"] += 1
-        loss = real(self, x, y)
         return loss * float("nan") if calls["n"] == n else loss
-    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", poisoned)
+    wrap_training_loss(monkeypatch, poisoned)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import torch
 import main as train_main
 from conftest import ROOT
 from engine import lr_factor
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, train_argv, wrap_training_loss
 
 
 def read_log(folder):
@@ -58,14 +58,12 @@ def test_end_to_end_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
     losses = []
-    real_bce = torch.nn.BCEWithLogitsLoss.forward
 
-    def recording_bce(self, x, y):
-        loss = real_bce(self, x, y)
+    def recording(loss):
         losses.append(loss.item())
         return loss
 
-    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", recording_bce)
+    wrap_training_loss(monkeypatch, recording)
     train_main.main(train_argv(files, out, "--total_epoch", "3", "--lr", "0.02"))
     ipe = math.ceil(48 / 8)
     assert len(seen) == 3 * ipe
@@ -114,14 +112,12 @@ def test_nan_loss_stops_with_epoch_and_step(tmp_path, monkeypatch):
     files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_bce = torch.nn.BCEWithLogitsLoss.forward
 
-    def poisoned(self, x, y):
+    def poisoned(loss):
         calls["n"] += 1
-        loss = real_bce(self, x, y)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(torch.nn.BCEWithLogitsLoss, "forward", poisoned)
+    wrap_training_loss(monkeypatch, poisoned)
     with pytest.raises(SystemExit) as e:
         train_main.main(train_argv(files, out, "--total_epoch", "2"))
     assert "epoch 2, step 1" in str(e.value.code) and "nan" in str(e.value.code)
@@ -145,13 +141,14 @@ def test_ema_best_holds_the_weights_that_scored(tmp_path):
     assert got == pytest.approx(best["best_mAP"], abs=0.006)
 
 
-@pytest.mark.parametrize("amp", ["off", "bf16"])
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp):
+@pytest.mark.parametrize("amp,loss", [("off", "bce"), ("bf16", "asl")])
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp, loss):
     """float32 and bf16 autocast on CPU are both deterministic (same kernels, same thread count), so a
-    resumed run must end with exactly the weights of an uninterrupted one in either precision."""
+    resumed run must end with exactly the weights of an uninterrupted one in either precision, and with
+    a non-default loss (whose options come back from args.json)."""
     files = tiny_demo(tmp_path / "data", num_train=160, num_test=8)
     common = train_argv(files, tmp_path / "x", "--total_epoch", "2", "--batch_size", "4", "--state_every", "1",
-                        "--amp", amp)
+                        "--amp", amp, "--loss", loss)
 
     def argv(out):
         a = list(common)
@@ -182,7 +179,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp):
     proc.wait()
     assert killed_at is not None, "training finished before it could be killed"
     assert not (out / "epoch_2.pth").exists()
-    r = run_py("main.py", *argv(out), "--resume", fresh=True)
+    r = run_py("main.py", *argv(out)[:-2], "--resume", fresh=True)  # --loss comes back from the record
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout
     a = torch.load(tmp_path / "full" / "epoch_2.pth", weights_only=True)
@@ -190,7 +187,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [e["epoch"] for e in read_log(out)] == [1, 2]
+    assert [e["epoch"] for e in read_log(out)] == [1, 2] and read_log(out)[-1]["loss"] == loss
 
 
 def test_resume_without_state_is_clear(tmp_path):

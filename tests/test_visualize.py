@@ -51,7 +51,7 @@ def test_hand_built_corner_gets_the_highest_attention():
     img = Image.new("RGB", (70, 70), "gray")
     ov = np.asarray(overlay(img, upsample(class_map(out, 0, 0, 0), (70, 70)))).astype(int)
     assert ov[2, 2, 0] > ov[67, 67, 0] and ov[67, 67, 2] > ov[2, 2, 2]  # jet: red at the object, blue far away
-    assert math.isinf(out["temperatures"][1])
+    assert math.isinf(out.temperatures[1])
 
 
 def test_demo_predictions_outputs_and_skips(trained, tmp_path):

@@ -20,6 +20,7 @@ from tqdm import tqdm  # noqa: E402
 from engine import make_loader  # noqa: E402
 from pipeline.dataset import MultiLabelDataset  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
+from pipeline.heads import get_head  # noqa: E402
 from pipeline.model import load_for_inference  # noqa: E402
 from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
@@ -60,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv=None) -> dict:
     args = parse_args(build_parser(), argv)
-    if args.head != "gap":
-        raise ConfigError(f"{args.load_from}: checkpoint has a CSRA head (" + (f"its run record {args.record_path}"
-                          if args.record_path else "--head csra") + "); the training-free sweep needs a GAP head")
+    kind = get_head(args.head)
+    if not kind.training_free:
+        source = f"its run record {args.record_path}" if args.record_path else f"--head {kind.name}"
+        raise ConfigError(f"{args.load_from}: checkpoint has {kind.display} ({source}); the training-free sweep "
+                          "needs a GAP head")
     try:
         lams = sorted({0.0} | {float(v) for v in args.lams.split(",") if v.strip()})
     except ValueError:

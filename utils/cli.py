@@ -18,6 +18,7 @@ from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.classes import load_class_names
 from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
+from pipeline.heads import HEAD_KINDS, get_head
 from pipeline.runtime import AMP_CHOICES, NORMALIZATIONS
 from utils.run_record import check_flags, find_record, record_defaults
 from utils.entry import run_main  # noqa: F401  (entry scripts import it from here)
@@ -45,12 +46,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet101",
                    help=f"backbone: {', '.join(BACKBONES)} (--dataset demo: small_cnn)")
-    g.add_argument("--head", default="csra", choices=["csra", "gap"],
-                   help="csra, or gap: the baseline global-average-pooling + linear head")
+    g.add_argument("--head", default="csra", choices=list(HEAD_KINDS),
+                   help="csra, or gap: the baseline global-average-pooling + linear head (the head table: "
+                        "pipeline/heads.py)")
     g.add_argument("--num_heads", type=int, default=1, help="CSRA heads: 1, 2, 4, 6 or 8")
     g.add_argument("--lam", type=float, default=None,
-                   help="CSRA residual weight lambda (default 0.1); with --head gap at evaluation, the "
-                        "training-free mean + lam * max rule (default 0: plain GAP)")
+                   help="; ".join(f"{k.name}: {k.lam_help} (default {k.default_lam:g})"
+                                  for k in HEAD_KINDS.values() if k.lam_help))
     g.add_argument("--num_cls", type=int, default=None,
                    help="number of classes (default: the --classes file's, else the dataset's, else the JSON's)")
     g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO/custom, "
@@ -110,10 +112,7 @@ def plural(n: int, one: str, many: Optional[str] = None) -> str:
 
 def describe_model(args) -> str:
     """'resnet101, csra head (1 head, lam 0.1), 20 classes, 448 px'."""
-    if args.head == "csra":
-        heads = f"{plural(args.num_heads, 'head')}, lam {args.lam}"
-    else:
-        heads = f"training-free mean + {args.lam} * max" if args.lam else "plain GAP"
+    heads = get_head(args.head).describe(args.num_heads, args.lam)
     return f"{args.model}, {args.head} head ({heads}), {plural(args.num_cls, 'class', 'classes')}, {args.img_size} px"
 
 
@@ -229,7 +228,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     ConfigError when they disagree."""
     args.model = get_backbone(args.model).name
     if args.lam is None:
-        args.lam = 0.0 if args.head == "gap" else 0.1
+        args.lam = get_head(args.head).default_lam
     spec = DATASETS[args.dataset]
     if getattr(args, "normalize", "unit") is None:
         args.normalize = spec.normalize  # the authors' rule: by dataset, whatever the backbone

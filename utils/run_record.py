@@ -15,12 +15,13 @@ from typing import Optional, Set, Tuple
 
 from pipeline.backbones import get_backbone
 from pipeline.errors import ConfigError
+from pipeline.heads import HEAD_KINDS
 from pipeline.jsonfile import read_json
 from pipeline.runtime import legacy_normalize
 
 RECORD_FILE = "args.json"
-# what a record fixes; a typed flag with another value is an error (lam only for a CSRA head: a GAP
-# head's lam at evaluation is the training-free rule, a choice of the evaluation)
+# what a record fixes; a typed flag with another value is an error (lam not for a training-free head
+# such as GAP: its lam is the evaluation's choice of the mean + lam * max rule)
 MODEL_OPTIONS = ("model", "head", "num_heads", "num_cls", "lam", "img_size", "normalize")
 # what a record only suggests (a typed flag wins): where the run's data was
 DATA_OPTIONS = ("dataset", "test_json", "data_root")
@@ -63,8 +64,9 @@ def _same(key: str, now, then) -> bool:
 
 def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
     """A typed model option that contradicts the record stops with both values named."""
+    kind = HEAD_KINDS.get(record.get("head"))
     for key in MODEL_OPTIONS:
-        if key == "lam" and record.get("head") == "gap":
+        if key == "lam" and kind is not None and kind.training_free:
             continue
         if key in typed and key in record and not _same(key, getattr(args, key, None), record[key]):
             raise ConfigError(f"--{key} is {getattr(args, key)} but the checkpoint's run record {path} says "

@@ -5,7 +5,6 @@ with); for T = infinity (and the GAP head) it is the class's score map s itself.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import List, Sequence, Tuple
 
@@ -15,16 +14,15 @@ import torch.nn.functional as F
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.csra import HeadMaps
+
 PANEL_HEIGHT = 224
 CAPTION_HEIGHT = 22
 
 
-def class_map(out: dict, image_index: int, class_index: int, head: int = 0) -> torch.Tensor:
+def class_map(out: HeadMaps, image_index: int, class_index: int, head: int = 0) -> torch.Tensor:
     """(h, w) map of one class from ``forward_with_maps`` output (see module docstring)."""
-    T = out["temperatures"][head]
-    if math.isinf(T):
-        return out["score_maps"][head][image_index, class_index].float()
-    return out["attention"][head][image_index, class_index].float()
+    return out.heatmap(head)[image_index, class_index].float()
 
 
 def upsample(m: torch.Tensor, size: Tuple[int, int]) -> np.ndarray:
@@ -65,7 +63,7 @@ def safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: dict, image_index: int,
+def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: HeadMaps, image_index: int,
                   classes: Sequence[int], class_names: Sequence[str], scores: Sequence[float],
                   head: int = 0, stem: str = None) -> List[str]:
     """Write one overlay PNG per class and one grid PNG; return the paths written. ``stem`` names

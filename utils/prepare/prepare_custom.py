@@ -4,9 +4,11 @@
         [--test_split 0.2 --seed 0] [--classes classes.txt]
 
 Label file: CSV lines `image,label1;label2;...` (a header `image,labels` is allowed; an image with
-no label is all-negative), or JSON: {"image.jpg": ["label1", ...], ...}. Image names are relative
-to --img_dir. Writes train.json and test.json (or all.json with --test_split 0) and classes.txt;
-then train with `main.py --train_json ... --test_json ... --classes .../classes.txt`.
+no label is all-negative), or JSON: {"image.jpg": ["label1", ...], ...}. A label written `?name` is
+unknown for that image (neither present nor absent): -1 in train.json / all.json, for
+`main.py --partial_labels`, and 99 in test.json (left out of that class's AP). Image names are relative
+to --img_dir. Writes train.json and test.json (or all.json with --test_split 0) and classes.txt
+beside them; then train with `main.py --train_json .../train.json --test_json .../test.json`.
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ from pipeline.classes import load_class_names  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
+
+
+UNKNOWN_MARK = "?"   # "?cat": unknown whether the image shows a cat
+UNKNOWN_TRAIN = -1   # main.py --partial_labels leaves it out of the loss
+UNKNOWN_TEST = 99    # the evaluator leaves it out of AP (as WIDER's unspecified)
 
 
 def read_labels(path: str) -> Dict[str, List[str]]:
@@ -67,7 +74,7 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
     if classes_path:
         classes = load_class_names(classes_path)
     else:
-        classes = sorted({x for ls in labels.values() for x in ls})
+        classes = sorted({x.lstrip(UNKNOWN_MARK) for ls in labels.values() for x in ls})
     if not classes:
         raise PrepareError(f"{labels_path}: no class names found")
     index = {c: i for i, c in enumerate(classes)}
@@ -78,9 +85,12 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
             raise PrepareError(f"{labels_path}: image {image!r} not found at {img_path}")
         target = [0] * len(classes)
         for n in names:
-            if n not in index:
-                raise PrepareError(f"{labels_path}: image {image!r} has label {n!r}, not in {classes_path}")
-            target[index[n]] = 1
+            name, unknown = n.lstrip(UNKNOWN_MARK), n.startswith(UNKNOWN_MARK)
+            if name not in index:
+                raise PrepareError(f"{labels_path}: image {image!r} has label {name!r}, not in {classes_path}")
+            if target[index[name]] != 0:
+                raise PrepareError(f"{labels_path}: image {image!r} names {name!r} twice")
+            target[index[name]] = UNKNOWN_TRAIN if unknown else 1
         records.append({"img_path": img_path, "target": target})
     if not 0 <= test_split < 1:
         raise PrepareError(f"--test_split must be in [0, 1), got {test_split}")
@@ -93,7 +103,8 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
             raise PrepareError(f"{labels_path}: too few images ({len(records)}) to split off a test set")
         test_ids = set(order[:n_test])
         splits = {"train": [r for i, r in enumerate(records) if i not in test_ids],
-                  "test": [r for i, r in enumerate(records) if i in test_ids]}
+                  "test": [dict(r, target=[UNKNOWN_TEST if v == UNKNOWN_TRAIN else v for v in r["target"]])
+                           for i, r in enumerate(records) if i in test_ids]}
     else:
         splits = {"all": records}
     refuse_overwrite([os.path.join(out_dir, f"{n}.json") for n in splits] + [os.path.join(out_dir, CLASS_FILE)],

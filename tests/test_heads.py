@@ -1,0 +1,75 @@
+"""The head table: a third kind of head added from this file alone trains, validates and exports; no
+module but the table's compares head kinds by name."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+import torch
+import torch.nn as nn
+
+import main as train_main
+from conftest import ROOT
+from helpers import run_py, tiny_demo, train_argv
+from pipeline import heads
+from pipeline.csra import INF, HeadMaps, attention_maps
+from pipeline.heads import HeadKind
+
+
+class MaxPoolHead(nn.Module):
+    """A 1x1 convolution with bias, then the maximum over locations (no residual, no temperature)."""
+
+    temperatures = [INF]
+
+    def __init__(self, in_dim, num_classes):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, num_classes, 1)
+        self.lam = 0.0
+
+    def forward(self, x):
+        return self.conv(x).amax(dim=(2, 3))
+
+    def forward_with_maps(self, x):
+        s = self.conv(x)
+        return HeadMaps(s.amax(dim=(2, 3)), [s], [attention_maps(s, INF)], [INF])
+
+
+@pytest.fixture
+def max_head(monkeypatch):
+    kind = HeadKind("max", "a max-pooling head", "max_head", lambda d, c, h, lam: MaxPoolHead(d, c),
+                    recognise=lambda sd: (sd["max_head.conv.weight"].shape[0], 0) if "max_head.conv.weight" in sd
+                    else None, zoo_prefix="head.max.", default_lam=0.0, lam_help="unused")
+    monkeypatch.setitem(heads.HEAD_KINDS, kind.name, kind)
+    return kind
+
+
+def test_a_third_head_kind_from_one_table_entry(tmp_path, max_head):
+    pytest.importorskip("onnxruntime")
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    out = train_main.train(train_main.get_args(train_argv(files, tmp_path / "run", "--total_epoch", "1",
+                                                          "--head", "max")))
+    sd = torch.load(os.path.join(out["folder"], "best.pth"), weights_only=True)
+    assert {"max_head.conv.weight", "max_head.conv.bias"} <= set(sd) and not any(k.startswith("classifier") for k in sd)
+    r = run_py("val.py", "--load_from", os.path.join(out["folder"], "best.pth"))  # described by its run record
+    assert r.returncode == 0, r.stderr
+    assert "max head" in r.stdout and re.search(r"^mAP: [0-9.]+", r.stdout, re.M)
+    r = run_py("val.py", "--load_from", os.path.join(out["folder"], "best.pth"), "--no_record", "--dataset", "demo",
+               "--test_json", files["test"], "--img_size", "32")
+    assert r.returncode == 1 and "checkpoint has a max-pooling head, --head is csra" in r.stderr
+    r = run_py("export.py", "--load_from", os.path.join(out["folder"], "best.pth"), "--format", "onnx", "--out",
+               tmp_path / "max.onnx", "--with_maps")
+    assert r.returncode == 0, r.stderr
+    from pipeline.export import read_metadata
+    assert read_metadata(str(tmp_path / "max.onnx"), "onnx")["head"] == "max"
+    from tools.convert_checkpoint import convert
+    zoo = convert(os.path.join(out["folder"], "best.pth"), "zoo")
+    assert "head.max.conv.weight" in zoo["state_dict"]
+
+
+def test_head_kinds_are_compared_by_name_in_the_table_only():
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](csra|gap)["']|["'](csra|gap)["']\s*(==|!=)""")
+    offenders = [f"{f}:{n}" for f in files if not f.startswith(("tests/", "pipeline/heads.py"))
+                 for n, line in enumerate(open(os.path.join(ROOT, f), encoding="utf-8"), 1) if pattern.search(line)]
+    assert offenders == []

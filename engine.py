@@ -57,7 +57,7 @@ class SeededShardSampler(Sampler):
         self.epoch, self.start = epoch, start
 
     def shard(self) -> List[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         return torch.randperm(self.n, generator=g)[self.rank::self.world].tolist()
 
     def __iter__(self) -> Iterator:

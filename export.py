@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
 from pipeline.dataset import DATASETS
 from pipeline.errors import ConfigError
 from pipeline.export import FORMATS, TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
 from utils.cli import add_model_args, add_record_flag, describe_inference, model_kwargs, new_parser, parse_args, run_main
-from utils.fileio import OutputError, make_folder
+from utils.fileio import OutputError, atomic_write, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,17 +50,17 @@ def run(args) -> dict:
     print(describe_inference(args))
     names = args.class_names
     make_folder(os.path.dirname(os.path.abspath(args.out)))
-    tmp = os.path.join(os.path.dirname(os.path.abspath(args.out)), f".{os.path.basename(args.out)}.tmp{os.getpid()}")
-    try:
+    # exported in a private temporary folder, then copied into place atomically: the exporters' own
+    # file writers abort the process on a full disk, and a failed export must leave nothing behind
+    with tempfile.TemporaryDirectory() as work:
+        tmp = os.path.join(work, "model.onnx" if args.format == "onnx" else "model.pt")
         try:
             diffs = export(model, names, args.format, tmp, with_maps=args.with_maps, head=args.heatmap_head,
                            normalize=args.normalize)
         except ExportError as e:
             raise ExportError(f"{args.out}: {e}") from None
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        with open(tmp, "rb") as src, atomic_write(args.out, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
     print(f"wrote {args.out} ({args.format}, {args.model}, {args.head} head, {args.num_cls} classes, "
           f"{args.img_size} px, input normalisation {args.normalize}); "

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import uuid
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_a
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
-from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, find_unfinished_run, load_train_state,
+from utils.run_lock import RunLock, RunLockedError
+from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
                                read_recorded_args, reconcile_args, remove_stale_temporaries, restore_train_state,
                                save_train_state)
 
@@ -218,15 +220,39 @@ def evaluate_and_keep_best(candidates, test_set, args, runtime, *, epoch: int, b
     return fields, best, model_report
 
 
-def prepare_resume(args, given):
-    """Find the run to continue, restore its recorded options (see utils.train_state) and read its
-    state once. Returns (run folder, state file, state)."""
+def lock_run(folder: str, locks: list) -> None:
+    """Rank 0 takes the run folder's lock (the other ranks share it); released when train() ends."""
+    if du.is_main():
+        lock = RunLock(folder)
+        note = lock.acquire()
+        locks.append(lock)
+        if note:
+            print(note)
+
+
+def claim_new_run_folder(args, locks: list) -> str:
+    """A fresh run folder, locked; a folder another new run took a moment earlier is skipped."""
+    while True:
+        folder = new_run_folder(args)
+        make_folder(folder)
+        try:
+            lock_run(folder, locks)
+            return folder
+        except RunLockedError:
+            continue
+
+
+def prepare_resume(args, given, locks: list):
+    """Find the run to continue, lock it, restore its recorded options (see utils.train_state) and read
+    its state once, checking that the state belongs to this run. Returns (run folder, state file, state)."""
     folder, path = du.broadcast_object(resume_paths(args) if du.is_main() else None)
+    lock_run(folder, locks)
     changes = reconcile_args(args, folder, given)
     resolve(args)
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no training state at {path}")
     state = load_train_state(path)
+    check_state_identity(state, path, read_recorded_args(folder), os.path.join(folder, "args.json"))
     if state["epoch"] >= args.total_epoch:
         raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {args.total_epoch} "
                               "epochs); raise --total_epoch to train it further")
@@ -244,8 +270,17 @@ def prepare_resume(args, given):
 
 
 def train(args, given=frozenset()) -> dict:
+    locks: list = []
+    try:
+        return _train(args, given, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train(args, given, locks: list) -> dict:
     device = du.init_distributed()
-    folder, state_path, state = prepare_resume(args, given) if args.resume else (None, None, None)
+    folder, state_path, state = prepare_resume(args, given, locks) if args.resume else (None, None, None)
     torch.manual_seed(args.seed)
     ensure_demo_data(args)
     train_json, test_json = dataset_files(args)
@@ -275,11 +310,12 @@ def train(args, given=frozenset()) -> dict:
     lr_fn = lambda step: lr_factor(step, iters_per_epoch, args.warmup_epoch, args.decay_every)  # noqa: E731
 
     if folder is None:
-        folder = du.broadcast_object(new_run_folder(args) if du.is_main() else None)
+        args.run_id = uuid.uuid4().hex  # the identity a training state must carry to resume this run
+        folder = du.broadcast_object(claim_new_run_folder(args, locks) if du.is_main() else None)
         state_path = os.path.join(folder, STATE_FILE)
     start_epoch, start_iter, best = 0, 0, {"mAP": -1.0, "epoch": None, "source": None}
     if state is not None:
-        restore_train_state(state, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
+        restore_train_state(state, state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema)
         start_epoch, start_iter, best = state["epoch"], state["iter"], state["best"]
         if du.is_main():
             truncate_log(os.path.join(folder, LOG_FILE), start_epoch)
@@ -302,7 +338,7 @@ def train(args, given=frozenset()) -> dict:
             ensure_finite(model, folder, f"at epoch {epoch + 1}, iteration {it}")
         if du.is_main():
             save_train_state(state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema, epoch=epoch,
-                             it=it, best=best, args=vars(args))
+                             it=it, best=best, args=vars(args), run_id=args.run_id)
 
     if du.is_main():
         print(f"training {describe_model(args)}, {args.loss} loss"

@@ -10,7 +10,6 @@ same model to about 1e-6.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List
@@ -18,7 +17,7 @@ from typing import List
 import numpy as np
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb, resize_square
-from utils.entry import run_main
+from utils.entry import ScriptParser, run_main
 from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 
 INSTALL = "pip install -r requirements-export.txt"
@@ -48,7 +47,7 @@ def prepare(path: str, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarr
 
 
 def run(argv=None) -> List[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--onnx", required=True, help="a model written by export.py --format onnx")
     p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
     p.add_argument("--threshold", type=float, default=0.5)

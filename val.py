@@ -12,7 +12,7 @@ import numpy as np
 
 from engine import predict, thumbnails_by_row
 from pipeline.dataset import MultiLabelDataset, read_json
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
@@ -86,6 +86,9 @@ def validate(args) -> dict:
     writes_only = bool(args.voc_submission or args.save_scores)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=not writes_only)
     args.num_cls = args.num_cls or dataset.num_classes
+    if args.num_cls is None:
+        raise ConfigError(f"{test_json} has no labels to count the classes from: pass --classes FILE or --num_cls N "
+                          "(or --load_from a checkpoint with its run record)")
     finish_class_names(args, args.num_cls)
     runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
     model, info = load_for_inference(args.load_from, **model_kwargs(args))

@@ -8,7 +8,6 @@ PIL -> torchvision RandomHorizontalFlip + RandomResizedCrop -> ToTensor (float32
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -62,7 +63,7 @@ def throughput(fn, n: int, rounds: int = 3) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--size", default="500x375", help="source image size WxH (VOC-like by default)")
     p.add_argument("--img_size", type=int, default=448)

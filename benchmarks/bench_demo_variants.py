@@ -11,7 +11,6 @@ bf16 (float32), about 1 minute with native bf16; ``--quick`` finishes in well un
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -22,6 +21,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import main as train_main  # noqa: E402
 from pipeline.runtime import cpu_has_native_bf16  # noqa: E402
@@ -48,7 +49,7 @@ def run_variant(flags, out_dir: str, quick: bool, data_dir: str) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--variants", nargs="+", default=LOSS_VARIANTS, metavar="NAME=FLAGS",
                    help="each a name and the main.py flags that make it")
     p.add_argument("--quick", action="store_true", help="2 epochs on 320 generated images: checks the table runs")

@@ -7,13 +7,14 @@ checked), then both run the same inputs; best of --runs timed loops after a warm
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -33,7 +34,7 @@ def best_rate(fn, batch: int, runs: int, reps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--configs", default="small_cnn:64,resnet50:224")
     p.add_argument("--runs", type=int, default=5)
     a = p.parse_args()

@@ -6,13 +6,14 @@ Ratios are against GAP measured in the same run (the paper: 8 heads cost +8% at 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -54,7 +55,7 @@ class LoopMHA(torch.nn.Module):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--model", default="resnet101")
     p.add_argument("--img_size", type=int, default=448)
     p.add_argument("--batch", type=int, default=None, help="default 16 on CUDA, 2 on CPU")

@@ -6,12 +6,13 @@ and check they agree on tie-free and on heavily tied scores.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -98,7 +99,7 @@ def max_difference(rep, prev: dict) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
     a = p.parse_args()

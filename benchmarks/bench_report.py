@@ -10,7 +10,6 @@ exist, so no thumbnails are drawn (with a model, they take one forward pass over
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -18,13 +17,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.entry import ScriptParser  # noqa: E402
+
 from benchmarks.bench_metrics import coco_like  # noqa: E402
 from utils.evaluation.report import save_scores  # noqa: E402
 from val import get_args, report_from_scores  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
     a = p.parse_args()

@@ -14,13 +14,14 @@ achieves (both measured in this run: a large bf16 matmul, and the step's FLOPs c
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Callable, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
@@ -114,7 +115,7 @@ def variants(device: torch.device, with_fp16_cpu: bool) -> List[Tuple[str, bool]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--configs", default=None,
                    help="comma-separated model:size:batch (default: CPU small_cnn:64:32,resnet18:128:16,"

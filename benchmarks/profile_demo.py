@@ -10,13 +10,14 @@ the test set; the checkpoint writes of one epoch.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -56,7 +57,7 @@ def step_rate(runtime: Runtime, batches) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--out_dir", default=None)
     a = p.parse_args()
     out = a.out_dir or tempfile.mkdtemp(prefix="demo_profile_")

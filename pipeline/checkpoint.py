@@ -232,5 +232,9 @@ def load_model_weights(model, path: str) -> dict:
             raise CheckpointError(
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             )
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
+                              "that saved it diverged; load an earlier checkpoint")
     model.load_state_dict(sd, strict=True)
     return describe(sd, model.model_name, model.head_type)

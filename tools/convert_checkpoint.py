@@ -14,11 +14,12 @@ existing file without ``--force``.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 from pipeline.backbones import BACKBONES  # noqa: E402
 from pipeline.checkpoint import describe, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
@@ -52,8 +53,7 @@ def convert(load_from: str, to: str) -> object:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--load_from", required=True, help="a checkpoint in any layout val.py accepts")
     p.add_argument("--to", required=True, choices=LAYOUTS)
     p.add_argument("--out", required=True)

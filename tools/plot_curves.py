@@ -4,13 +4,15 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import sys
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.entry import ScriptParser  # noqa: E402
 
 import matplotlib  # noqa: E402
 
@@ -18,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipeline.errors import DataError  # noqa: E402
+from utils.fileio import save_figure_atomic  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
 
@@ -35,15 +38,36 @@ def read_log(run: str) -> List[Dict]:
                     raise DataError(f"{path}: line {n} is not JSON") from None
     if not entries:
         raise DataError(f"{path}: empty log")
+    for n, e in enumerate(entries, start=1):
+        if not isinstance(e, dict):
+            raise DataError(f"{path}: entry {n} is not a JSON object")
+        for key in ("epoch",) + PLOTTED:
+            v = e.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
+                raise DataError(f"{path}: entry {n}: {key} is {v!r}, not a finite number")
+        if not isinstance(e.get("epoch"), int):
+            raise DataError(f"{path}: entry {n} has no integer 'epoch'")
     return entries
 
 
+PLOTTED = ("train_loss", "lr_backbone", "mAP", "ema_mAP")
+
+
+def output_path(out: str) -> str:
+    """Where the figure goes: ``out`` itself, ``out/curves.png`` for a folder, ``.png`` added when missing."""
+    if os.path.isdir(out):
+        return os.path.join(out, "curves.png")
+    return out if os.path.splitext(out)[1] else out + ".png"
+
+
 def plot(runs: List[str], out: str, labels: List[str] = None) -> str:
+    """Draw the runs' curves into ``output_path(out)``; returns the path written."""
+    logs = [read_log(run) for run in runs]  # every log checked before anything is drawn
+    out = output_path(out)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = [("train_loss", "training loss", False), ("lr_backbone", "learning rate (backbone)", True),
               ("mAP", "test mAP", False)]
-    for i, run in enumerate(runs):
-        log = read_log(run)
+    for i, (run, log) in enumerate(zip(runs, logs)):
         label = labels[i] if labels else os.path.basename(os.path.normpath(run))
         for ax, (key, title, log_y) in zip(axes, panels):
             points = [(e["epoch"], e[key]) for e in log if e.get(key) is not None]
@@ -61,16 +85,15 @@ def plot(runs: List[str], out: str, labels: List[str] = None) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=100)
+    save_figure_atomic(fig, out, dpi=100)
     plt.close(fig)
     return out
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("runs", nargs="+", help="run folders (or log.jsonl files)")
-    p.add_argument("--out", default="curves.png")
+    p.add_argument("--out", default="curves.png", help="the PNG to write (a folder: curves.png in it)")
     p.add_argument("--labels", default=None, help="comma-separated legend labels, one per run")
     a = p.parse_args(argv)
     labels = a.labels.split(",") if a.labels else None

@@ -8,6 +8,7 @@ The backbone runs once per image; every lam is scored from the same feature maps
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -15,7 +16,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from engine import make_loader  # noqa: E402
 from pipeline.dataset import MultiLabelDataset  # noqa: E402
@@ -24,6 +24,7 @@ from pipeline.heads import get_head  # noqa: E402
 from pipeline.model import load_for_inference  # noqa: E402
 from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
+from utils.progress import bar  # noqa: E402
 from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,  # noqa: E402
                        dataset_kwargs, describe_inference, finish_class_names, model_kwargs, new_parser, parse_args,
                        run_main)
@@ -36,7 +37,7 @@ def sweep_scores(model, dataset, lams, runtime: Runtime, batch_size: int, num_wo
     parts = {lam: [] for lam in lams}
     loader = make_loader(dataset, batch_size, num_workers, list(range(len(dataset))), runtime.device)
     with torch.no_grad():
-        for batch, _ in tqdm(loader, desc="sweep", mininterval=1.0):
+        for batch, _ in bar(loader, desc="sweep"):
             if batch is None:
                 continue
             with runtime.autocast():
@@ -70,6 +71,8 @@ def run(argv=None) -> dict:
         lams = sorted({0.0} | {float(v) for v in args.lams.split(",") if v.strip()})
     except ValueError:
         raise ConfigError(f"--lams must be comma-separated numbers (got {args.lams!r})") from None
+    if not all(math.isfinite(v) and v >= 0 for v in lams):
+        raise ConfigError(f"--lams must be finite numbers >= 0 (got {args.lams!r})")
     _, test_json = dataset_files(args)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False))
     args.num_cls = args.num_cls or dataset.num_classes

@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS, get_head
 from pipeline.runtime import AMP_CHOICES, NORMALIZATIONS
 from utils.run_record import check_flags, find_record, record_defaults
-from utils.entry import run_main  # noqa: F401  (entry scripts import it from here)
+from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
 AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
@@ -37,9 +37,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def new_parser(description: str) -> argparse.ArgumentParser:
-    """Every entry script's parser: no abbreviated flags (``--total`` is not ``--total_epoch``: a resumed
-    run compares the flags typed, and an abbreviation would slip past it)."""
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, allow_abbrev=False)
+    """The parser of a script with the shared flags (``utils.entry.ScriptParser``: no abbreviations,
+    one-line errors)."""
+    return ScriptParser(description=description, formatter_class=HelpFormatter)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -209,6 +209,11 @@ CHECKS = {
     "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "topk": (_positive, "a positive integer"),
     "heatmap_head": (lambda v: v >= 0, "0 or more"),
+    "seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
+    "report_classes": (lambda v: v >= 0, "0 or more"),
+    "gamma_pos": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "gamma_neg": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "asl_clip": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }
 
 

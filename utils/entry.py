@@ -1,6 +1,8 @@
 """The entry scripts' error wrapper; imports no torch (the ONNX predictor uses it)."""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from typing import Callable
 
@@ -26,3 +28,17 @@ def run_main(main: Callable[[], object], interrupted_hint: str = "") -> None:
     except KeyboardInterrupt:
         print("interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
         sys.exit(130)
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """Every entry script's parser: flags are never abbreviated (``--total`` is not ``--total_epoch``: a
+    resumed run compares the flags typed, and an abbreviation would slip past it), and a bad command
+    line is one line, 'error: ...', naming the flag, and exit 2 (``--help`` shows the options)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {os.path.basename(self.prog)} --help)\n")

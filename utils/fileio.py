@@ -14,7 +14,7 @@ class OutputError(CSRAError):
     """An output place that cannot be written: a file where a folder belongs, no permission, a full disk."""
 
 
-def _cause(e: OSError) -> str:
+def describe_os_error(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "no space left on the disk"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -24,13 +24,24 @@ def _cause(e: OSError) -> str:
 
 def make_folder(path: str) -> str:
     """os.makedirs with one-line errors naming the path and the cause."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(f"{path}: is a file, not a folder")
+    blocked = next((p for p in _self_and_parents(path) if os.path.exists(p) and not os.path.isdir(p)), None)
+    if blocked:
+        raise OutputError(f"{blocked}: is a file, not a folder")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"{path}: cannot create the folder: {_cause(e)}") from None
+        raise OutputError(f"{path}: cannot create the folder: {describe_os_error(e)}") from None
     return path
+
+
+def _self_and_parents(path: str):
+    path = os.path.abspath(path)
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 @contextlib.contextmanager
@@ -48,7 +59,7 @@ def atomic_write(path: str, mode: str = "w"):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise OutputError(f"{path}: cannot write: {_cause(e)}") from None
+        raise OutputError(f"{path}: cannot write: {describe_os_error(e)}") from None
     finally:
         if os.path.exists(tmp):
             try:
@@ -76,3 +87,15 @@ def save_torch_atomic(obj: object, path: str) -> None:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
         cause = "no space left on the disk" if free < (64 << 20) else str(e).strip().splitlines()[0][:120]
         raise OutputError(f"{path}: cannot write: {cause}") from None
+
+
+def save_image_atomic(img, path: str, format: str = "PNG") -> None:
+    """A PIL image written like every other output: temporary file, rename, one-line errors."""
+    with atomic_write(path, "wb") as f:
+        img.save(f, format=format)
+
+
+def save_figure_atomic(fig, path: str, dpi: int = 100) -> None:
+    """A matplotlib figure as PNG, written like every other output (``path`` is written as given)."""
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)

@@ -25,9 +25,10 @@ REQUIRED = ("model", "optimizer", "epoch", "iter", "best")
 
 
 def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, epoch: int, it: int, best: dict,
-                     args: Optional[dict] = None) -> None:
+                     args: Optional[dict] = None, run_id: Optional[str] = None) -> None:
     save_torch_atomic({
-        "format": FORMAT, "version": VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "format": FORMAT, "version": VERSION, "run_id": run_id,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": epoch, "iter": it, "best": best,
@@ -49,14 +50,34 @@ def load_train_state(path: str, mmap: bool = False) -> dict:
     return state
 
 
-def restore_train_state(state: dict, *, model, optimizer, scaler=None, ema=None) -> None:
-    """Put a loaded state back into the training objects."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if ema is not None and state.get("ema") is not None:
-        ema.load_state_dict(state["ema"])
+def restore_train_state(state: dict, path: str, *, model, optimizer, scaler=None, ema=None) -> None:
+    """Put a loaded state back into the training objects; one line when it does not fit them."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not fit this run's model and optimizer ({first[:160]})") from None
+
+
+def check_state_identity(state: dict, path: str, recorded: dict, args_path: str) -> None:
+    """A training state resumes only the run that wrote it: its run id must be the run record's; a state
+    from before run ids must agree with the record on every run-defining option."""
+    mine, theirs = recorded.get("run_id"), state.get("run_id")
+    if mine and theirs:
+        if mine != theirs:
+            raise CheckpointError(f"--resume: {path} belongs to run {theirs}, but {args_path} records run {mine}; "
+                                  "a training state resumes only the run that wrote it")
+        return
+    saved = state.get("args") or {}
+    for key in RUN_DEFINING:
+        if key in saved and key in recorded and saved[key] != str(recorded[key]):
+            raise CheckpointError(f"--resume: {path} was written by a run with --{key} {saved[key]}, but {args_path} "
+                                  f"records {recorded[key]}; a training state resumes only the run that wrote it")
 
 
 # --- which run --resume continues, and with which options --------------------------------
@@ -145,6 +166,7 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
             raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
                                   "drop the flag to continue it, or start a new run")
         setattr(args, key, then)
+    args.run_id = recorded.get("run_id")  # None for a run from before run ids
     changes = []
     for key in SAFE_TO_CHANGE:
         if key not in recorded:

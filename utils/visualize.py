@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.csra import HeadMaps
+from utils.fileio import make_folder, save_image_atomic
 
 PANEL_HEIGHT = 224
 CAPTION_HEIGHT = 22
@@ -68,19 +69,19 @@ def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: HeadMaps
                   head: int = 0, stem: str = None) -> List[str]:
     """Write one overlay PNG per class and one grid PNG; return the paths written. ``stem`` names
     the files (default: the image's file name without extension)."""
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     stem = safe_name(stem or os.path.splitext(os.path.basename(image_path))[0])
     written, overlays, captions = [], [], []
     for c in classes:
         heat = upsample(class_map(out, image_index, c, head), (img.height, img.width))
         ov = overlay(img, heat)
         path = os.path.join(out_dir, f"{stem}_{safe_name(class_names[c])}.png")
-        ov.save(path)
+        save_image_atomic(ov, path)
         written.append(path)
         overlays.append(ov)
         captions.append(f"{class_names[c]} {scores[c]:.2f}")
     grid_path = os.path.join(out_dir, f"{stem}_grid.png")
-    make_grid(img, overlays, captions).save(grid_path)
+    save_image_atomic(make_grid(img, overlays, captions), grid_path)
     written.append(grid_path)
     return written
 

@@ -19,7 +19,7 @@ from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
 from utils.evaluation.metrics import Report, masks
 from utils.evaluation.report import KEYS, class_name
-from utils.fileio import atomic_write, make_folder, write_json_atomic
+from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic, write_json_atomic
 from utils.visualize import fit_thumbnail
 
 THUMB = 160
@@ -53,7 +53,7 @@ def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str]) -> None:
     ax.set_xlim(0, 100)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -89,7 +89,7 @@ def draw_pr_curves(path: str, a: ClassAnalysis, names: Sequence[str]) -> None:
         ax.set_xlabel("recall", fontsize=9)
     for row in axes:
         row[0].set_ylabel("precision", fontsize=9)
-    fig.savefig(path, dpi=80)
+    save_figure_atomic(fig, path, dpi=80)
     plt.close(fig)
 
 
@@ -109,7 +109,7 @@ def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -169,7 +169,7 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                 img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
                 name = f"c{c:03d}_{'fp' if items is fp else 'fn'}_{i}.png"
                 if img is not None:
-                    img.save(os.path.join(thumb_dir, name))
+                    save_image_atomic(img, os.path.join(thumb_dir, name))
                     pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
                 else:
                     pic = "<div class=note>(image not readable)</div>"

@@ -9,7 +9,6 @@ as all-negative.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -19,9 +18,10 @@ from typing import Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from pycocotools.coco import COCO  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from pipeline.dataset import read_json  # noqa: E402
+from utils.entry import ScriptParser  # noqa: E402
+from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
@@ -52,16 +52,20 @@ def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tupl
     index = {cid: i for i, cid in enumerate(cat_ids)}
     names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
     records = []
-    for img_id in tqdm(sorted(coco.getImgIds()), desc=desc, mininterval=1.0):
+    for img_id in bar(sorted(coco.getImgIds()), desc=desc):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         if not anns and not keep_empty:
             continue
         target = [0] * len(cat_ids)
         for a in anns:
-            if a["category_id"] not in index:
-                raise PrepareError(f"{desc}: annotation {a.get('id')} has unknown category_id {a['category_id']}")
+            if not isinstance(a, dict) or a.get("category_id") not in index:
+                cat = a.get("category_id") if isinstance(a, dict) else None
+                raise PrepareError(f"{desc}: annotation {a.get('id') if isinstance(a, dict) else a!r} has unknown "
+                                   f"category_id {cat!r}")
             target[index[a["category_id"]]] = 1
         info = coco.loadImgs(img_id)[0]
+        if not isinstance(info.get("file_name"), str):
+            raise PrepareError(f"{desc}: image {img_id} has no string 'file_name'")
         records.append({"img_path": os.path.join(image_dir, info["file_name"]), "target": target})
     if not records:
         raise PrepareError(f"{desc}: empty split")
@@ -85,7 +89,7 @@ def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, f
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--data_path", required=True, help="folder holding annotations/ and images/")
     p.add_argument("--year", default="2014", choices=["2014", "2017"])
     p.add_argument("--out_dir", default="data/coco")

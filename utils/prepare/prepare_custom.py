@@ -12,7 +12,6 @@ beside them; then train with `main.py --train_json .../train.json --test_json ..
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import random
@@ -23,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from pipeline.classes import load_class_names  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
+from utils.entry import ScriptParser  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
@@ -118,7 +118,7 @@ def prepare(img_dir: str, labels_path: str, out_dir: str, test_split: float = 0.
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--img_dir", required=True)
     p.add_argument("--labels", required=True, help="CSV (image,label1;label2) or JSON {image: [labels]}")
     p.add_argument("--out_dir", required=True)

@@ -8,7 +8,6 @@ Deterministic from --seed. Writes JPEGs plus train/test JSON in the prepared-rec
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import os
 import random
@@ -17,10 +16,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from PIL import Image, ImageDraw  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.fileio import OutputError, make_folder  # noqa: E402
+from utils.fileio import OutputError, describe_os_error, make_folder  # noqa: E402
+from utils.entry import ScriptParser  # noqa: E402
+from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, run_main,  # noqa: E402
                                   write_class_names, write_split)
 
@@ -29,7 +29,7 @@ def save_image(img: Image.Image, path: str) -> None:
     try:
         img.save(path, quality=92)
     except OSError as e:
-        raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
+        raise OutputError(f"{path}: cannot write: {describe_os_error(e)}") from None
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour) -> None:
@@ -91,7 +91,7 @@ def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: i
     for split, n in (("train", num_train), ("test", num_test)):
         make_folder(os.path.join(out_dir, "images", split))
         records = []
-        for i in tqdm(range(n), desc=f"demo {split}", disable=quiet, mininterval=1.0):
+        for i in (range(n) if quiet else bar(range(n), desc=f"demo {split}")):
             img, present = render_image(rng, size)
             rel = os.path.join("images", split, f"{i:05d}.jpg")
             save_image(img, os.path.join(out_dir, rel))
@@ -104,7 +104,7 @@ def generate_demo(out_dir: str = "data/demo", num_train: int = 2000, num_test: i
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--out_dir", default="data/demo")
     p.add_argument("--num_train", type=int, default=2000)
     p.add_argument("--num_test", type=int, default=500)

@@ -8,7 +8,6 @@ VOC2012: trainval, plus a test list without labels when ImageSets/Main/test.txt 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import xml.etree.ElementTree as ET
@@ -16,9 +15,10 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
+from utils.entry import ScriptParser  # noqa: E402
+from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
@@ -58,7 +58,7 @@ def voc_labels(xml_path: str) -> List[int]:
 
 def build_split(voc_dir: str, ids: List[str], binary: bool, with_labels: bool = True, desc: str = "") -> List[dict]:
     records = []
-    for image_id in tqdm(ids, desc=desc, mininterval=1.0):
+    for image_id in bar(ids, desc=desc):
         img = os.path.join(voc_dir, "JPEGImages", image_id + ".jpg")
         if not os.path.isfile(img):
             raise PrepareError(f"{img}: image listed in the split is missing")
@@ -97,7 +97,7 @@ def prepare(data_path: str, year: str, out_dir: str, force: bool = False) -> Dic
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--data_path", required=True, help="the VOCdevkit folder")
     p.add_argument("--year", default="2007", choices=["2007", "2012"])
     p.add_argument("--out_dir", default=None, help="default data/voc07 or data/voc12")

@@ -8,7 +8,6 @@ person's "bbox": [x, y, w, h]. Attribute 1 -> 1, -1 -> 0; unspecified (0) -> 0 i
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -16,10 +15,11 @@ from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tqdm import tqdm  # noqa: E402
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
+from utils.entry import ScriptParser  # noqa: E402
+from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
@@ -47,7 +47,7 @@ def build_split(ann_path: str, image_root: str, test: bool) -> List[dict]:
     if not isinstance(images, list):
         raise PrepareError(f"{ann_path}: no 'images' list (not a WIDER-Attribute annotation file)")
     records = []
-    for i, im in enumerate(tqdm(images, desc=os.path.basename(ann_path), mininterval=1.0)):
+    for i, im in enumerate(bar(images, desc=os.path.basename(ann_path))):
         file_name = im.get("file_name") if isinstance(im, dict) else None
         targets = im.get("targets") if isinstance(im, dict) else None
         if not isinstance(file_name, str) or not isinstance(targets, list):
@@ -99,7 +99,7 @@ def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ScriptParser(description=__doc__)
     p.add_argument("--data_path", required=True, help="the WIDER_ATTRIBUTE folder (Annotations/ or Anno/, Image/)")
     p.add_argument("--out_dir", default="data/wider")
     add_force_flag(p)

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from pipeline.dataset import collate_skipping_bad
 from pipeline.errors import CSRAError, DataError
 from pipeline.runtime import Runtime
 from utils import distributed as du
+from utils.progress import EpochProgress, bar
 
 
 class NonFiniteLossError(CSRAError):
@@ -102,16 +102,16 @@ def train_step(model: nn.Module, criterion: Callable, optimizer: torch.optim.Opt
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, runtime: Runtime, *,
                     criterion: Callable, epoch: int, start_iter: int, iters_per_epoch: int,
                     lr_fn: Callable[[int], float], scaler=None, ema=None,
-                    on_step: Optional[Callable[[int], None]] = None, print_freq: int = 100) -> dict:
+                    on_step: Optional[Callable[[int, Optional[float]], None]] = None, print_freq: int = 100,
+                    total_epochs: int = 0) -> dict:
     """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.losses``);
-    ``on_step(iter_done)`` runs after each step. The progress bar's loss, LR and speed are refreshed
-    every ``print_freq`` iterations."""
+    ``on_step(iter_done, loss or None)`` runs after each step. Loss, LR and speed are shown every
+    ``print_freq`` iterations (a bar on a terminal, a plain line in a log file)."""
     model.train()
     loss_sum, seen, skipped = 0.0, 0, 0
     t0 = time.time()
     join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
-    bar = tqdm(total=iters_per_epoch, initial=start_iter, desc=f"epoch {epoch + 1}", disable=not du.is_main(),
-               dynamic_ncols=True, mininterval=1.0)
+    progress = EpochProgress(epoch, total_epochs or epoch + 1, iters_per_epoch, start_iter, print_freq)
     it = start_iter
     try:
         with join:
@@ -121,6 +121,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 factor = lr_fn(step)
                 for g in optimizer.param_groups:
                     g["lr"] = g["base_lr"] * factor
+                loss_value = None
                 if batch is not None:
                     loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], runtime, scaler)
                     if not math.isfinite(loss_value):
@@ -132,16 +133,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     seen += len(batch[0])
                 it += 1
                 elapsed = max(time.time() - t0, 1e-9)
-                if du.is_main():
-                    bar.update(1)
-                    if it % max(1, print_freq) == 0 or it == iters_per_epoch:
-                        bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}",
-                                        lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                                        img_s=f"{seen * du.world_size() / elapsed:.1f}")
+                progress.update(it, loss_sum / max(seen, 1), optimizer.param_groups[0]["lr"],
+                                seen * du.world_size() / elapsed)
                 if on_step is not None:
-                    on_step(it)
+                    on_step(it, loss_value)
     finally:
-        bar.close()
+        progress.close()
     totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], runtime.device)
     if totals[1] == 0:
         raise DataError(f"{getattr(loader.dataset, 'json_path', 'the training set')}: no training image could be "
@@ -166,7 +163,7 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     loader = make_loader(dataset, batch_size, num_workers, shard, runtime.device)
     idx_parts, score_parts, paths = [], [], []
     skipped = 0
-    for batch, n_skipped in tqdm(loader, desc=desc, disable=not du.is_main(), dynamic_ncols=True, mininterval=1.0):
+    for batch, n_skipped in bar(loader, desc=desc):
         skipped += n_skipped
         if batch is None:
             continue

@@ -1,6 +1,9 @@
 """ONNX Runtime against eager PyTorch on CPU, float32: images per second at batch 1 and 16.
 
     python benchmarks/bench_export.py [--configs small_cnn:64,resnet50:224] [--runs 5]
+    python benchmarks/bench_export.py --quick     # small_cnn only, 2 runs
+
+Full runtime on a 2-core CPU: about 3 minutes (the ResNet-50 export and its timed loops dominate).
 
 Each model (random weights, CSRA head with 1 head) is exported with export.py's code path (parity
 checked), then both run the same inputs; best of --runs timed loops after a warm-up.
@@ -37,7 +40,10 @@ def main() -> None:
     p = ScriptParser(description=__doc__)
     p.add_argument("--configs", default="small_cnn:64,resnet50:224")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="small_cnn at 64 px, 2 runs")
     a = p.parse_args()
+    if a.quick:
+        a.configs, a.runs = "small_cnn:64", 2
     import onnxruntime as ort
 
     print(f"CPU, {torch.get_num_threads()} threads, float32; onnxruntime {ort.__version__}, torch {torch.__version__}")

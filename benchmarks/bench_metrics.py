@@ -3,6 +3,9 @@ evaluator and a direct per-class Python loop written from the metric definitions
 and check they agree on tie-free and on heavily tied scores.
 
     python benchmarks/bench_metrics.py [--n 40137] [--classes 80]
+    python benchmarks/bench_metrics.py --quick   # 4,000 x 80
+
+Full runtime on a 2-core CPU: about 40 seconds (the Python loop and the previous evaluator dominate).
 """
 from __future__ import annotations
 
@@ -102,7 +105,10 @@ def main() -> None:
     p = ScriptParser(description=__doc__)
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
+    p.add_argument("--quick", action="store_true", help="4,000 images")
     a = p.parse_args()
+    if a.quick:
+        a.n = min(a.n, 4000)
     scores, targets = coco_like(a.n, a.classes)
     model_scores = scores.astype(np.float32)  # what val.py passes: the model's float32 sigmoid, int8 labels
     model_targets = targets.astype(np.int8)

@@ -3,6 +3,10 @@
     python benchmarks/bench_train.py                    # CPU: small_cnn 64 px, ResNet-18 128 px, ResNet-50 224 px
     python benchmarks/bench_train.py --compile          # also torch.compile (compile time reported apart)
     python benchmarks/bench_train.py --configs resnet101:448:16   # on CUDA the default adds this one
+    python benchmarks/bench_train.py --quick            # small_cnn only, 3 timed steps per row
+
+Full runtime on a 2-core CPU: about 2 minutes with native bf16, about 10 without (emulated bf16 rows of
+ResNet-50 are slow); on a GPU about 2 minutes.
 
 Data is already in memory (uint8 batches, as the loader delivers them), so this times the step
 alone: input conversion, forward, BCE, backward, SGD. The reference is a plain float32 NCHW loop
@@ -28,7 +32,7 @@ import torch.nn as nn  # noqa: E402
 
 from engine import train_step  # noqa: E402
 from pipeline.model import CSRANet  # noqa: E402
-from pipeline.runtime import Runtime, cpu_has_native_bf16  # noqa: E402
+from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime  # noqa: E402
 
 Batches = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -114,6 +118,38 @@ def variants(device: torch.device, with_fp16_cpu: bool) -> List[Tuple[str, bool]
     return out
 
 
+BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+
+
+def contended_table(configs: str, steps: int, warmup: int, device: torch.device, busy: int) -> None:
+    """Each row timed quietly, then while ``busy`` bounded busy-loop processes share the cores."""
+    import subprocess
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, torch threads {torch.get_num_threads()}, "
+          f"{busy} busy processes in the contended column (a fair share of {os.cpu_count()} cores is "
+          f"{100 * min(1.0, os.cpu_count() / (busy + os.cpu_count())):.0f}%)")
+    print(f"{'model':22s}{'path':36s}{'quiet img/s':>12s}{'contended':>11s}{'kept':>7s}")
+    for spec in configs.split(","):
+        name, size, batch = spec.split(":")
+        size, batch = int(size), int(batch)
+        batches = make_batches(warmup + steps, batch, size, 80)
+        auto = resolve_runtime(device, name, "auto", True, "unit")
+        paths = [("authors-style loop, fp32 NCHW", lambda: authors_loop(new_model(name, size, 80, device), device)),
+                 (f"train_step, auto: {auto.amp}, {'CL' if auto.channels_last else 'NCHW'}",
+                  lambda: our_step(auto.prepare_model(new_model(name, size, 80, device)), auto))]
+        for label, make in paths:
+            quiet, _ = rate(make(), batches, warmup, device)
+            procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=600)]) for _ in range(busy)]
+            try:
+                time.sleep(0.5)
+                loaded, _ = rate(make(), batches, warmup, device)
+            finally:
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
+            print(f"{f'{name} {size} px b{batch}':22s}{label:36s}{quiet:12.1f}{loaded:11.1f}{loaded / quiet:7.2f}",
+                  flush=True)
+
+
 def main() -> None:
     p = ScriptParser(description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,7 +160,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the model")
     p.add_argument("--fp16_cpu", action="store_true", help="also time fp16 on CPU (runs, but very slowly)")
+    p.add_argument("--quick", action="store_true", help="small_cnn at 64 px, batch 16, 3 timed steps per row")
+    p.add_argument("--contended", type=int, nargs="?", const=2, default=0, metavar="N",
+                   help="also time the rows while N busy processes (default 2) share the cores: quiet and "
+                        "contended side by side")
     a = p.parse_args()
+    if a.quick:
+        a.configs, a.steps, a.warmup = a.configs or "small_cnn:64:16", a.steps or 3, 1
     device = torch.device(a.device)
     cuda = device.type == "cuda"
     configs = a.configs or ("small_cnn:64:32,resnet18:128:16,resnet50:224:16" + (",resnet101:448:16" if cuda else ""))
@@ -134,6 +176,8 @@ def main() -> None:
     peak = matmul_rate(device) if cuda else None
     if peak:
         print(f"bf16 matmul 8192^3 in this run: {peak:.0f} TFLOP/s")
+    if a.contended:
+        return contended_table(configs, steps, a.warmup, device, a.contended)
     for spec in configs.split(","):
         name, size, batch = spec.split(":")
         size, batch = int(size), int(batch)

@@ -23,6 +23,7 @@ Fault classes covered here (each test reproduces the fault first, then checks th
 import errno
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -386,8 +387,10 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     last = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()][-1]
-    assert proc.returncode == 130 and last == "interrupted; continue with the same command plus --resume"
-    assert "Traceback" not in err
+    assert proc.returncode == 130 and last.startswith("interrupted; continue with: python main.py ")
+    assert last.endswith(f"--resume {tmp_path / 'run'}") and "Traceback" not in err
+    command = shlex.split(last.split("continue with: ", 1)[1])  # the flags of the run, then --resume FOLDER
+    assert command[:2] == ["python", "main.py"] and command[2:-2] == argv
 
 
 def test_prepare_annotation_files_bom_latin1_and_missing_keys(tmp_path):

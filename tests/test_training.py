@@ -188,6 +188,10 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp, lo
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [e["epoch"] for e in read_log(out)] == [1, 2] and read_log(out)[-1]["loss"] == loss
+    # the per-iteration log: every step once, with the uninterrupted run's losses
+    steps_full = (tmp_path / "full" / "steps.csv").read_text().splitlines()
+    steps_resumed = (out / "steps.csv").read_text().splitlines()
+    assert steps_resumed == steps_full and len(steps_full) == 1 + 2 * 40
 
 
 def test_resume_without_state_is_clear(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import Callable, Union
 
 from pipeline.errors import CSRAError
 
@@ -18,15 +18,17 @@ def _worker_message(e: BaseException) -> str:
     return last.split(": ", 1)[1] if ": " in last else last
 
 
-def run_main(main: Callable[[], object], interrupted_hint: str = "") -> None:
+def run_main(main: Callable[[], object], interrupted_hint: Union[str, Callable[[], str]] = "") -> None:
     """Run an entry script's main: every CSRAError (also from a DataLoader worker) becomes
-    'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted' and exit 130."""
+    'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted; <hint>' and exit 130 (the hint may be
+    a function, asked at that moment: main.py names the command that resumes the run)."""
     try:
         main()
     except CSRAError as e:
         sys.exit(f"error: {_worker_message(e)}")
     except KeyboardInterrupt:
-        print("interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
+        hint = interrupted_hint() if callable(interrupted_hint) else interrupted_hint
+        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         sys.exit(130)
 
 

@@ -117,11 +117,13 @@ class StepLog:
 
     @staticmethod
     def truncate(path: str, last_step: int) -> None:
-        """Keep the header and the lines of global steps up to ``last_step`` (a resumed run's state)."""
+        """Keep the header and the complete lines of global steps up to ``last_step`` (a resumed run's
+        state); a line cut short by a kill is dropped."""
         if not os.path.isfile(path):
             return
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
-        kept = [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= last_step]
+        complete = [ln for ln in lines[1:] if ln.endswith("\n") and ln.count(",") == StepLog.HEADER.count(",")]
+        kept = [ln for ln in complete if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= last_step]
         with atomic_write(path) as f:
             f.writelines([StepLog.HEADER] + kept)

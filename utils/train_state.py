@@ -89,7 +89,7 @@ RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "trai
                 "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last", "normalize",
                 "loss", "gamma_pos", "gamma_neg", "asl_clip", "partial_labels")
 # options that may change on resume (total_epoch only upwards); they are applied and recorded
-SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp")
+SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp", "tensorboard")
 
 
 def read_recorded_args(folder: str) -> dict:

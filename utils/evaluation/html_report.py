@@ -42,15 +42,27 @@ def _matplotlib():
     return plt
 
 
+def ap_axis_start(values: Sequence[float]) -> float:
+    """Where the AP axis starts: zoomed to the data (a step of 5 below the lowest AP), so classes at
+    98-99.7 do not draw as identical bars; 0 when the APs spread widely."""
+    lo = min(values) if len(values) else 0.0
+    start = 5.0 * math.floor((lo - 2.0) / 5.0)
+    return float(min(max(start, 0.0), 95.0)) if lo > 40 else 0.0
+
+
 def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str]) -> None:
     plt = _matplotlib()
     order = [c for c in worst_classes(ap, None) if not np.isnan(ap[c])][::-1]  # best at the top
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.24 * len(order) + 1)))
-    ax.barh(range(len(order)), [100 * ap[c] for c in order], color="0.35")
+    values = [100 * ap[c] for c in order]
+    start = ap_axis_start(values)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.26 * len(order) + 1.2)))
+    ax.barh(range(len(order)), [v - start for v in values], left=start, color="0.55")
+    for y, v in enumerate(values):  # the value at the end of each bar
+        ax.text(v - 0.005 * (100 - start), y, f"{v:.2f}", va="center", ha="right", fontsize=8, color="white")
     ax.set_yticks(range(len(order)))
     ax.set_yticklabels([names[c] for c in order], fontsize=9)
-    ax.set_xlabel("AP (%)")
-    ax.set_xlim(0, 100)
+    ax.set_xlabel("AP (%)" + (f", axis from {start:.0f}" if start else ""))
+    ax.set_xlim(start, 100)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
@@ -62,29 +74,43 @@ def draw_pr_curves(path: str, a: ClassAnalysis, names: Sequence[str]) -> None:
     the number of panels)."""
     plt = _matplotlib()
     C = len(names)
-    cols = min(6, C)
+    cols = min(4, C)  # panels of about 300 px on the page
     rows = math.ceil(C / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.1 * rows + 0.6), squeeze=False)
-    fig.subplots_adjust(left=0.07 if cols > 2 else 0.2, right=0.98, bottom=0.5 / (2.1 * rows + 0.6) + 0.02,
-                        top=1 - 0.25 / (2.1 * rows + 0.6), wspace=0.12, hspace=0.35)
+    height = 3.0 * rows + 0.4
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, height), squeeze=False)
+    fig.subplots_adjust(left=0.6 / (3.4 * cols), right=1 - 0.15 / (3.4 * cols), bottom=0.55 / height,
+                        top=1 - 0.35 / height, wspace=0.25, hspace=0.45)
     for c in range(rows * cols):
         ax = axes[c // cols][c % cols]
         if c >= C:
             ax.axis("off")
             continue
         curve = a.curves[c]
+        title = names[c] if len(names[c]) <= 24 else names[c][:23] + "."
+        ap = "n/a" if np.isnan(a.ap[c]) else f"{100 * a.ap[c]:.1f}"
+        ax.set_title(f"{title}  AP {ap}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+        ax.set_yticks([0.5, 1], ["0.5", "1"])  # no 0 on the y axis: it would touch the x axis's 0
+        ax.tick_params(labelsize=8)
         if curve.recall.size:
             r = np.concatenate([[0.0], curve.recall])
             p = np.concatenate([[curve.precision[0]], curve.precision])
             ax.step(r, p, where="pre", color="black", linewidth=1.1)  # the area under it is the AP
-        title = names[c] if len(names[c]) <= 22 else names[c][:21] + "."
-        ap = "n/a" if np.isnan(a.ap[c]) else f"{100 * a.ap[c]:.1f}"
-        ax.set_title(f"{title}  AP {ap}", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xticks([0, 0.5, 1])
-        ax.set_yticks([0, 0.5, 1])
-        ax.tick_params(labelsize=8)
+            if not np.isnan(a.ap[c]) and a.ap[c] > 0.9:
+                # a high-AP class: the curve hugs the frame; the inset zooms on where it drops, at high recall
+                drop = r[p < 0.995]
+                x0 = float(min(0.9, max(0.0, (drop.min() if drop.size else 0.9) - 0.05)))
+                y0 = float(p[r >= x0].min())
+                inset = ax.inset_axes([0.12, 0.1, 0.62, 0.5])
+                inset.step(r, p, where="pre", color="black", linewidth=1.0)
+                inset.set_xlim(x0, 1)
+                inset.set_ylim(y0 - 0.05 * (1 - y0) - 0.001, 1.0 + 0.03 * (1 - y0) + 0.001)
+                inset.set_xticks([x0, 1], [f"{x0:.2f}", "1"])
+                inset.tick_params(labelsize=7)
+                inset.set_facecolor("0.96")
+                inset.set_title(f"zoom: recall {x0:.2f}-1", fontsize=7, pad=2)
     for ax in axes[-1]:
         ax.set_xlabel("recall", fontsize=9)
     for row in axes:
@@ -100,17 +126,34 @@ def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
     for key, style, marker in (("CF1", "-", "o"), ("OF1", "--", "s")):
         y = a.sweep[key]
         k = int(np.argmax(y))
-        ax.plot(t, y, linestyle=style, marker=marker, markersize=4, color="black", label=key)
+        # the best point is in the legend, not written on the curves
+        ax.plot(t, y, linestyle=style, marker=marker, markersize=4, color="black",
+                label=f"{key} (best {y[k]:.2f} at threshold {t[k]:.2f}, star)")
         ax.plot([t[k]], [y[k]], marker="*", markersize=14, color="0.5", markeredgecolor="black")
-        ax.annotate(f"best {key} {y[k]:.2f} at {t[k]:.2f}", (t[k], y[k]), textcoords="offset points",
-                    xytext=(6, 6 if key == "CF1" else -14), fontsize=9)
     ax.set_xlabel("threshold (one for every class)")
     ax.set_ylabel("F1 (%)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower center", fontsize=9, framealpha=0.95)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=100)
     plt.close(fig)
+
+
+def colour_bar(width: int = 240, height: int = 14) -> Image.Image:
+    """The heatmaps' colour scale ('jet', as utils.visualize.overlay draws it), labelled low to high."""
+    from matplotlib import colormaps
+    from PIL import ImageDraw
+
+    ramp = (colormaps["jet"](np.linspace(0, 1, width))[:, :3] * 255).astype(np.uint8)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left, right = "low", "high attention"
+    lw, rw = (int(probe.textlength(t)) + 8 for t in (left, right))
+    bar = Image.new("RGB", (lw + width + rw, height + 4), "white")
+    bar.paste(Image.fromarray(np.repeat(ramp[None], height, axis=0)), (lw, 2))
+    draw = ImageDraw.Draw(bar)
+    draw.text((2, 3), left, fill="black")
+    draw.text((lw + width + 6, 3), right, fill="black")
+    return bar
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], name_cols: int = 1) -> str:
@@ -158,12 +201,22 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
             requests.setdefault(i, []).append(c)
     thumbs = thumbnails(requests) if thumbnails is not None else {}
     thumb_dir = make_folder(os.path.join(out_dir, "thumbs"))
+    if thumbnails is not None:
+        save_image_atomic(colour_bar(), os.path.join(out_dir, "colour_scale.png"))
+    pos_mask = np.asarray(targets) == 1
+    predicted = np.asarray(scores) >= 0.5
+
+    def labels_of(mask_row) -> str:
+        return ", ".join(names[k] for k in np.flatnonzero(mask_row)) or "none"
+
     sections = []
     for c in shown:
         fp, fn = mistakes[c]
         blocks = []
-        for kind, items in (("false positives: highest-scoring negatives", fp),
-                            ("false negatives: lowest-scoring positives", fn)):
+        for title, items, wrong in (
+                ("Highest-scoring negatives (false positives where the score is at least 0.5)", fp,
+                 lambda s: s >= 0.5),
+                ("Lowest-scoring positives (false negatives where the score is below 0.5)", fn, lambda s: s < 0.5)):
             figs = []
             for i in items:
                 img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
@@ -173,9 +226,12 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                     pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
                 else:
                     pic = "<div class=note>(image not readable)</div>"
-                figs.append(f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}<br>"
-                            f"{html.escape(os.path.basename(paths[i]))}</div>")
-            blocks.append(f"<p><b>{kind}</b></p><div class=row>{''.join(figs) or '<i>none</i>'}</div>")
+                verdict = ("<b>FP</b>" if items is fp else "<b>FN</b>") if wrong(scores[i, c]) else "correct at 0.5"
+                figs.append(f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}, {verdict}<br>"
+                            f"true: {html.escape(labels_of(pos_mask[i]))}<br>"
+                            f"predicted: {html.escape(labels_of(predicted[i]))}<br>"
+                            f"<span class=note>{html.escape(os.path.basename(paths[i]))}</span></div>")
+            blocks.append(f"<p><b>{title}</b></p><div class=row>{''.join(figs) or '<i>none</i>'}</div>")
         ap = "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}"
         sections.append(f"<div class=cls><h3>{html.escape(names[c])} (AP {ap})</h3>{''.join(blocks)}</div>")
 
@@ -194,23 +250,25 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                  for c in range(C)]
     facts = "".join(f"<tr><td class=name>{html.escape(k)}</td><td class=name>{html.escape(str(v))}</td></tr>"
                     for k, v in info.items())
-    heat_note = "" if thumbnails is not None else \
-        "<p class=note>Drawn from saved scores: thumbnails show the images without attention heatmaps.</p>"
+    heat_note = ("<p class=note>Each thumbnail shows the class's attention heatmap over the image: "
+                 "<img src=\"colour_scale.png\" alt=\"colour scale\" style=\"vertical-align:middle\"></p>"
+                 if thumbnails is not None else
+                 "<p class=note>Drawn from saved scores: thumbnails show the images without attention heatmaps.</p>")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>CSRA evaluation report</title>
 <style>{CSS}</style></head><body>
 <h1>CSRA evaluation report: mAP {report.map:.2f}</h1>
 <table>{facts}<tr><td class=name>images</td><td class=name>{scores.shape[0]}</td></tr></table>
-<h2>Summary</h2>{_table(["", *KEYS, "CF1(zoo)"], summary_rows)}
+<h2>Summary: the paper's metrics at threshold 0.5</h2>{_table(["", *KEYS, "CF1(zoo)"], summary_rows)}
 <p class=note>{"<br>".join(html.escape(x) for x in conventions)}</p>
-<h2>AP per class</h2><img src="ap_per_class.png" alt="AP per class">
+<h2>AP per class, best at the top</h2><img src="ap_per_class.png" alt="AP per class">
 {_table(["class", "AP", "positives", "predicted", "tp", "P@0.5", "R@0.5", "F1@0.5", "best-F1 threshold",
          "best F1"], per_class)}
 <p class=note>Best-F1 thresholds (also in thresholds.json, for demo.py --thresholds) are chosen on this set:
 optimistic here; choose them on a held-out split for honest figures.</p>
-<h2>Precision-recall curves</h2><p class=note>Stepwise: the area under each curve is the class's AP.</p>
+<h2>Precision-recall curve of each class</h2><p class=note>Stepwise: the area under each curve is the class's AP.</p>
 <img src="pr_curves.png" alt="PR curves">
-<h2>One threshold for every class</h2><img src="threshold_sweep.png" alt="CF1 and OF1 against the threshold">
-<h2>Worst mistakes ({len(shown)} classes with the lowest AP)</h2>{heat_note}{''.join(sections)}
+<h2>CF1 and OF1 when one threshold is used for every class</h2><img src="threshold_sweep.png" alt="CF1 and OF1 against the threshold">
+<h2>Where the {len(shown)} classes with the lowest AP go wrong</h2>{heat_note}{''.join(sections)}
 </body></html>"""
     index = os.path.join(out_dir, "index.html")
     with atomic_write(index) as f:

@@ -1,0 +1,30 @@
+"""Every benchmark has a --quick mode that runs in seconds and prints its table (the full runs are for
+people, not for the suite)."""
+import re
+import time
+
+import pytest
+
+from helpers import run_py
+
+BENCHMARKS = {  # script -> a line its table must hold
+    "benchmarks/bench_train.py": r"train_step, off, NCHW\s+[0-9.]+\s+[0-9.]+",
+    "benchmarks/bench_data.py": r"img/s",
+    "benchmarks/bench_metrics.py": r"\d",
+    "benchmarks/bench_report.py": r"report from saved scores in [0-9.]+ s",
+    "benchmarks/bench_head.py": r"H=8",
+    "benchmarks/bench_export.py": r"small_cnn",
+    "benchmarks/profile_demo.py": r"training step",
+    "benchmarks/bench_demo_variants.py": r"^asl\s+[0-9.]+",
+}
+
+
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
+def test_quick_mode_runs_and_prints_its_table(script):
+    if script.endswith("bench_export.py"):
+        pytest.importorskip("onnxruntime")
+    t0 = time.time()
+    r = run_py(script, "--quick")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(BENCHMARKS[script], r.stdout, re.M), r.stdout[-2000:]
+    assert time.time() - t0 < 60

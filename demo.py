@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+
 import argparse
 import os
 import sys

@@ -11,6 +11,8 @@ difference is printed, and export fails above 1e-4. ``predict_onnx.py`` runs an 
 """
 from __future__ import annotations
 
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+
 import argparse
 import os
 import shutil

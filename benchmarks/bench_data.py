@@ -19,6 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+
 from utils.entry import ScriptParser  # noqa: E402
 
 import numpy as np  # noqa: E402

@@ -28,3 +28,9 @@ def test_quick_mode_runs_and_prints_its_table(script):
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(BENCHMARKS[script], r.stdout, re.M), r.stdout[-2000:]
     assert time.time() - t0 < 60
+
+
+def test_gpu_check_dry_run_lists_its_steps_anywhere():
+    r = run_py("benchmarks/gpu_check.py", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "1. CUDA-only tests" in r.stdout and "4. evaluation" in r.stdout and "(under 8 minutes)" in r.stdout

@@ -104,7 +104,7 @@ def test_fp16_training_end_to_end_with_scaler_state(tmp_path):
 def test_runtime_decision():
     auto = resolve_runtime(CPU, "resnet50", "auto")
     assert auto.amp == ("bf16" if cpu_has_native_bf16() else "off")
-    assert auto.channels_last == cpu_has_native_bf16()
+    assert auto.channels_last  # on every device: measured never slower than NCHW
     assert not resolve_runtime(CPU, "resnet50", "auto", channels_last=False).channels_last
     for amp in ("off", "bf16", "fp16"):
         assert resolve_runtime(CPU, "resnet50", amp).amp == amp  # explicit choices are honoured

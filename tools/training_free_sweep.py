@@ -14,6 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 

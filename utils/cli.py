@@ -102,7 +102,7 @@ def add_runtime_args(p: argparse.ArgumentParser, inference: bool = True) -> None
                        help="training precision: auto = bf16 autocast where the GPU or CPU computes it natively "
                             "(AVX512-BF16/AMX), fp16 with loss scaling on older GPUs, else float32; off = float32")
     g.add_argument("--no_channels_last", action="store_true",
-                   help="keep the NCHW memory format (channels-last is used on CUDA and on CPUs with native bf16)")
+                   help="keep the NCHW memory format (channels-last is the default on every device)")
 
 
 def plural(n: int, one: str, many: Optional[str] = None) -> str:

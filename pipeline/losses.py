@@ -57,7 +57,7 @@ class LossKind:
     name: str
     description: str
     defaults: Dict[str, float]                  # its values of --gamma_pos, --gamma_neg, --asl_clip
-    build: Callable[[float, float, float], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+    build: Callable[[float, float, float], LossFn]  # (gamma_pos, gamma_neg, clip) -> element-wise terms
 
 
 LOSSES: Dict[str, LossKind] = {}
@@ -109,7 +109,6 @@ def make_criterion(name: str = "bce", gamma_pos: Optional[float] = None, gamma_n
         y = (targets.clamp(min=0) if partial_labels else targets).to(x.dtype)
         return masked_mean(terms(x, y), known)
 
-    criterion.name = name  # type: ignore[attr-defined]
     return criterion
 
 

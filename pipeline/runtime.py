@@ -6,7 +6,6 @@ step, evaluation and prediction, which all run the same code on CPU and CUDA.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
@@ -57,10 +56,6 @@ class Runtime:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
                 "normalize": self.normalize}
-
-    def in_float32(self) -> "Runtime":
-        """The same runtime without autocast: evaluation's default (the published numbers are float32)."""
-        return dataclasses.replace(self, amp="off")
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import json
 import os
+import signal
+import threading
 
 from pipeline.errors import CSRAError
 
@@ -73,15 +75,32 @@ def write_json_atomic(obj: object, path: str) -> None:
         json.dump(obj, f)
 
 
+@contextlib.contextmanager
+def interrupt_after():
+    """Ctrl-C during the block takes effect when it ends: a save is never cut half-way (torch's zip
+    writer would report the interruption as a write error). Main thread only; elsewhere a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def save_torch_atomic(obj: object, path: str) -> None:
-    """torch.save through a temporary file and a rename. torch reports a failed write (a full disk)
-    as a RuntimeError from its zip writer; that becomes one OutputError line too."""
+    """torch.save through a temporary file and a rename, never cut by Ctrl-C. torch reports a failed
+    write (a full disk) as a RuntimeError from its zip writer; that becomes one OutputError line too."""
     import shutil
 
     import torch
 
     try:
-        with atomic_write(path, "wb") as f:
+        with interrupt_after(), atomic_write(path, "wb") as f:
             torch.save(obj, f)
     except RuntimeError as e:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free

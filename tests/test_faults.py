@@ -116,7 +116,6 @@ def test_a_state_from_another_run_is_refused(tmp_path):
     r = run_py("main.py", *train_argv(files, tmp_path / "a", "--total_epoch", "2", "--resume", tmp_path / "a"))
     one_line_error(r, "was written by a run with --num_heads 2", "records 1")
     # the right run, but a state that does not fit the model: one line, not a load_state_dict traceback
-    state = torch.load(tmp_path / "a" / "train_state.pth", weights_only=True)
     state = torch.load(tmp_path / "b" / "train_state.pth", weights_only=True)
     state["run_id"] = json.loads((tmp_path / "a" / "args.json").read_text())["run_id"]
     torch.save(state, tmp_path / "a" / "train_state.pth")

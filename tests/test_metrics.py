@@ -205,3 +205,36 @@ def test_coco_sized_problem_runs():
     targets = (rng.random((4000, 80)) < 0.05).astype(int)
     rep = evaluate(scores, targets)
     assert 0 < rep.map < 100 and len(rep.ap) == 80
+
+
+@pytest.mark.parametrize("kind", ["voc", "wider", "binary"])
+@pytest.mark.parametrize("power", [1, 3, 8])
+def test_top3_against_loops_with_few_and_many_crowded_rows(kind, power):
+    """Scores ** power: from most rows predicting more than 3 classes (the fix-up over every row) to few
+    (only those rows are re-ranked), tied grid scores included."""
+    rng = np.random.default_rng(power)
+    n, C = 160, 8
+    scores = np.round(rng.random((n, C)) ** power, 1)
+    targets = {"voc": rng.choice([1, 0, -1], size=(n, C), p=[0.3, 0.1, 0.6]),
+               "wider": rng.choice([1, 0, 99], size=(n, C), p=[0.3, 0.5, 0.2]),
+               "binary": rng.choice([1, 0], size=(n, C), p=[0.3, 0.7])}[kind]
+    crowded = ((scores >= 0.5).sum(axis=1) > 3).mean()
+    assert (crowded > 0.5) if power == 1 else (0 < crowded < 0.5) if power == 3 else True
+    rep = evaluate(scores, targets)
+    for k, v in loop_pr(scores, targets, kind == "voc", keep=3).items():
+        assert rep.top3[k] == pytest.approx(v, abs=1e-9), k
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_top_k_mask_equals_a_stable_descending_sort(k):
+    from utils.evaluation.metrics import top_k_mask
+    rng = np.random.default_rng(k)
+    scores = rng.integers(0, 4, size=(300, 7)).astype(np.float32)  # many ties at the k-th place
+    with_inf = scores.copy()
+    with_inf[::7, 2] = -np.inf
+    for s in (scores, with_inf):
+        want = np.zeros(s.shape, dtype=bool)
+        for i, row in enumerate(s):
+            for c in sorted(range(s.shape[1]), key=lambda c: -row[c])[:k]:  # sorted() is stable
+                want[i, c] = True
+        np.testing.assert_array_equal(top_k_mask(s, k), want)

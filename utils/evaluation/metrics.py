@@ -73,30 +73,34 @@ def _transposed(a: np.ndarray, rows: int = 512) -> np.ndarray:
     return out
 
 
+def _ap_of_rows(S: np.ndarray, L: np.ndarray, rows: range, out: np.ndarray) -> None:
+    for c in rows:
+        row, labels = S[c], L[c]
+        ps = np.sort(row[labels == 1])
+        if ps.size == 0:
+            continue
+        tp = ps.size - np.searchsorted(ps, ps, side="left")
+        if (labels == 0).any():
+            negatives = np.sort(row[labels == 2])
+            fp = negatives.size - np.searchsorted(negatives, ps, side="left")
+        else:  # every entry counts: the negatives >= s are all entries >= s less the positives
+            row.sort()
+            fp = row.size - np.searchsorted(row, ps, side="left") - tp
+        out[c] = np.mean(tp / (tp + fp))
+
+
 def average_precision(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Non-interpolated AP per column; entries neither positive nor negative are ignored.
 
     For each positive with score s, precision = #positives >= s / #(positives + negatives) >= s:
     counting everything tied with s is the tie-block rule above, independent of image order.
-    The counts come from one sort of each class's negatives and positives and binary searches,
-    so no (N, C) arg-sort or gathers are needed.
+    The counts come from one sort of each class's scores (or of its negatives, when some entries are
+    ignored) and binary searches, so no (N, C) arg-sort or gathers are needed.
     """
     S = _transposed(scores)  # a private copy: sorted in place below
     L = _transposed(pos.view(np.int8) + 2 * neg.view(np.int8))  # 1 positive, 2 negative, 0 ignored
-    some_ignored = (L == 0).any(axis=1)
-    positives = [np.sort(S[c][L[c] == 1]) for c in range(S.shape[0])]
-    negatives = {c: np.sort(S[c][L[c] == 2]) for c in np.flatnonzero(some_ignored)}
-    S.sort(axis=1)
     ap = np.full(S.shape[0], np.nan)
-    for c, ps in enumerate(positives):
-        if ps.size == 0:
-            continue
-        tp = ps.size - np.searchsorted(ps, ps, side="left")
-        if c in negatives:
-            fp = negatives[c].size - np.searchsorted(negatives[c], ps, side="left")
-        else:  # every entry counts: the negatives >= s are all entries >= s less the positives
-            fp = S.shape[1] - np.searchsorted(S[c], ps, side="left") - tp
-        ap[c] = np.mean(tp / (tp + fp))
+    _ap_of_rows(S, L, range(S.shape[0]), ap)
     return ap
 
 
@@ -121,7 +125,11 @@ def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
     """CP, CR, CF1, OP, OR, OF1 (x100) plus the mean of per-class F1 (model-zoo 'CF1').
     ``valid`` (None: all) masks the entries that count. A class with no prediction counts as one
     predicted in CP; with ``convention="authors"`` also in OP's denominator (the authors' code)."""
-    tp, n_pred, n_gt = class_counts(pred, gt, valid)
+    return pr_from_counts(*class_counts(pred, gt, valid), convention)
+
+
+def pr_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, convention: str = "ours") -> Dict[str, float]:
+    """precision_recall's figures from the per-class counts of true positives, predictions, ground truth."""
     p_c = tp / np.maximum(n_pred, 1)
     r_c = tp / np.maximum(n_gt, 1)
     cp, cr = p_c.mean(), r_c.mean()
@@ -139,11 +147,21 @@ def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
 
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """True at each row's k highest scores; among scores tied at the k-th place, the lower class
-    indices are kept (as a stable descending sort would). A partial selection, no sort."""
+    indices are kept (as a stable descending sort would). No sort: k arg-max passes (each returns the
+    first of tied maxima), or for large k or infinite scores one partial selection per row."""
     n, c = scores.shape
     k = min(k, c)
     if k <= 0:
         return np.zeros(scores.shape, dtype=bool)
+    if k <= 4 and n and np.isfinite(scores.min()):
+        work = np.array(scores, dtype=np.float64 if scores.dtype == np.float64 else np.float32)
+        mask = np.zeros(scores.shape, dtype=bool)
+        rows = np.arange(n)
+        for _ in range(k):
+            best = work.argmax(axis=1)
+            mask[rows, best] = True
+            work[rows, best] = -np.inf  # below every finite score: the next pass takes the next one
+        return mask
     kth = np.partition(scores, c - k, axis=1)[:, c - k:c - k + 1]  # each row's k-th largest value
     mask = scores >= kth
     crowded = np.flatnonzero(mask.view(np.uint8).sum(axis=1, dtype=np.int32) > k)  # ties at the k-th place
@@ -176,8 +194,20 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, vo
     pred = scores >= threshold
     if pr_convention not in PR_CONVENTIONS:
         raise MetricsError(f"--pr_convention must be one of {', '.join(PR_CONVENTIONS)} (got {pr_convention!r})")
-    overall = precision_recall(pred, pos, valid_pr, pr_convention)
-    top3 = precision_recall(pred & top_k_mask(scores, 3), pos, valid_pr, pr_convention)
+    tp, n_pred, n_gt = class_counts(pred, pos, valid_pr)
+    overall = pr_from_counts(tp, n_pred, n_gt, pr_convention)
+    # top-3: predictions outside a row's 3 best scores drop out, and only a row predicting more than 3
+    # classes has any (a score >= threshold always outranks one below it)
+    crowded = np.flatnonzero(pred.view(np.uint8).sum(axis=1, dtype=np.int32) > 3)
+    if crowded.size > len(scores) // 2:  # most rows: no gathers
+        dropped = pred & ~top_k_mask(scores, 3)
+        d_tp, d_pred, _ = class_counts(dropped, pos, valid_pr)
+        tp, n_pred = tp - d_tp, n_pred - d_pred
+    elif crowded.size:
+        dropped = pred[crowded] & ~top_k_mask(scores[crowded], 3)
+        d_tp, d_pred, _ = class_counts(dropped, pos[crowded], None if valid_pr is None else valid_pr[crowded])
+        tp, n_pred = tp - d_tp, n_pred - d_pred
+    top3 = pr_from_counts(tp, n_pred, n_gt, pr_convention)
     return Report(ap=ap, map=m, undefined_classes=[int(i) for i in np.flatnonzero(~defined)],
                   overall=overall, top3=top3, convention="voc" if voc else "binary",
                   extra={"has_ignored_99": bool((targets == IGNORE).any()), "pr_convention": pr_convention})

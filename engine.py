@@ -27,18 +27,6 @@ def non_finite_entries(model: nn.Module) -> List[str]:
     return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def lr_factor(step: int, iters_per_epoch: int, warmup_epochs: float, decay_every: int, gamma: float = 0.1) -> float:
-    """Learning-rate multiplier before optimiser step ``step`` (0-based, counted over all epochs).
-
-    Linear warm-up from 0 over the first ``warmup_epochs`` epochs, per iteration; then x``gamma``
-    every ``decay_every`` epochs, counted from the start of training.
-    """
-    warm_iters = warmup_epochs * iters_per_epoch
-    warm = min(1.0, step / warm_iters) if warm_iters > 0 else 1.0
-    epoch = step // iters_per_epoch
-    return warm * gamma ** (epoch // decay_every if decay_every > 0 else 0)
-
-
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
 

@@ -21,12 +21,15 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import (NonFiniteLossError, SeededShardSampler, lr_factor, make_loader, non_finite_entries, predict,
+from engine import (NonFiniteLossError, SeededShardSampler, make_loader, non_finite_entries, predict,
                     thumbnails_by_row, train_one_epoch)
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError, ConfigError, CSRAError
 from pipeline.losses import LOSSES, make_criterion, resolved_options
 from pipeline.model import CSRANet
+from pipeline.optim import (OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS, make_optimizer, make_schedule,
+                            param_groups)
+from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, describe_recipe
 from pipeline.runtime import AMP_CHOICES, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
@@ -45,6 +48,39 @@ LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
 
 
+def recipes_help() -> str:
+    text = "; ".join(f"{r.name} ({r.description}): {describe_recipe(r)}" for r in RECIPES.values())
+    for name, spec in DATASETS.items():
+        if spec.recipe_overrides:
+            text += f". --dataset {name} changes them: " + "; ".join(
+                f"{recipe}: " + ", ".join(f"{k} {v}" for k, v in changes.items())
+                for recipe, changes in spec.recipe_overrides.items())
+    return text
+
+
+def describe_in_force(args) -> str:
+    """The training options in force; those that differ from the recipe's are marked with '*'."""
+    return describe_options({k: getattr(args, k) for k in TRAINING_OPTIONS}, RECIPES[args.recipe].values)
+
+
+def ema_decay(text: str):
+    """--ema DECAY, or none / 0 for no EMA (to turn a recipe's EMA off)."""
+    if text.lower() in ("none", "off", "0"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a decay such as 0.9997, or none (got {text!r})") from None
+
+
+# flags that turn an option off: typed, they count as the option they negate (for --resume's checks)
+NEGATIONS = {"no_randaugment": "randaugment", "decay_norm_bias": "no_decay_norm_bias"}
+
+
+def given_flags(argv) -> set:
+    return {NEGATIONS.get(f, f) for f in typed_flags(argv)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Train CSRA.")
     add_model_args(p)
@@ -58,11 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
     g.add_argument("--pretrained", default="imagenet", choices=["imagenet", "none"],
                    help="backbone initialisation (--dataset demo: none)")
-    g.add_argument("--lr", type=float, default=0.01, help="backbone learning rate (--dataset demo: 0.05); the "
-                   "CSRA head uses --head_lr_mult times it")
-    g.add_argument("--head_lr_mult", type=float, default=10.0,
-                   help="head LR multiplier for heads that take one (CSRA; the GAP baseline: always 1)")
-    g.add_argument("--loss", default="bce", choices=list(LOSSES),
+    g.add_argument("--recipe", default="paper", choices=list(RECIPES),
+                   help="a preset of the training options below; any of them typed wins. " + recipes_help())
+    g.add_argument("--optimizer", default=PAPER["optimizer"], choices=list(OPTIMIZERS),
+                   help="sgd (with --momentum) or adamw (betas 0.9, 0.999)")
+    g.add_argument("--scheduler", default=PAPER["scheduler"], choices=list(SCHEDULERS),
+                   help="; ".join(f"{k}: {v}" for k, v in SCHEDULE_HELP.items()))
+    g.add_argument("--lr", type=float, default=PAPER["lr"], help="backbone learning rate (the peak with onecycle; "
+                   "--dataset demo: 0.05, with --recipe strong 0.002); the CSRA head uses --head_lr_mult times it")
+    g.add_argument("--head_lr_mult", type=float, default=PAPER["head_lr_mult"],
+                   help="head LR multiplier for heads that take one (CSRA; the GAP baseline: always 1; --recipe "
+                        "strong: 1)")
+    g.add_argument("--loss", default=PAPER["loss"], choices=list(LOSSES),
                    help="; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()))
     g.add_argument("--gamma_pos", type=float, default=None,
                    help="focusing exponent on positives (the loss's default: " +
@@ -75,12 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--partial_labels", action="store_true",
                    help="a -1 in the training JSON means unknown: left out of the loss and its normalisation "
                         "(without the flag a -1 there is an error)")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--w_d", type=float, default=1e-4, help="weight decay")
-    g.add_argument("--warmup_epoch", type=float, default=2, help="linear warm-up epochs (--dataset demo: 1)")
-    g.add_argument("--total_epoch", type=int, default=30, help="epochs (--dataset demo: 10)")
-    g.add_argument("--decay_every", type=int, default=4, help="x0.1 every N epochs (the dataset's: 4 VOC/custom/"
-                   "demo, 5 COCO/WIDER)")
+    g.add_argument("--momentum", type=float, default=PAPER["momentum"], help="SGD momentum (--optimizer sgd)")
+    g.add_argument("--w_d", type=float, default=PAPER["w_d"], help="weight decay")
+    g.add_argument("--no_decay_norm_bias", action="store_true", default=PAPER["no_decay_norm_bias"],
+                   help="no weight decay on biases and normalisation weights (--recipe strong: on)")
+    g.add_argument("--decay_norm_bias", dest="no_decay_norm_bias", action="store_false",
+                   help="weight decay on every parameter (turns --no_decay_norm_bias off)")
+    g.add_argument("--warmup_epoch", type=float, default=PAPER["warmup_epoch"],
+                   help="linear warm-up epochs, --scheduler step (--dataset demo: 1)")
+    g.add_argument("--onecycle_peak", type=float, default=PAPER["onecycle_peak"],
+                   help="--scheduler onecycle: the fraction of the steps at which the LR peaks")
+    g.add_argument("--total_epoch", type=int, default=PAPER["total_epoch"],
+                   help="epochs (--recipe strong: 40; --dataset demo: 10)")
+    g.add_argument("--decay_every", type=int, default=4, help="x0.1 every N epochs, --scheduler step (the "
+                   "dataset's: 4 VOC/custom/demo, 5 COCO/WIDER)")
+    g.add_argument("--randaugment", action="store_true", default=PAPER["randaugment"],
+                   help="torchvision's RandAugment (2 ops, magnitude 9) on the 8-bit training image (--recipe "
+                        "strong: on)")
+    g.add_argument("--no_randaugment", dest="randaugment", action="store_false", help="turn --randaugment off")
+    g.add_argument("--cutout", type=float, default=PAPER["cutout"], metavar="FRACTION",
+                   help="Cutout of one square this fraction of the image side, random colour, on the 8-bit "
+                        "training image; 0: none (--recipe strong: 0.5)")
     g.add_argument("--print_freq", type=int, default=100,
                    help="show loss, LR and speed every N iterations (the bar on a terminal, a plain line in a log "
                         "file)")
@@ -88,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignored: accepted so the authors' scripts run; the recipe's augmentation is used")
     g.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--ema", type=float, default=None, metavar="DECAY", help="also keep an EMA of the weights")
+    g.add_argument("--ema", type=ema_decay, default=PAPER["ema"], metavar="DECAY",
+                   help="also keep an EMA of the weights, evaluated beside the model; none: no EMA (--recipe "
+                        "strong: 0.9997; with --dataset demo 0.99)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model (pays on long runs only: compiling took 61 s for "
                         "small_cnn and 153 s for ResNet-18 on a 2-core CPU; see benchmarks/bench_train.py --compile)")
@@ -107,7 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def get_args(argv=None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv, train=True)
+    typed = given_flags(argv)
+    for flag, (option, choice) in APPLIES_TO.items():
+        if flag in typed and getattr(args, option) != choice:
+            raise ConfigError(f"--{flag} applies to --{option} {choice}, but this run uses --{option} "
+                              f"{getattr(args, option)} (--recipe {args.recipe})")
     # the loss's own defaults for its options left unset: args.json records every value in force
     args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
                                                                     args.asl_clip)
@@ -175,14 +241,6 @@ def ensure_finite(model, folder: str, when: str) -> None:
     if bad:
         raise DivergedError(f"weights became NaN or infinite ({len(bad)} tensors, e.g. {bad[0]}) {when}; "
                             f"stopped; {last_good(folder)}")
-
-
-def param_groups(model, args):
-    lr_head = args.lr * (args.head_lr_mult if model.head_kind.head_lr_mult else 1.0)
-    return [
-        {"params": model.backbone_parameters(), "lr": args.lr, "base_lr": args.lr, "name": "backbone"},
-        {"params": model.head_parameters(), "lr": lr_head, "base_lr": lr_head, "name": "head"},
-    ]
 
 
 def truncate_log(path: str, last_epoch: int) -> None:
@@ -257,6 +315,9 @@ def prepare_resume(args, given, locks: list):
     folder, path = du.broadcast_object(resume_paths(args) if du.is_main() else None)
     lock_run(folder, locks)
     changes = reconcile_args(args, folder, given)
+    if args.scheduler == "onecycle" and any(c.startswith("--total_epoch") for c in changes):
+        raise CheckpointError(f"--resume: the run in {folder} uses --scheduler onecycle, whose LR curve spans its "
+                              "recorded --total_epoch; it cannot be changed (start a new run to train longer)")
     resolve(args)
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no training state at {path}")
@@ -308,15 +369,19 @@ def _train(args, given, locks: list) -> dict:
         print(runtime_warning(runtime))
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
     model = runtime.prepare_model(model)
-    optimizer = torch.optim.SGD(param_groups(model, args), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.w_d)
+    head_lr_mult = args.head_lr_mult if model.head_kind.head_lr_mult else 1.0
+    optimizer = make_optimizer(args.optimizer, param_groups(model, args.lr, head_lr_mult, args.w_d,
+                                                            args.no_decay_norm_bias),
+                               args.lr, args.momentum, args.w_d)
     scaler = runtime.grad_scaler()
     criterion = make_criterion(args.loss, args.gamma_pos, args.gamma_neg, args.asl_clip, args.partial_labels)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
 
     sampler = SeededShardSampler(len(train_set), args.seed, du.rank(), du.world_size())
     iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / args.batch_size)
-    lr_fn = lambda step: lr_factor(step, iters_per_epoch, args.warmup_epoch, args.decay_every)  # noqa: E731
+    lr_fn = make_schedule(args.scheduler, iters_per_epoch=iters_per_epoch, total_epochs=args.total_epoch,
+                          warmup_epochs=args.warmup_epoch, decay_every=args.decay_every,
+                          onecycle_peak=args.onecycle_peak)
 
     if folder is None:
         args.run_id = uuid.uuid4().hex  # the identity a training state must carry to resume this run
@@ -362,8 +427,8 @@ def _train(args, given, locks: list) -> dict:
                              it=it, best=best, args=vars(args), run_id=args.run_id)
 
     if du.is_main():
-        print(f"training {describe_model(args)}, {args.loss} loss"
-              f"{' with partial labels' if args.partial_labels else ''}, on {len(train_set)} images ({args.dataset}), "
+        print(f"training {describe_model(args)}, --recipe {args.recipe} ({describe_in_force(args)})"
+              f"{', partial labels' if args.partial_labels else ''}, on {len(train_set)} images ({args.dataset}), "
               f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
               f"{'float32' if eval_runtime.amp == 'off' else eval_runtime.amp + ' autocast'}; run folder {folder}")
     last_report = None
@@ -373,7 +438,7 @@ def _train(args, given, locks: list) -> dict:
         def on_step(it: int, loss, epoch=epoch) -> None:
             global_step = epoch * iters_per_epoch + it
             if steps is not None:
-                steps.write(global_step, epoch + 1, it, loss, [g["lr"] for g in optimizer.param_groups])
+                steps.write(global_step, epoch + 1, it, loss, [g["lr"] for g in optimizer.param_groups[:2]])
             if tb is not None and loss is not None:
                 tb.add_scalar("train/loss", loss, global_step)
                 tb.add_scalar("train/lr_backbone", optimizer.param_groups[0]["lr"], global_step)
@@ -470,7 +535,7 @@ def open_tensorboard(folder: str):
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     CURRENT_RUN["folder"] = None
-    run_main(lambda: train(get_args(argv), typed_flags(argv)), interrupted_hint=lambda: interrupted_hint(argv))
+    run_main(lambda: train(get_args(argv), given_flags(argv)), interrupted_hint=lambda: interrupted_hint(argv))
 
 
 if __name__ == "__main__":

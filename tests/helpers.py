@@ -3,8 +3,10 @@ import contextlib
 import io
 import os
 import runpy
+import signal
 import subprocess
 import sys
+import time
 
 from conftest import ROOT
 
@@ -14,11 +16,42 @@ def tiny_demo(folder, num_train=48, num_test=24, size=32, seed=0):
     return generate_demo(str(folder), num_train=num_train, num_test=num_test, size=size, seed=seed, quiet=True)
 
 
-def train_argv(files, out_dir, *extra):
+def train_argv(files, out_dir, *extra, recipe="paper"):
+    """main.py on a tiny_demo: 2 epochs; the paper's recipe with a 1-epoch warm-up and decay, or another
+    recipe (named, with its own schedule)."""
+    schedule = ["--warmup_epoch", "1", "--decay_every", "1"] if recipe == "paper" else ["--recipe", recipe]
     return ["--dataset", "demo", "--train_json", files["train"], "--test_json", files["test"],
             "--classes", files["classes"], "--img_size", "32", "--batch_size", "8", "--num_workers", "0",
-            "--total_epoch", "2", "--warmup_epoch", "1", "--decay_every", "1", "--output_dir", str(out_dir),
-            *extra]
+            "--total_epoch", "2", *schedule, "--output_dir", str(out_dir), *extra]
+
+
+def kill_mid_epoch(argv, state_path, epoch=1, min_iter=5, timeout=120, env=None):
+    """Start ``python main.py argv`` and SIGKILL it once its training state shows ``min_iter`` finished
+    iterations of epoch ``epoch + 1``. Returns (epoch, iteration) of the state it was killed after,
+    or None when the run ended first."""
+    import torch
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
+    proc = subprocess.Popen([sys.executable, "main.py", *map(str, argv)], cwd=ROOT, env=full_env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    killed_at = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(state_path):
+                try:
+                    st = torch.load(state_path, weights_only=True)
+                except Exception:  # caught mid-replace: read it again
+                    continue
+                if st["epoch"] == epoch and st["iter"] >= min_iter:
+                    proc.send_signal(signal.SIGKILL)
+                    killed_at = (st["epoch"], st["iter"])
+                    break
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None and killed_at is None:
+            proc.kill()
+        proc.wait()
+    return killed_at
 
 
 def run_in_process(script, *args, cwd=None):

@@ -20,7 +20,6 @@ from pipeline.errors import CheckpointError, ConfigError, DataError
 from pipeline.images import read_rgb
 from pipeline.model import CSRANet
 from pipeline.runtime import resolve_runtime
-from utils.cli import parse_args
 from utils.prepare.prepare_wider import prepare as prepare_wider
 
 

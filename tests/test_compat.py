@@ -10,7 +10,7 @@ from PIL import Image
 
 from helpers import run_py
 from pipeline.checkpoint import load_model_weights, rename_vit
-from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset
+from pipeline.dataset import ImageTransform, MultiLabelDataset
 from pipeline.model import CSRANet
 from tools.convert_checkpoint import convert
 from utils.evaluation.metrics import evaluate

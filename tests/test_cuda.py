@@ -2,17 +2,15 @@
 format trains, DDP over NCCL with one process, a SIGKILLed GPU run resumes."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import ROOT
 from engine import train_step
-from helpers import run_py, tiny_demo, train_argv
+from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv
 from pipeline.losses import make_criterion
 from pipeline.model import CSRANet
 from pipeline.runtime import resolve_runtime
@@ -50,21 +48,7 @@ def test_ddp_over_nccl_with_one_process(tmp_path):
 def test_sigkilled_gpu_run_resumes(tmp_path):
     files = tiny_demo(tmp_path / "data", num_train=160, num_test=8)
     argv = train_argv(files, tmp_path / "run", "--total_epoch", "2", "--batch_size", "4", "--state_every", "1")
-    proc = subprocess.Popen([sys.executable, "main.py", *argv], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    state = tmp_path / "run" / "train_state.pth"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if state.exists():
-            try:
-                st = torch.load(state, weights_only=True)
-            except Exception:
-                continue
-            if st["epoch"] == 1 and st["iter"] >= 5:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    proc.wait()
+    assert kill_mid_epoch(argv, tmp_path / "run" / "train_state.pth", env={"OMP_NUM_THREADS": "4"}) is not None
     r = run_py("main.py", *argv, "--resume", fresh=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout

@@ -1,6 +1,5 @@
 """The head table: a third kind of head added from this file alone trains, validates and exports; no
 module but the table's compares head kinds by name."""
-import json
 import os
 import re
 import subprocess

@@ -3,18 +3,13 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
 import main as train_main
-from conftest import ROOT
-from engine import lr_factor
-from helpers import run_py, tiny_demo, train_argv, wrap_training_loss
+from pipeline.optim import step_factor as lr_factor
+from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv, wrap_training_loss
 
 
 def read_log(folder):
@@ -141,45 +136,27 @@ def test_ema_best_holds_the_weights_that_scored(tmp_path):
     assert got == pytest.approx(best["best_mAP"], abs=0.006)
 
 
-@pytest.mark.parametrize("amp,loss", [("off", "bce"), ("bf16", "asl")])
-def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp, loss):
+@pytest.mark.parametrize("amp,extra,recipe", [("off", [], "paper"), ("bf16", ["--loss", "asl"], "paper"),
+                                              ("off", ["--cutout", "0.5"], "strong")])
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp, extra, recipe):
     """float32 and bf16 autocast on CPU are both deterministic (same kernels, same thread count), so a
-    resumed run must end with exactly the weights of an uninterrupted one in either precision, and with
-    a non-default loss (whose options come back from args.json)."""
+    resumed run must end with exactly the weights of an uninterrupted one in either precision, with a
+    non-default loss, and with the strong recipe (AdamW, one-cycle, EMA, ASL, RandAugment, and the Cutout
+    the demo turns off, typed); the options typed at the start come back from args.json."""
     files = tiny_demo(tmp_path / "data", num_train=160, num_test=8)
-    common = train_argv(files, tmp_path / "x", "--total_epoch", "2", "--batch_size", "4", "--state_every", "1",
-                        "--amp", amp, "--loss", loss)
 
-    def argv(out):
-        a = list(common)
-        a[a.index("--output_dir") + 1] = str(out)
-        return a
+    def argv(out, *more):
+        return train_argv(files, out, "--batch_size", "4", "--state_every", "1", "--amp", amp, *more,
+                          recipe=recipe)
 
-    r = run_py("main.py", *argv(tmp_path / "full"), fresh=True)  # same thread count as the killed run
+    r = run_py("main.py", *argv(tmp_path / "full", *extra), fresh=True)  # same thread count as the killed run
     assert r.returncode == 0, r.stderr[-2000:]
-
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "main.py", *argv(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state_path = out / "train_state.pth"
-    deadline = time.time() + 120
-    killed_at = None
-    while time.time() < deadline and proc.poll() is None:
-        if state_path.exists():
-            try:
-                st = torch.load(state_path, weights_only=True)
-            except Exception:
-                continue
-            if st["epoch"] == 1 and st["iter"] >= 5:  # in the middle of the second epoch
-                proc.send_signal(signal.SIGKILL)
-                killed_at = (st["epoch"], st["iter"])
-                break
-        time.sleep(0.02)
-    proc.wait()
+    killed_at = kill_mid_epoch(argv(out, *extra), out / "train_state.pth")
     assert killed_at is not None, "training finished before it could be killed"
     assert not (out / "epoch_2.pth").exists()
-    r = run_py("main.py", *argv(out)[:-2], "--resume", fresh=True)  # --loss comes back from the record
+    resumed = [a for a in argv(out) if a not in ("--recipe", "strong")]  # recipe and loss: from the record
+    r = run_py("main.py", *resumed, "--resume", fresh=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stdout
     a = torch.load(tmp_path / "full" / "epoch_2.pth", weights_only=True)
@@ -187,7 +164,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, amp, lo
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [e["epoch"] for e in read_log(out)] == [1, 2] and read_log(out)[-1]["loss"] == loss
+    log = read_log(out)
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert log[-1]["loss"] == ("asl" if "--loss" in extra or recipe == "strong" else "bce")
+    if recipe == "strong":  # the EMA was restored too: its scores match the uninterrupted run's
+        assert [e["ema_mAP"] for e in log] == [e["ema_mAP"] for e in read_log(tmp_path / "full")]
     # the per-iteration log: every step once, with the uninterrupted run's losses
     steps_full = (tmp_path / "full" / "steps.csv").read_text().splitlines()
     steps_resumed = (out / "steps.csv").read_text().splitlines()

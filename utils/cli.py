@@ -1,10 +1,11 @@
 """Command-line options shared by the entry scripts, their defaults, and the one-line error wrapper.
 
-Defaults live in four places, applied in this order, the user's flags last:
+Defaults live in five places, applied in this order, the user's flags last:
 literal values on the ``add_argument`` lines; the dataset's row of ``pipeline.dataset.DATASETS``
-(classes, input size, batch, decay period, normalisation, default backbone and, for main.py, its
-training overrides); the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and
-batch 64); the run record beside ``--load_from`` (``utils.run_record``: the model as it was trained).
+(classes, input size, batch, decay period, normalisation, default backbone); for main.py the
+``--recipe`` (``pipeline.recipes``), the dataset's changes to it and its other training overrides;
+the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and batch 64); the run
+record beside ``--load_from`` (``utils.run_record``: the model as it was trained).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.classes import load_class_names
 from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS, get_head
+from pipeline.recipes import RECIPES
 from pipeline.runtime import AMP_CHOICES, NORMALIZATIONS
 from utils.run_record import check_flags, find_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
@@ -142,7 +144,7 @@ def typed_flags(argv: Sequence[str]) -> Set[str]:
 
 def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json"):
+    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json", "--recipe"):
         pre.add_argument(flag, default=None)
     pre.add_argument("--no_record", action="store_true")
     known, _ = pre.parse_known_args(argv)
@@ -166,6 +168,10 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         defaults = dict(dataset=dataset, model=spec.model, img_size=spec.img_size, batch_size=spec.batch_size,
                         decay_every=spec.decay_every)
         if train:
+            recipe = RECIPES.get(pre.recipe or "paper")  # an unknown name: argparse's choices report it
+            if recipe is not None:
+                defaults.update(recipe.values)
+                defaults.update(spec.recipe_overrides.get(recipe.name, {}))
             defaults.update(spec.train_overrides)
         try:
             backbone = get_backbone(pre.model or record.get("model") or spec.model)
@@ -214,6 +220,8 @@ CHECKS = {
     "gamma_pos": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "gamma_neg": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
     "asl_clip": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "cutout": (lambda v: 0 <= v <= 1, "a fraction of the image side in [0, 1]"),
+    "onecycle_peak": (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"),
 }
 
 
@@ -306,7 +314,8 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 
 def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
     """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
-    transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop)
+    transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop,
+                               randaugment=getattr(args, "randaugment", False), cutout=getattr(args, "cutout", 0.0))
     return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
                 skip_bad_images=args.skip_bad_images, cache_images=getattr(args, "cache_images", False),
                 fast_decode=True if train else getattr(args, "fast_decode", False))

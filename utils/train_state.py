@@ -87,7 +87,8 @@ ARGS_FILE = "args.json"
 RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "train_json", "test_json", "classes",
                 "data_root", "img_size", "batch_size", "lr", "head_lr_mult", "momentum", "w_d", "warmup_epoch",
                 "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last", "normalize",
-                "loss", "gamma_pos", "gamma_neg", "asl_clip", "partial_labels")
+                "loss", "gamma_pos", "gamma_neg", "asl_clip", "partial_labels", "recipe", "optimizer", "scheduler",
+                "no_decay_norm_bias", "onecycle_peak", "randaugment", "cutout")
 # options that may change on resume (total_epoch only upwards); they are applied and recorded
 SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp", "tensorboard")
 

@@ -1,0 +1,102 @@
+"""Optimisers and learning-rate schedules of main.py (``--optimizer``, ``--scheduler``).
+
+A schedule is a pure function of the global step (a multiplier of each group's base LR), so a
+resumed run computes exactly the LR the uninterrupted one did, with no scheduler state to save.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List
+
+import torch
+import torch.nn as nn
+
+from pipeline.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("step", "onecycle")
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # start at peak / 25, end at start / 1e4 (the usual one-cycle)
+
+
+def no_decay_names(model: nn.Module) -> set:
+    """Names of biases and of the weights of normalisation layers (BatchNorm, LayerNorm, GroupNorm, ...)."""
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+    names = set()
+    for module_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            if p_name == "bias" or isinstance(module, norms):
+                names.add(f"{module_name}.{p_name}" if module_name else p_name)
+    return names
+
+
+def param_groups(model, lr: float, head_lr_mult: float, weight_decay: float,
+                 no_decay_norm_bias: bool = False) -> List[dict]:
+    """Groups 0 and 1 are the backbone's and the head's (the head at ``head_lr_mult`` x the LR); with
+    ``no_decay_norm_bias`` their biases and normalisation weights follow in groups 2 and 3 without weight
+    decay. Each group keeps its ``base_lr`` for the schedule and a ``name``."""
+    lr_head = lr * head_lr_mult
+    skip = no_decay_names(model) if no_decay_norm_bias else set()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    groups, plain = [], []
+    for part, params, group_lr in (("backbone", model.backbone_parameters(), lr),
+                                   ("head", model.head_parameters(), lr_head)):
+        decay = [p for p in params if name_of[id(p)] not in skip]
+        groups.append({"params": decay, "lr": group_lr, "base_lr": group_lr, "weight_decay": weight_decay,
+                       "name": part})
+        kept = [p for p in params if name_of[id(p)] in skip]
+        if no_decay_norm_bias:
+            plain.append({"params": kept, "lr": group_lr, "base_lr": group_lr, "weight_decay": 0.0,
+                          "name": f"{part}_no_decay"})
+    return groups + plain
+
+
+def make_optimizer(name: str, groups: List[dict], lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {name!r})")
+
+
+def step_factor(step: int, iters_per_epoch: int, warmup_epochs: float, decay_every: int, gamma: float = 0.1) -> float:
+    """The paper's schedule: linear warm-up from 0 over the first ``warmup_epochs`` epochs, per iteration;
+    then x``gamma`` every ``decay_every`` epochs, counted from the start of training."""
+    warm_iters = warmup_epochs * iters_per_epoch
+    warm = min(1.0, step / warm_iters) if warm_iters > 0 else 1.0
+    epoch = step // iters_per_epoch
+    return warm * gamma ** (epoch // decay_every if decay_every > 0 else 0)
+
+
+def _cosine(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * (1.0 + math.cos(math.pi * fraction)) / 2.0
+
+
+def onecycle_factor(step: int, total_steps: int, peak: float = 0.2) -> float:
+    """One cycle per run: cosine from 1/25 of the peak up to the peak at ``peak`` of the steps, then
+    cosine down to 1/25e4 of it at the last step (the same curve as torch's OneCycleLR, no momentum
+    cycling)."""
+    low, final = 1.0 / ONECYCLE_DIV, 1.0 / (ONECYCLE_DIV * ONECYCLE_FINAL_DIV)
+    up_end = peak * total_steps - 1
+    down_end = total_steps - 1
+    if step <= up_end:
+        return _cosine(low, 1.0, step / up_end) if up_end > 0 else 1.0
+    span = down_end - up_end
+    return _cosine(1.0, final, min(1.0, (step - up_end) / span)) if span > 0 else final
+
+
+def make_schedule(name: str, *, iters_per_epoch: int, total_epochs: int, warmup_epochs: float, decay_every: int,
+                  onecycle_peak: float) -> Callable[[int], float]:
+    """step -> LR multiplier of every group's base LR, for optimiser step ``step`` (0-based, over all epochs)."""
+    if name == "step":
+        return lambda step: step_factor(step, iters_per_epoch, warmup_epochs, decay_every)
+    if name == "onecycle":
+        total = iters_per_epoch * total_epochs
+        return lambda step: onecycle_factor(step, total, onecycle_peak)
+    raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)} (got {name!r})")
+
+
+SCHEDULE_HELP: Dict[str, str] = {
+    "step": "linear warm-up over --warmup_epoch, then x0.1 every --decay_every epochs (the paper's)",
+    "onecycle": "one cosine cycle per run, per iteration, peaking at --onecycle_peak of the steps",
+}

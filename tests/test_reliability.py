@@ -386,7 +386,9 @@ def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    last = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()][-1]
+    lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines, f"exit status {proc.returncode} and nothing on stderr"  # (seen once in CI: say what happened)
+    last = lines[-1]
     assert proc.returncode == 130 and last.startswith("interrupted; continue with: python main.py ")
     assert last.endswith(f"--resume {tmp_path / 'run'}") and "Traceback" not in err
     command = shlex.split(last.split("continue with: ", 1)[1])  # the flags of the run, then --resume FOLDER

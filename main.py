@@ -29,7 +29,7 @@ from pipeline.losses import LOSSES, make_criterion, resolved_options
 from pipeline.model import CSRANet
 from pipeline.optim import (OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS, make_optimizer, make_schedule,
                             param_groups)
-from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, describe_recipe
+from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, show_option
 from pipeline.runtime import AMP_CHOICES, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
@@ -49,11 +49,11 @@ STEPS_FILE = "steps.csv"
 
 
 def recipes_help() -> str:
-    text = "; ".join(f"{r.name} ({r.description}): {describe_recipe(r)}" for r in RECIPES.values())
+    text = "; ".join(f"{r.name} ({r.description}): {describe_options(r.values)}" for r in RECIPES.values())
     for name, spec in DATASETS.items():
         if spec.recipe_overrides:
             text += f". --dataset {name} changes them: " + "; ".join(
-                f"{recipe}: " + ", ".join(f"{k} {v}" for k, v in changes.items())
+                f"{recipe}: " + ", ".join(show_option(k, v) for k, v in changes.items())
                 for recipe, changes in spec.recipe_overrides.items())
     return text
 
@@ -315,9 +315,6 @@ def prepare_resume(args, given, locks: list):
     folder, path = du.broadcast_object(resume_paths(args) if du.is_main() else None)
     lock_run(folder, locks)
     changes = reconcile_args(args, folder, given)
-    if args.scheduler == "onecycle" and any(c.startswith("--total_epoch") for c in changes):
-        raise CheckpointError(f"--resume: the run in {folder} uses --scheduler onecycle, whose LR curve spans its "
-                              "recorded --total_epoch; it cannot be changed (start a new run to train longer)")
     resolve(args)
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no training state at {path}")

@@ -20,7 +20,7 @@ ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # start at peak / 25, end at start
 
 def no_decay_names(model: nn.Module) -> set:
     """Names of biases and of the weights of normalisation layers (BatchNorm, LayerNorm, GroupNorm, ...)."""
-    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
     names = set()
     for module_name, module in model.named_modules():
         for p_name, _ in module.named_parameters(recurse=False):
@@ -37,17 +37,16 @@ def param_groups(model, lr: float, head_lr_mult: float, weight_decay: float,
     lr_head = lr * head_lr_mult
     skip = no_decay_names(model) if no_decay_norm_bias else set()
     name_of = {id(p): n for n, p in model.named_parameters()}
-    groups, plain = [], []
+    groups, no_decay = [], []
     for part, params, group_lr in (("backbone", model.backbone_parameters(), lr),
                                    ("head", model.head_parameters(), lr_head)):
-        decay = [p for p in params if name_of[id(p)] not in skip]
-        groups.append({"params": decay, "lr": group_lr, "base_lr": group_lr, "weight_decay": weight_decay,
-                       "name": part})
-        kept = [p for p in params if name_of[id(p)] in skip]
+        group = {"lr": group_lr, "base_lr": group_lr}
+        groups.append(dict(group, params=[p for p in params if name_of[id(p)] not in skip],
+                           weight_decay=weight_decay, name=part))
         if no_decay_norm_bias:
-            plain.append({"params": kept, "lr": group_lr, "base_lr": group_lr, "weight_decay": 0.0,
-                          "name": f"{part}_no_decay"})
-    return groups + plain
+            no_decay.append(dict(group, params=[p for p in params if name_of[id(p)] in skip], weight_decay=0.0,
+                                 name=f"{part}_no_decay"))
+    return groups + no_decay
 
 
 def make_optimizer(name: str, groups: List[dict], lr: float, momentum: float,

@@ -25,9 +25,6 @@ class Recipe:
     values: Dict[str, object]  # main.py option -> value
 
 
-TRAINING_OPTIONS = ("optimizer", "scheduler", "lr", "head_lr_mult", "momentum", "w_d", "no_decay_norm_bias",
-                    "warmup_epoch", "onecycle_peak", "total_epoch", "ema", "loss", "randaugment", "cutout")
-
 RECIPES: Dict[str, Recipe] = {
     "paper": Recipe("paper", "the CSRA paper's", dict(
         optimizer="sgd", scheduler="step", lr=0.01, head_lr_mult=10.0, momentum=0.9, w_d=1e-4, no_decay_norm_bias=False,
@@ -37,6 +34,8 @@ RECIPES: Dict[str, Recipe] = {
         warmup_epoch=2.0, onecycle_peak=0.2, total_epoch=40, ema=0.9997, loss="asl", randaugment=True, cutout=0.5)),
 }
 PAPER = RECIPES["paper"].values
+TRAINING_OPTIONS = tuple(PAPER)  # the options a recipe sets (every recipe sets them all), in display order
+assert all(tuple(r.values) == TRAINING_OPTIONS for r in RECIPES.values())
 
 
 def get_recipe(name: str) -> Recipe:
@@ -71,7 +70,3 @@ def describe_options(values: Dict[str, object], marked: Dict[str, object] = None
         star = "*" if marked is not None and key in marked and values[key] != marked[key] else ""
         out.append(show_option(key, values[key]) + star)
     return ", ".join(out)
-
-
-def describe_recipe(recipe: Recipe) -> str:
-    return describe_options(recipe.values)

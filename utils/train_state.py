@@ -176,6 +176,10 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
             if key == "total_epoch" and args.total_epoch < recorded[key]:
                 raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's "
                                       f"{recorded[key]}; it can only be raised")
+            if key == "total_epoch" and recorded.get("scheduler") == "onecycle":
+                raise CheckpointError(f"--resume: the run in {folder} uses --scheduler onecycle, whose LR curve "
+                                      "spans its recorded --total_epoch; it cannot be changed (start a new run "
+                                      "to train longer)")
             changes.append(f"--{key} {recorded[key]} -> {getattr(args, key)}")
         else:
             setattr(args, key, recorded[key])

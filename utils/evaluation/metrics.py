@@ -73,22 +73,6 @@ def _transposed(a: np.ndarray, rows: int = 512) -> np.ndarray:
     return out
 
 
-def _ap_of_rows(S: np.ndarray, L: np.ndarray, rows: range, out: np.ndarray) -> None:
-    for c in rows:
-        row, labels = S[c], L[c]
-        ps = np.sort(row[labels == 1])
-        if ps.size == 0:
-            continue
-        tp = ps.size - np.searchsorted(ps, ps, side="left")
-        if (labels == 0).any():
-            negatives = np.sort(row[labels == 2])
-            fp = negatives.size - np.searchsorted(negatives, ps, side="left")
-        else:  # every entry counts: the negatives >= s are all entries >= s less the positives
-            row.sort()
-            fp = row.size - np.searchsorted(row, ps, side="left") - tp
-        out[c] = np.mean(tp / (tp + fp))
-
-
 def average_precision(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     """Non-interpolated AP per column; entries neither positive nor negative are ignored.
 
@@ -100,7 +84,18 @@ def average_precision(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> n
     S = _transposed(scores)  # a private copy: sorted in place below
     L = _transposed(pos.view(np.int8) + 2 * neg.view(np.int8))  # 1 positive, 2 negative, 0 ignored
     ap = np.full(S.shape[0], np.nan)
-    _ap_of_rows(S, L, range(S.shape[0]), ap)
+    for c, (row, labels) in enumerate(zip(S, L)):
+        ps = np.sort(row[labels == 1])
+        if ps.size == 0:
+            continue
+        tp = ps.size - np.searchsorted(ps, ps, side="left")
+        if (labels == 0).any():
+            negatives = np.sort(row[labels == 2])
+            fp = negatives.size - np.searchsorted(negatives, ps, side="left")
+        else:  # every entry counts: the negatives >= s are all entries >= s less the positives
+            row.sort()
+            fp = row.size - np.searchsorted(row, ps, side="left") - tp
+        ap[c] = np.mean(tp / (tp + fp))
     return ap
 
 
@@ -199,13 +194,10 @@ def evaluate(scores: np.ndarray, targets: np.ndarray, threshold: float = 0.5, vo
     # top-3: predictions outside a row's 3 best scores drop out, and only a row predicting more than 3
     # classes has any (a score >= threshold always outranks one below it)
     crowded = np.flatnonzero(pred.view(np.uint8).sum(axis=1, dtype=np.int32) > 3)
-    if crowded.size > len(scores) // 2:  # most rows: no gathers
-        dropped = pred & ~top_k_mask(scores, 3)
-        d_tp, d_pred, _ = class_counts(dropped, pos, valid_pr)
-        tp, n_pred = tp - d_tp, n_pred - d_pred
-    elif crowded.size:
-        dropped = pred[crowded] & ~top_k_mask(scores[crowded], 3)
-        d_tp, d_pred, _ = class_counts(dropped, pos[crowded], None if valid_pr is None else valid_pr[crowded])
+    if crowded.size:
+        rows = slice(None) if crowded.size > len(scores) // 2 else crowded  # most rows: no gathers
+        dropped = pred[rows] & ~top_k_mask(scores[rows], 3)
+        d_tp, d_pred, _ = class_counts(dropped, pos[rows], None if valid_pr is None else valid_pr[rows])
         tp, n_pred = tp - d_tp, n_pred - d_pred
     top3 = pr_from_counts(tp, n_pred, n_gt, pr_convention)
     return Report(ap=ap, map=m, undefined_classes=[int(i) for i in np.flatnonzero(~defined)],

@@ -14,14 +14,14 @@ import sys
 
 import torch
 
-from pipeline.dataset import DATASETS, ImageTransform
+from pipeline.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from pipeline.model import load_for_inference
 from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
-from utils.cli import (add_model_args, add_record_flag, add_runtime_args, describe_inference, model_kwargs, new_parser,
-                       parse_args, run_main)
+from utils.cli import (add_checkpoint_args, add_model_args, add_runtime_args, describe_inference, model_kwargs,
+                       new_parser, parse_args, run_main)
 from utils.predictions import class_thresholds, describe, find_images, finish, label_record
 from utils.visualize import save_heatmaps
 
@@ -30,12 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Predict labels (and heatmaps) for images.")
     add_model_args(p)
     add_runtime_args(p)
-    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="sets the class names, size and normalisation of a checkpoint without a run record")
-    p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
-    p.add_argument("--load_from", required=True,
-                   help="checkpoint (trained here: the model options come from the run record beside it)")
-    add_record_flag(p)
+    add_checkpoint_args(p)
     p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--thresholds", default=None, metavar="FILE",

@@ -18,23 +18,18 @@ import os
 import shutil
 import tempfile
 
-from pipeline.dataset import DATASETS
 from pipeline.errors import ConfigError
 from pipeline.export import FORMATS, TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
-from utils.cli import add_model_args, add_record_flag, describe_inference, model_kwargs, new_parser, parse_args, run_main
+from utils.cli import (add_checkpoint_args, add_model_args, describe_inference, model_kwargs, new_parser, parse_args,
+                       run_main)
 from utils.fileio import OutputError, atomic_write, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.")
     add_model_args(p)
-    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="sets the class names, size and normalisation of a checkpoint without a run record")
-    p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
-    p.add_argument("--load_from", required=True,
-                   help="checkpoint (trained here: the model options come from the run record beside it)")
-    add_record_flag(p)
+    add_checkpoint_args(p)
     p.add_argument("--format", required=True, choices=list(FORMATS))
     p.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
     p.add_argument("--with_maps", action="store_true", help="also output one head's heatmaps (N, C, h, w)")

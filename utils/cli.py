@@ -136,6 +136,16 @@ def add_record_flag(p: argparse.ArgumentParser) -> None:
                    help="ignore the run record (args.json) beside --load_from: describe the model by flags only")
 
 
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """The checkpoint and what describes it, for the scripts that read no dataset JSON (demo, export)."""
+    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
+                   help="sets the class names, size and normalisation of a checkpoint without a run record")
+    p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
+    p.add_argument("--load_from", required=True,
+                   help="checkpoint (trained here: the model options come from the run record beside it)")
+    add_record_flag(p)
+
+
 def typed_flags(argv: Sequence[str]) -> Set[str]:
     """The option names typed on the command line (``--lr 0.1`` and ``--lr=0.1`` both give 'lr');
     exact, because no parser accepts abbreviations."""

@@ -14,7 +14,8 @@ written the way the authors' code trains (``model(x)``, BCE, SGD step); every ot
 ``engine.train_step`` under a ``Runtime``, and its ratio is to that reference, in the same run.
 On CUDA it also prints peak memory and the fraction of this GPU's bf16 matmul rate the step
 achieves (both measured in this run: a large bf16 matmul, and the step's FLOPs counted by
-``torch.utils.flop_counter``).
+``torch.utils.flop_counter``), and one bf16 channels-last row with ``cudnn.benchmark`` off (our rows have it
+on, as ``Runtime.prepare_model`` sets it on CUDA; the authors-style loop has it off).
 """
 from __future__ import annotations
 
@@ -162,6 +163,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the model")
     p.add_argument("--fp16_cpu", action="store_true", help="also time fp16 on CPU (runs, but very slowly)")
+    p.add_argument("--rows", choices=["all", "auto"], default="all",
+                   help="auto: only the reference and what --amp auto picks (with its cudnn.benchmark-off and "
+                        "compiled rows): what gpu_check.py times")
     p.add_argument("--quick", action="store_true", help="small_cnn at 64 px, batch 16, 3 timed steps per row")
     p.add_argument("--contended", type=int, nargs="?", const=2, default=0, metavar="N",
                    help="also time the rows while N busy processes (default 2) share the cores: quiet and "
@@ -186,20 +190,26 @@ def main() -> None:
         batches = make_batches(a.warmup + steps, batch, size, 80)
         print(f"\n{name} at {size} px, batch {batch}, 80 classes")
         print(f"{'path':46s}{'img/s':>10s}{'ratio':>8s}" + (f"{'peak GiB':>10s}{'of bf16 peak':>14s}" if cuda else ""))
+        torch.backends.cudnn.benchmark = False  # the plain loop sets nothing
         ref, _ = rate(authors_loop(new_model(name, size, 80, device), device), batches, a.warmup, device)
         print(f"{'authors-style loop, fp32 NCHW':46s}{ref:10.1f}{1.0:8.2f}")
-        rows = [(amp, cl, False) for amp, cl in variants(device, a.fp16_cpu)]
+        best = resolve_runtime(device, name, "auto", True, "unit").amp
+        pairs = [(best, True)] if a.rows == "auto" else variants(device, a.fp16_cpu)
+        rows = [(amp, cl, False, True) for amp, cl in pairs]
+        if cuda:  # what cudnn.benchmark (set by Runtime.prepare_model on CUDA) is worth
+            rows.append((best, True, False, False))
         if a.compile:
-            best = "bf16" if (cuda or cpu_has_native_bf16()) else "off"
-            rows.append((best, True, True))
-        for amp, cl, compiled in rows:
+            rows.append((best, True, True, True))
+        for amp, cl, compiled, cudnn_benchmark in rows:
             runtime = Runtime(device, amp, cl, (0.0,) * 3, (1.0,) * 3)
             model = runtime.prepare_model(new_model(name, size, 80, device))
+            torch.backends.cudnn.benchmark = cudnn_benchmark
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             net = torch.compile(model) if compiled else model
             r, warm_s = rate(our_step(net, runtime), batches, a.warmup, device)
-            label = f"train_step, {amp}, {'channels-last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+            label = (f"train_step, {amp}, {'channels-last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+                     + ("" if cudnn_benchmark or not cuda else ", cudnn.benchmark off"))
             extra = ""
             if cuda:
                 mem = torch.cuda.max_memory_allocated(device) / 2 ** 30

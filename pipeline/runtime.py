@@ -40,6 +40,11 @@ class Runtime:
         return torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        """The model on the device in the memory format. On CUDA also lets cuDNN time its convolution
+        algorithms once per input shape (``cudnn.benchmark``, as torchvision's and timm's training scripts
+        do): the sizes are fixed here, and CUDA runs are not bit-exact on resume anyway."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -41,8 +41,8 @@ from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atom
 from utils.progress import RunClock, StepLog
 from utils.run_lock import RunLock, RunLockedError
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
-                               read_recorded_args, reconcile_args, remove_stale_temporaries, restore_train_state,
-                               save_train_state)
+                               precision_change_note, read_recorded_args, reconcile_args, remove_stale_temporaries,
+                               restore_train_state, save_train_state)
 
 LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
@@ -364,6 +364,11 @@ def _train(args, given, locks: list) -> dict:
     eval_runtime = resolve_runtime(device, args.model, args.eval_amp, runtime.channels_last, args.normalize)
     if runtime_warning(runtime) and du.is_main():
         print(runtime_warning(runtime))
+    if state is not None and du.is_main():
+        note = precision_change_note(state.get("runtime") or read_recorded_args(folder).get("runtime"), runtime,
+                                     args.amp)
+        if note:
+            print(note)
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
     model = runtime.prepare_model(model)
     head_lr_mult = args.head_lr_mult if model.head_kind.head_lr_mult else 1.0
@@ -421,7 +426,7 @@ def _train(args, given, locks: list) -> dict:
             steps.flush()  # every step up to the state is on disk before the state is
         if du.is_main():
             save_train_state(state_path, model=model, optimizer=optimizer, scaler=scaler, ema=ema, epoch=epoch,
-                             it=it, best=best, args=vars(args), run_id=args.run_id)
+                             it=it, best=best, args=vars(args), run_id=args.run_id, runtime=runtime.as_dict())
 
     if du.is_main():
         print(f"training {describe_model(args)}, --recipe {args.recipe} ({describe_in_force(args)})"

@@ -123,6 +123,39 @@ def test_a_state_from_another_run_is_refused(tmp_path):
     one_line_error(r, "does not fit this run's model and optimizer")
 
 
+def test_resume_where_auto_picks_another_precision_says_so_and_may_keep_it(tmp_path):
+    """A run with --amp auto resumed on another kind of machine: simulated by recording the other choice
+    in its state. A note names both precisions; --amp with the old one is taken (a run with a typed
+    precision still refuses another)."""
+    from pipeline.runtime import resolve_runtime
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    train_main.main(train_argv(files, tmp_path / "a", "--total_epoch", "1"))
+    here = resolve_runtime(torch.device("cpu"), "small_cnn", "auto").amp
+    other = "bf16" if here == "off" else "off"
+    name = {"off": "float32", "bf16": "bf16 autocast"}
+    state_path = tmp_path / "a" / "train_state.pth"
+    state = torch.load(state_path, weights_only=True)
+    assert state["runtime"]["amp"] == here  # the state records what its steps ran in
+    state["runtime"]["amp"] = other
+    torch.save(state, state_path)
+    r = run_py("main.py", *train_argv(files, tmp_path / "a", "--total_epoch", "2", "--resume", tmp_path / "a"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert (f"note: this run's last steps trained in {name[other]} on cpu; here --amp auto picks {name[here]}"
+            in r.stdout) and f"add --amp {other} to keep" in r.stdout
+    r = run_py("main.py", *train_argv(files, tmp_path / "a", "--total_epoch", "3", "--amp", other,
+                                      "--resume", tmp_path / "a"))
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert f"--amp auto -> {other}" in r.stdout and "last steps trained in" not in r.stdout
+    log = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert [e["amp"] for e in log] == [here, here, other]
+    record = json.loads((tmp_path / "a" / "args.json").read_text())
+    assert record["amp"] == "auto" and f"--amp auto -> {other}" in record["resume_changes"]
+    train_main.main(train_argv(files, tmp_path / "b", "--total_epoch", "1", "--amp", here))
+    r = run_py("main.py", *train_argv(files, tmp_path / "b", "--total_epoch", "2", "--amp", other,
+                                      "--resume", tmp_path / "b"))
+    one_line_error(r, f"--amp is {other} but the run in", f"was started with {here}")
+
+
 # --- non-finite weights -------------------------------------------------------------------------------
 def test_every_loader_refuses_non_finite_weights(trained, tmp_path):
     root, files = trained

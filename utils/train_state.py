@@ -16,7 +16,7 @@ from typing import List, Optional, Set, Tuple
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
 from pipeline.jsonfile import read_json
-from pipeline.runtime import legacy_normalize
+from pipeline.runtime import cpu_has_native_bf16, legacy_normalize
 from utils.fileio import save_torch_atomic
 
 FORMAT = "csra-train-state"
@@ -25,9 +25,11 @@ REQUIRED = ("model", "optimizer", "epoch", "iter", "best")
 
 
 def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, epoch: int, it: int, best: dict,
-                     args: Optional[dict] = None, run_id: Optional[str] = None) -> None:
+                     args: Optional[dict] = None, run_id: Optional[str] = None,
+                     runtime: Optional[dict] = None) -> None:
+    """``runtime``: what the steps up to this state ran in (``Runtime.as_dict``), for the resume note."""
     save_torch_atomic({
-        "format": FORMAT, "version": VERSION, "run_id": run_id,
+        "format": FORMAT, "version": VERSION, "run_id": run_id, "runtime": runtime,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
@@ -159,16 +161,19 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
     recorded = read_recorded_args(folder)
     if not recorded.get("normalize") and recorded.get("model"):  # a run from before normalisation was recorded
         recorded["normalize"] = legacy_normalize(recorded["model"])
+    changes = []
     for key in RUN_DEFINING:
         if key not in recorded:
             continue
         now, then = _as_recorded(getattr(args, key, None)), recorded[key]
+        if key == "amp" and then == "auto" and key in given and now != then:
+            changes.append(f"--amp auto -> {now}")  # 'auto' never fixed the precision: each machine picks its own
+            continue
         if key in given and now != then:
             raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
                                   "drop the flag to continue it, or start a new run")
         setattr(args, key, then)
     args.run_id = recorded.get("run_id")  # None for a run from before run ids
-    changes = []
     for key in SAFE_TO_CHANGE:
         if key not in recorded:
             continue
@@ -184,6 +189,21 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
         else:
             setattr(args, key, recorded[key])
     return changes
+
+
+def precision_change_note(trained: Optional[dict], runtime, amp_flag: str) -> str:
+    """One line when a resumed run goes on in another precision than its last steps used ('' if the same,
+    unknown, or typed). ``trained``: the state's (or else the run record's) runtime; ``amp_flag``: --amp now."""
+    then = (trained or {}).get("amp")
+    if amp_flag != "auto" or then is None or then == runtime.amp:
+        return ""
+    def name(amp: str) -> str:
+        return "float32" if amp == "off" else f"{amp} autocast"
+    slow = " (emulated on this CPU: several times slower)" if (
+        then == "bf16" and runtime.device.type == "cpu" and not cpu_has_native_bf16()) else ""
+    return (f"note: this run's last steps trained in {name(then)} on {trained.get('device', '?')}; here --amp auto "
+            f"picks {name(runtime.amp)}, so it goes on in {name(runtime.amp)} (not bit-equal to an uninterrupted run); "
+            f"add --amp {then} to keep {name(then)}{slow}")
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:

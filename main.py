@@ -30,7 +30,7 @@ from pipeline.model import CSRANet
 from pipeline.optim import (OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS, make_optimizer, make_schedule,
                             param_groups)
 from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, show_option
-from pipeline.runtime import AMP_CHOICES, resolve_runtime, runtime_warning
+from pipeline.runtime import AMP_CHOICES, precision_name, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
                        describe_model, finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve,
@@ -319,7 +319,10 @@ def prepare_resume(args, given, locks: list):
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no training state at {path}")
     state = load_train_state(path)
-    check_state_identity(state, path, read_recorded_args(folder), os.path.join(folder, "args.json"))
+    recorded = read_recorded_args(folder)
+    check_state_identity(state, path, recorded, os.path.join(folder, "args.json"))
+    if state.get("runtime") is None:  # a state from before states recorded their runtime
+        state["runtime"] = recorded.get("runtime")
     if state["epoch"] >= args.total_epoch:
         raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {args.total_epoch} "
                               "epochs); raise --total_epoch to train it further")
@@ -327,7 +330,6 @@ def prepare_resume(args, given, locks: list):
         for name in remove_stale_temporaries(folder):
             print(f"removed {os.path.join(folder, name)}, left by an interrupted write")
         if changes:
-            recorded = read_recorded_args(folder)
             recorded.update({k: getattr(args, k) for k in SAFE_TO_CHANGE})
             recorded.setdefault("resume_changes", []).extend(changes)
             with atomic_write(os.path.join(folder, "args.json")) as f:
@@ -365,8 +367,7 @@ def _train(args, given, locks: list) -> dict:
     if runtime_warning(runtime) and du.is_main():
         print(runtime_warning(runtime))
     if state is not None and du.is_main():
-        note = precision_change_note(state.get("runtime") or read_recorded_args(folder).get("runtime"), runtime,
-                                     args.amp)
+        note = precision_change_note(state["runtime"], runtime, args.amp)
         if note:
             print(note)
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
@@ -432,7 +433,7 @@ def _train(args, given, locks: list) -> dict:
         print(f"training {describe_model(args)}, --recipe {args.recipe} ({describe_in_force(args)})"
               f"{', partial labels' if args.partial_labels else ''}, on {len(train_set)} images ({args.dataset}), "
               f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
-              f"{'float32' if eval_runtime.amp == 'off' else eval_runtime.amp + ' autocast'}; run folder {folder}")
+              f"{precision_name(eval_runtime.amp)}; run folder {folder}")
     last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)

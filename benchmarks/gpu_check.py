@@ -77,7 +77,8 @@ STEPS = [
     ("CUDA-only tests", [PY, "-m", "pytest", "-q", "-rs", "tests/test_cuda.py"], 120,
      "every precision, channels-last, DDP over NCCL, SIGKILL resume"),
     ("training ResNet-101 448 px", [PY, "benchmarks/bench_train.py", "--configs", "resnet101:448:16,resnet101:448:32",
-                                    "--rows", "auto", "--compile", "--steps", "20"], 270, ">= 1,400 img/s, >= 35% of bf16 matmul"),
+                                    "--rows", "auto", "--compile", "--steps", "20"], 270,
+     ">= 1,400 img/s, >= 35% of bf16 matmul"),
     ("data loader 448 px, 8/16 workers", [PY, "-c", LOADER], 45, ">= 2,000 img/s with 16 workers"),
     ("evaluation ResNet-101 448 px", [PY, "-c", EVAL], 45, "float32 (default) and bf16"),
 ]

@@ -54,8 +54,7 @@ class Runtime:
         return to_model_input(images, self.mean, self.std, self.device, self.channels_last)
 
     def describe(self) -> str:
-        precision = "float32" if self.amp == "off" else f"{self.amp} autocast"
-        return (f"{self.device.type}, {precision}, {'channels-last' if self.channels_last else 'NCHW'}, "
+        return (f"{self.device.type}, {precision_name(self.amp)}, {'channels-last' if self.channels_last else 'NCHW'}, "
                 f"input normalisation {self.normalize}")
 
     def as_dict(self) -> dict:
@@ -75,6 +74,16 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def precision_name(amp: str) -> str:
+    """How logs name an --amp value: 'float32' or '<dtype> autocast'."""
+    return "float32" if amp == "off" else f"{amp} autocast"
+
+
+def bf16_is_emulated(device: torch.device, amp: str) -> bool:
+    """Whether ``amp`` on ``device`` is bfloat16 on a CPU that only emulates it (several times slower)."""
+    return device.type == "cpu" and amp == "bf16" and not cpu_has_native_bf16()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -132,7 +141,7 @@ def runtime_warning(runtime: Runtime) -> str:
     """A note for choices that run but slowly on this machine ('' if none)."""
     if runtime.device.type == "cpu" and runtime.amp == "fp16":
         return "note: --amp fp16 on CPU runs, but much slower than bf16 or off"
-    if runtime.device.type == "cpu" and runtime.amp == "bf16" and not cpu_has_native_bf16():
+    if bf16_is_emulated(runtime.device, runtime.amp):
         return ("warning: this CPU has no native bfloat16 (no AVX512-BF16/AMX): --amp bf16 is emulated, several "
                 "times slower than float32 (bench_train.py on a 2-core AVX2 CPU: 0.14-0.19x for small_cnn); "
                 "--amp auto or off is faster")

@@ -16,7 +16,7 @@ from typing import List, Optional, Set, Tuple
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
 from pipeline.jsonfile import read_json
-from pipeline.runtime import cpu_has_native_bf16, legacy_normalize
+from pipeline.runtime import bf16_is_emulated, legacy_normalize, precision_name
 from utils.fileio import save_torch_atomic
 
 FORMAT = "csra-train-state"
@@ -193,17 +193,16 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
 
 def precision_change_note(trained: Optional[dict], runtime, amp_flag: str) -> str:
     """One line when a resumed run goes on in another precision than its last steps used ('' if the same,
-    unknown, or typed). ``trained``: the state's (or else the run record's) runtime; ``amp_flag``: --amp now."""
+    unknown, or typed). ``trained``: the state's runtime (main.prepare_resume fills it from the run record for
+    states written before states recorded it); ``amp_flag``: --amp now."""
     then = (trained or {}).get("amp")
     if amp_flag != "auto" or then is None or then == runtime.amp:
         return ""
-    def name(amp: str) -> str:
-        return "float32" if amp == "off" else f"{amp} autocast"
-    slow = " (emulated on this CPU: several times slower)" if (
-        then == "bf16" and runtime.device.type == "cpu" and not cpu_has_native_bf16()) else ""
-    return (f"note: this run's last steps trained in {name(then)} on {trained.get('device', '?')}; here --amp auto "
-            f"picks {name(runtime.amp)}, so it goes on in {name(runtime.amp)} (not bit-equal to an uninterrupted run); "
-            f"add --amp {then} to keep {name(then)}{slow}")
+    now = precision_name(runtime.amp)
+    slow = " (emulated on this CPU: several times slower)" if bf16_is_emulated(runtime.device, then) else ""
+    return (f"note: this run's last steps trained in {precision_name(then)} on {trained.get('device', '?')}; here "
+            f"--amp auto picks {now}, so it goes on in {now} (not bit-equal to an uninterrupted run); "
+            f"add --amp {then} to keep {precision_name(then)}{slow}")
 
 
 def remove_stale_temporaries(folder: str) -> List[str]:

@@ -371,7 +371,7 @@ def _train(args, given, locks: list) -> dict:
         if note:
             print(note)
     model = CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix)
-    model = runtime.prepare_model(model)
+    model = runtime.prepare_model(model, train=True)
     head_lr_mult = args.head_lr_mult if model.head_kind.head_lr_mult else 1.0
     optimizer = make_optimizer(args.optimizer, param_groups(model, args.lr, head_lr_mult, args.w_d,
                                                             args.no_decay_norm_bias),

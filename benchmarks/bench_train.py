@@ -15,7 +15,7 @@ written the way the authors' code trains (``model(x)``, BCE, SGD step); every ot
 On CUDA it also prints peak memory and the fraction of this GPU's bf16 matmul rate the step
 achieves (both measured in this run: a large bf16 matmul, and the step's FLOPs counted by
 ``torch.utils.flop_counter``), and one bf16 channels-last row with ``cudnn.benchmark`` off (our rows have it
-on, as ``Runtime.prepare_model`` sets it on CUDA; the authors-style loop has it off).
+on, as ``Runtime.prepare_model(train=True)`` sets it on CUDA; the authors-style loop has it off).
 """
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def contended_table(configs: str, steps: int, warmup: int, device: torch.device,
         auto = resolve_runtime(device, name, "auto", True, "unit")
         paths = [("authors-style loop, fp32 NCHW", lambda: authors_loop(new_model(name, size, 80, device), device)),
                  (f"train_step, auto: {auto.amp}, {'CL' if auto.channels_last else 'NCHW'}",
-                  lambda: our_step(auto.prepare_model(new_model(name, size, 80, device)), auto))]
+                  lambda: our_step(auto.prepare_model(new_model(name, size, 80, device), train=True), auto))]
         for label, make in paths:
             quiet, _ = rate(make(), batches, warmup, device)
             procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=600)]) for _ in range(busy)]
@@ -196,13 +196,13 @@ def main() -> None:
         best = resolve_runtime(device, name, "auto", True, "unit").amp
         pairs = [(best, True)] if a.rows == "auto" else variants(device, a.fp16_cpu)
         rows = [(amp, cl, False, True) for amp, cl in pairs]
-        if cuda:  # what cudnn.benchmark (set by Runtime.prepare_model on CUDA) is worth
+        if cuda:  # what cudnn.benchmark (set by Runtime.prepare_model(train=True) on CUDA) is worth
             rows.append((best, True, False, False))
         if a.compile:
             rows.append((best, True, True, True))
         for amp, cl, compiled, cudnn_benchmark in rows:
             runtime = Runtime(device, amp, cl, (0.0,) * 3, (1.0,) * 3)
-            model = runtime.prepare_model(new_model(name, size, 80, device))
+            model = runtime.prepare_model(new_model(name, size, 80, device), train=True)
             torch.backends.cudnn.benchmark = cudnn_benchmark
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)

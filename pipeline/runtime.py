@@ -39,11 +39,12 @@ class Runtime:
         """Loss scaling, needed by float16 only (enabled=False otherwise, a no-op)."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        """The model on the device in the memory format. On CUDA also lets cuDNN time its convolution
-        algorithms once per input shape (``cudnn.benchmark``, as torchvision's and timm's training scripts
-        do): the sizes are fixed here, and CUDA runs are not bit-exact on resume anyway."""
-        if self.device.type == "cuda":
+    def prepare_model(self, model: nn.Module, train: bool = False) -> nn.Module:
+        """The model on the device in the memory format. For training on CUDA (``train``) also lets cuDNN
+        time its convolution algorithms once per input shape (``cudnn.benchmark``, as torchvision's reference
+        training does): the sizes are fixed, and CUDA runs are not bit-exact on resume anyway. Evaluation
+        scripts leave it off (torchvision turns it off for --test-only: scores could vary between runs)."""
+        if train and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         model = model.to(self.device)
         if self.channels_last:

@@ -25,7 +25,9 @@ def test_training_steps_in_every_precision_and_format(amp, channels_last):
     torch.manual_seed(0)
     rt = resolve_runtime(CUDA, "resnet18", amp, channels_last, "unit")
     torch.backends.cudnn.benchmark = False
-    model = rt.prepare_model(CSRANet("resnet18", 5, num_heads=4, img_size=64, pretrained="none").train())
+    rt.prepare_model(CSRANet("resnet18", 5, img_size=64, pretrained="none"))
+    assert not torch.backends.cudnn.benchmark  # evaluation leaves cuDNN's choice alone
+    model = rt.prepare_model(CSRANet("resnet18", 5, num_heads=4, img_size=64, pretrained="none").train(), train=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scaler = rt.grad_scaler()
     g = torch.Generator().manual_seed(0)
@@ -35,7 +37,7 @@ def test_training_steps_in_every_precision_and_format(amp, channels_last):
     losses = [train_step(model, make_criterion("bce"), opt, images, targets, rt, scaler) for _ in range(10)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert torch.backends.cudnn.benchmark  # set by prepare_model on CUDA
+    assert torch.backends.cudnn.benchmark  # set by prepare_model(train=True) on CUDA
 
 
 def test_ddp_over_nccl_with_one_process(tmp_path):

@@ -27,6 +27,7 @@ from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CheckpointError, ConfigError, CSRAError
 from pipeline.losses import LOSSES, make_criterion, resolved_options
 from pipeline.model import CSRANet
+from pipeline.pretrained import check_source
 from pipeline.optim import (OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS, make_optimizer, make_schedule,
                             param_groups)
 from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, show_option
@@ -92,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (the paper's recipe by default)")
     g.add_argument("--train_json", default=None, help="train on this prepared JSON instead of the dataset's")
     g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
-    g.add_argument("--pretrained", default="imagenet", choices=["imagenet", "none"],
-                   help="backbone initialisation (--dataset demo: none)")
+    g.add_argument("--pretrained", default="imagenet", metavar="imagenet|none|PATH",
+                   help="backbone initialisation: the provider's ImageNet weights (torchvision's, or timm's "
+                        "default for timm/<name>), none, or a local .pth/.pt/.safetensors file in the provider's "
+                        "layout, its classifier dropped (--dataset demo: none)")
     g.add_argument("--recipe", default="paper", choices=list(RECIPES),
                    help="a preset of the training options below; any of them typed wins. " + recipes_help())
     g.add_argument("--optimizer", default=PAPER["optimizer"], choices=list(OPTIMIZERS),
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 def get_args(argv=None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(build_parser(), argv, train=True)
+    check_source(args.pretrained)
+    if args.cutmix:
+        check_source(args.cutmix, "--cutmix")
     typed = given_flags(argv)
     for flag, (option, choice) in APPLIES_TO.items():
         if flag in typed and getattr(args, option) != choice:

@@ -1,13 +1,17 @@
 """The backbone table: everything the code knows about a backbone, in one entry each.
 
-A ``Backbone`` names the torchvision constructor and ImageNet weights, the modules of the
-torchvision model that ``CSRANet`` adopts (their names are the checkpoint keys, so state dicts
-keep the authors' layout), the function from input to feature map, the feature width and the
-backbone's own input normalisation. Adding a backbone is adding one ``register(...)`` call below; checkpoints
-are recognised by comparing their keys and shapes with the backbone's own, so nothing else changes.
+A ``Backbone`` names how to build the provider's model (torchvision's here; timm's through
+``pipeline.timm_backbones`` for ``--model timm/<name>``), its ImageNet weights, the modules of that
+model that ``CSRANet`` adopts (their names are the checkpoint keys, so state dicts keep the provider's
+layout, which for ResNets is the authors'), the function from input to feature map, the feature
+width, the weights' own input normalisation and, for the training-free rule on the provider's own
+classifier, the function from feature map to that classifier's logits. Adding a backbone is one
+``register(...)`` call below; checkpoints are recognised by comparing their keys and shapes with the
+backbone's own, so nothing else changes.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -17,33 +21,55 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision.models as tvm
+from torchvision.models.regnet import BlockParams, RegNet
 
 from pipeline.errors import ConfigError
 
 Size = Tuple[int, int]
+Normalization = Tuple[Tuple[float, ...], Tuple[float, ...]]
 # Input normalisations on pixels in [0, 1] (named in pipeline.runtime.NORMALIZATIONS).
 UNIT_RANGE = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+TIMM_PREFIX = "timm/"
+# (model, images) -> (logits of the model as it is (B, K), the classifier at every location (B, K, L))
+Classify = Callable[[nn.Module, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Backbone:
     name: str                                   # the --model value
     display: str                                # how messages name it
-    family: str                                 # "resnet", "vit", "cnn": what --cutmix and helpers accept
-    build: Callable[[], nn.Module]              # the torchvision model, random weights
+    family: str                                 # "resnet", "vit", "cnn", "mobilenet", ...: --cutmix takes "resnet"
+    build: Callable[..., nn.Module]             # the provider's whole model (its classifier too), random weights
     weights: Optional[object]                   # torchvision ImageNet weights enum, or None
     parts: Tuple[str, ...]                      # attributes of that model that CSRANet keeps
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, images) -> (B, d, h, w)
     feat_dim: int
-    # the backbone's own input convention; runs now normalise by dataset (the authors' rule), and this
-    # is only what runs trained here before normalisation was recorded used
-    normalization: Tuple[Tuple[float, ...], Tuple[float, ...]] = UNIT_RANGE
+    # the input normalisation the weights were trained with; for the authors' backbones, what runs trained
+    # here used before normalisation was recorded (they now normalise by dataset, the authors' rule)
+    normalization: Normalization = UNIT_RANGE
     img_size: Optional[int] = None              # input size it dictates (else the dataset's)
     batch_size: Optional[int] = None            # batch it dictates (else the dataset's)
     # state-dict entries whose shape follows the input size: key -> fn(tensor, img_size)
     resizable: Dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = field(default_factory=dict)
+    authors: bool = False                       # in the authors' code: normalised by their dataset rule, their layout
+    classifier: Tuple[str, ...] = ()            # the provider model's ImageNet classifier (attributes = key prefixes)
+    classify: Optional[Classify] = None         # its logits as they are and at every location (training-free rule)
+    provider: str = "torchvision"
+    sized: bool = False                         # build(img_size=...) (timm ViTs: position embeddings for the grid)
+    num_params: Optional[int] = None            # parameters of the whole ImageNet model
+
+    def create(self, img_size: int, **kwargs) -> nn.Module:
+        """The provider's model with random weights (``kwargs``: the provider's own options)."""
+        return self.build(img_size=img_size, **kwargs) if self.sized else self.build(**kwargs)
+
+    @property
+    def weights_file(self) -> str:
+        """Where its ImageNet weights come from, for tables and messages."""
+        if self.weights is not None:
+            return self.weights.url.rsplit("/", 1)[-1]
+        return ""
 
 
 BACKBONES: Dict[str, Backbone] = {}
@@ -55,17 +81,37 @@ def register(backbone: Backbone) -> Backbone:
 
 
 def get_backbone(name: str) -> Backbone:
-    """The table entry for a --model value (case-insensitive)."""
+    """The table entry for a --model value (case-insensitive), or timm's model for ``timm/<name>``."""
+    if name.startswith(TIMM_PREFIX):
+        from pipeline.timm_backbones import timm_backbone  # timm is optional: imported when asked for
+        return timm_backbone(name[len(TIMM_PREFIX):])
     for known, spec in BACKBONES.items():
         if name.lower() == known.lower():
             return spec
-    raise ConfigError(f"unknown --model {name!r}; choose one of {', '.join(BACKBONES)}")
+    close = difflib.get_close_matches(name.lower(), [n.lower() for n in BACKBONES], n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"unknown --model {name!r}; {hint}the table: python tools/list_backbones.py, or "
+                      "timm/<name> for a timm model")
 
 
-# --- feature functions: run on the CSRANet that adopted the parts -----------------------
+# --- feature functions: run on the CSRANet that adopted the parts, or on the provider's model --------
 def resnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     return m.layer4(m.layer3(m.layer2(m.layer1(x))))
+
+
+def sequential_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MobileNet, EfficientNet, ConvNeXt: the ``features`` stack ends at stride 32."""
+    return m.features(x)
+
+
+def regnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.trunk_output(m.stem(x))
+
+
+def swin_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Swin's stages work on (B, h, w, d); its last LayerNorm is per location, so it belongs to the map."""
+    return m.norm(m.features(x)).permute(0, 3, 1, 2)
 
 
 def resize_pos_embedding(pos: torch.Tensor, grid: Size) -> torch.Tensor:
@@ -83,21 +129,68 @@ def resize_pos_embedding(pos: torch.Tensor, grid: Size) -> torch.Tensor:
     return torch.cat([cls_pos, p.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], d)], dim=1)
 
 
-def vit_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Patch tokens of the last layer as a (B, d, h, w) map; the class token is dropped. Position
-    embeddings are interpolated on the fly when the input grid differs from the model's."""
+def vit_tokens(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, Size]:
+    """All tokens of the last layer, class token first, and the patch grid. Position embeddings are
+    interpolated on the fly when the input grid differs from the model's."""
     x = m.conv_proj(x)
     B, d, h, w = x.shape
     tokens = x.flatten(2).transpose(1, 2)
     cls = m.class_token.expand(B, -1, -1)
     pos = resize_pos_embedding(m.encoder.pos_embedding, (h, w))
     tokens = torch.cat([cls, tokens], dim=1) + pos
-    tokens = m.encoder.ln(m.encoder.layers(m.encoder.dropout(tokens)))
-    return tokens[:, 1:].transpose(1, 2).reshape(B, d, h, w)
+    return m.encoder.ln(m.encoder.layers(m.encoder.dropout(tokens))), (h, w)
+
+
+def vit_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Patch tokens of the last layer as a (B, d, h, w) map; the class token is dropped (paper, Table 1)."""
+    tokens, (h, w) = vit_tokens(m, x)
+    return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
 
 
 def _vit_pos_resizer(patch: int) -> Callable[[torch.Tensor, int], torch.Tensor]:
     return lambda pos, img_size: resize_pos_embedding(pos, (img_size // patch, img_size // patch))
+
+
+# --- the provider's classifier, as it is and at every location (the training-free rule) --------------
+def at_every_location(f: torch.Tensor) -> torch.Tensor:
+    """(B, d, h, w) -> (B*h*w, d, 1, 1): each location as a map of its own, so a classifier that pools
+    and then classifies gives that location's logits."""
+    B, d, h, w = f.shape
+    return f.permute(0, 2, 3, 1).reshape(B * h * w, d, 1, 1)
+
+
+def classify_with(features: Callable[[nn.Module, torch.Tensor], torch.Tensor],
+                  tail: Callable[[nn.Module, torch.Tensor], torch.Tensor]) -> Classify:
+    """The training-free rule's inputs for a model that pools its feature map and then classifies
+    (``tail``: pooling included): its own logits, and the tail applied to every location alone."""
+    def classify(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        f = features(m, x)
+        B, _, h, w = f.shape
+        local = tail(m, at_every_location(f)).reshape(B, h * w, -1).transpose(1, 2)
+        return tail(m, f), local
+    return classify
+
+
+def vit_classify(m: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's ViT classifies its class token; at every location, each patch token."""
+    tokens, _ = vit_tokens(m, x)
+    return m.heads(tokens[:, 0]), m.heads(tokens[:, 1:]).transpose(1, 2)
+
+
+def _fc_tail(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    return m.fc(torch.flatten(m.avgpool(f), 1))
+
+
+def _classifier_tail(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    return m.classifier(torch.flatten(F.adaptive_avg_pool2d(f, (1, 1)), 1))
+
+
+def _convnext_tail(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    return m.classifier(m.avgpool(f))  # LayerNorm2d on the pooled (N, d, 1, 1) map, flatten, linear
+
+
+def _swin_tail(m: nn.Module, f: torch.Tensor) -> torch.Tensor:
+    return m.head(m.flatten(m.avgpool(f)))
 
 
 # --- the small CPU demo backbone ----------------------------------------------------------
@@ -121,36 +214,84 @@ class SmallCNN(nn.Module):
         return self.stage3(self.stage2(self.stage1(self.stem(x))))
 
 
+# --- RegNet-Y: torchvision's builders compute stage widths from tensor values, which a meta-device
+# build (checkpoint signatures) cannot; the same constants, the widths computed on the CPU -----------
+def _regnet_y(depth: int, w_0: int, w_a: float, w_m: float, group_width: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with torch.device("cpu"):
+            params = BlockParams.from_init_params(depth=depth, w_0=w_0, w_a=w_a, w_m=w_m,
+                                                  group_width=group_width, se_ratio=0.25)
+        return RegNet(params, norm_layer=functools.partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1))
+    return build
+
+
 # --- the table ----------------------------------------------------------------------------
+def _torchvision(name: str, display: str, family: str, parts: Tuple[str, ...], features, dim: int, classifier: str,
+                 tail, build=None, weights=None, **kw) -> Backbone:
+    weights = weights or tvm.get_model_weights(name).DEFAULT
+    return register(Backbone(name, display, family, build or getattr(tvm, name), weights, parts, features, dim,
+                             classifier=(classifier,), classify=classify_with(features, tail),
+                             num_params=weights.meta["num_params"], **kw))
+
+
 RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-for _name, _display, _build, _weights, _dim in [
-    ("resnet18", "ResNet-18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
-    ("resnet34", "ResNet-34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
-    ("resnet50", "ResNet-50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, 2048),
-    ("resnet101", "ResNet-101", tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, 2048),
-    ("resnet152", "ResNet-152", tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, 2048),
-]:
-    register(Backbone(_name, _display, "resnet", _build, _weights, RESNET_PARTS, resnet_features, _dim))
+for _name, _display, _dim in [("resnet18", "ResNet-18", 512), ("resnet34", "ResNet-34", 512),
+                              ("resnet50", "ResNet-50", 2048), ("resnet101", "ResNet-101", 2048),
+                              ("resnet152", "ResNet-152", 2048)]:  # the authors' weights: IMAGENET1K_V1
+    _torchvision(_name, _display, "resnet", RESNET_PARTS, resnet_features, _dim, "fc", _fc_tail, authors=True,
+                 weights=tvm.get_model_weights(_name).IMAGENET1K_V1)
+for _name, _display in [("resnext50_32x4d", "ResNeXt-50 32x4d"), ("resnext101_32x8d", "ResNeXt-101 32x8d"),
+                        ("resnext101_64x4d", "ResNeXt-101 64x4d"), ("wide_resnet50_2", "Wide ResNet-50-2"),
+                        ("wide_resnet101_2", "Wide ResNet-101-2")]:
+    _torchvision(_name, _display, "resnet", RESNET_PARTS, resnet_features, 2048, "fc", _fc_tail,
+                 normalization=IMAGENET)
 
 for _name, _display, _build, _weights, _dim in [
     ("vit_B16_224", "ViT-B/16", tvm.vit_b_16, tvm.ViT_B_16_Weights.IMAGENET1K_V1, 768),
     ("vit_L16_224", "ViT-L/16", tvm.vit_l_16, tvm.ViT_L_16_Weights.IMAGENET1K_V1, 1024),
 ]:
-    register(Backbone(_name, _display, "vit", _build, _weights, ("conv_proj", "class_token", "encoder"),
-                      vit_features, _dim, normalization=HALF, img_size=224, batch_size=64,
-                      resizable={"encoder.pos_embedding": _vit_pos_resizer(16)}))
+    register(Backbone(_name, _display, "vit", _build, _weights,
+                      ("conv_proj", "class_token", "encoder"), vit_features, _dim, normalization=HALF, img_size=224,
+                      batch_size=64, resizable={"encoder.pos_embedding": _vit_pos_resizer(16)}, authors=True,
+                      classifier=("heads",), classify=vit_classify, num_params=_weights.meta["num_params"]))
+
+_torchvision("mobilenet_v2", "MobileNet-V2", "mobilenet", ("features",), sequential_features, 1280, "classifier",
+             _classifier_tail, normalization=IMAGENET)
+_torchvision("mobilenet_v3_large", "MobileNet-V3-Large", "mobilenet", ("features",), sequential_features, 960,
+             "classifier", _classifier_tail, normalization=IMAGENET)
+for _i, _dim in enumerate([1280, 1280, 1408, 1536, 1792, 2048, 2304, 2560]):
+    _torchvision(f"efficientnet_b{_i}", f"EfficientNet-B{_i}", "efficientnet", ("features",), sequential_features,
+                 _dim, "classifier", _classifier_tail, normalization=IMAGENET)
+for _v in "sml":
+    _torchvision(f"efficientnet_v2_{_v}", f"EfficientNet-V2-{_v.upper()}", "efficientnet", ("features",),
+                 sequential_features, 1280, "classifier", _classifier_tail, normalization=IMAGENET)
+for _v, _dim in [("tiny", 768), ("small", 768), ("base", 1024), ("large", 1536)]:
+    _torchvision(f"convnext_{_v}", f"ConvNeXt-{_v.title()}", "convnext", ("features",), sequential_features, _dim,
+                 "classifier", _convnext_tail, normalization=IMAGENET)
+for _v, _dim, _params in [  # torchvision's RegNet-Y constants: depth, w_0, w_a, w_m, group width
+    ("400mf", 440, (16, 48, 27.89, 2.09, 8)), ("800mf", 784, (14, 56, 38.84, 2.4, 16)),
+    ("1_6gf", 888, (27, 48, 20.71, 2.65, 24)), ("3_2gf", 1512, (21, 80, 42.63, 2.66, 24)),
+    ("8gf", 2016, (17, 192, 76.82, 2.19, 56)), ("16gf", 3024, (18, 200, 106.23, 2.48, 112)),
+    ("32gf", 3712, (20, 232, 115.89, 2.53, 232)),
+]:
+    _torchvision(f"regnet_y_{_v}", f"RegNet-Y-{_v.upper().replace('_', '.')}", "regnet", ("stem", "trunk_output"),
+                 regnet_features, _dim, "fc", _fc_tail, build=_regnet_y(*_params), normalization=IMAGENET)
+for _v, _dim in [("t", 768), ("s", 768), ("b", 1024)]:
+    for _gen in ("", "v2_"):
+        _torchvision(f"swin_{_gen}{_v}", f"Swin-{_gen.upper().replace('_', '-')}{_v.upper()}", "swin",
+                     ("features", "norm"), swin_features, _dim, "head", _swin_tail, normalization=IMAGENET)
 
 register(Backbone("small_cnn", "small CNN (demo)", "cnn", lambda: nn.ModuleDict({"small_cnn": SmallCNN()}), None,
-                  ("small_cnn",), lambda m, x: m.small_cnn(x), SmallCNN.out_dim))
+                  ("small_cnn",), lambda m, x: m.small_cnn(x), SmallCNN.out_dim, authors=True))
 
 
 # --- recognising a checkpoint's backbone ---------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _signature(name: str) -> Dict[str, Tuple[int, ...]]:
     """Key -> shape of the backbone's parameters and buffers, from a weightless (meta) build."""
-    spec = BACKBONES[name]
+    spec = get_backbone(name)
     with torch.device("meta"):
-        model = spec.build()
+        model = spec.create(spec.img_size or 224)
     sig = {}
     for part in spec.parts:
         obj = getattr(model, part)
@@ -164,8 +305,11 @@ def _signature(name: str) -> Dict[str, Tuple[int, ...]]:
 def matches(name: str, sd: Mapping[str, torch.Tensor]) -> bool:
     """Whether a state dict's backbone keys and shapes are those of backbone ``name``
     (shapes of input-size-dependent entries such as ViT position embeddings are not compared)."""
+    spec = get_backbone(name)
+    tops = {k.split(".", 1)[0] for k in sd}
+    if not set(spec.parts) & tops:  # cheap: no build for a backbone none of whose modules is there
+        return False
     sig = _signature(name)
-    spec = BACKBONES[name]
     prefixes = tuple(p + "." for p in spec.parts)
     keys = {k for k in sd if k in spec.parts or k.startswith(prefixes)}
     if keys != set(sig):
@@ -175,7 +319,13 @@ def matches(name: str, sd: Mapping[str, torch.Tensor]) -> bool:
 
 def identify(sd: Mapping[str, torch.Tensor], first: Optional[str] = None) -> Optional[str]:
     """The name of the backbone whose weights ``sd`` holds (``first`` is tried first), or None."""
-    order = ([first] if first in BACKBONES else []) + [n for n in BACKBONES if n != first]
+    order = [n for n in BACKBONES if n != first]
+    if first is not None:
+        try:
+            get_backbone(first)
+            order.insert(0, first)
+        except ConfigError:
+            pass
     for name in order:
         if matches(name, sd):
             return name

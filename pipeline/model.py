@@ -1,67 +1,22 @@
 """CSRANet: a backbone from the table in ``pipeline.backbones`` with a head from ``pipeline.heads``.
 
-The backbone's modules sit at the top level of the model, as in the authors' ResNet subclass,
-so ``model.state_dict()`` is exactly their checkpoint layout.
+The backbone's modules sit at the top level of the model under the provider's names, as in the
+authors' ResNet subclass, so ``model.state_dict()`` is exactly their checkpoint layout for their
+backbones, and torchvision's or timm's own keys (plus the head's) for the others.
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from pipeline.backbones import Backbone, get_backbone
-from pipeline.checkpoint import load_model_weights, safe_load, strip_prefix
+from pipeline.checkpoint import load_model_weights
 from pipeline.csra import HeadMaps
-from pipeline.errors import CheckpointError, ConfigError, PretrainedWeightsError
+from pipeline.errors import ConfigError
 from pipeline.heads import HeadKind, get_head
-
-
-def fetch_torchvision_weights(weights) -> Dict[str, torch.Tensor]:
-    """torchvision weights from torch's hub cache, downloading them there if absent."""
-    url = weights.url
-    filename = os.path.basename(urlparse(url).path)
-    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
-    path = os.path.join(folder, filename)
-    if not os.path.isfile(path):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            torch.hub.download_url_to_file(url, path, progress=True)
-        except Exception as e:  # no network, proxy, disk: all end the same way for the user
-            raise PretrainedWeightsError(
-                f"could not download ImageNet weights {filename} ({type(e).__name__}: {str(e)[:80]}); "
-                f"without network, copy that file into {folder} or pass --pretrained none"
-            ) from None
-    try:
-        return safe_load(path)
-    except CheckpointError as e:
-        raise PretrainedWeightsError(str(e)) from None
-
-
-def load_cutmix_weights(path: str, model: nn.Module, spec: Backbone) -> None:
-    """Load a local ResNet state dict (e.g. CutMix ImageNet) into a torchvision ResNet:
-    ``module.`` prefixes and a ``state_dict`` wrapper accepted, ``fc.*`` dropped."""
-    try:
-        obj = safe_load(path)
-    except CheckpointError as e:
-        raise PretrainedWeightsError(f"--cutmix {e}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise PretrainedWeightsError(f"--cutmix {path}: not a state dict")
-    sd = strip_prefix({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, "module.")
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    misshapen = [k for k in sd if k in own and sd[k].shape != own[k].shape]
-    if missing or unexpected or misshapen:
-        raise PretrainedWeightsError(
-            f"--cutmix {path}: not a {spec.name} state dict ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(misshapen)} misshapen keys, e.g. {(missing or unexpected or misshapen)[0]})")
-    model.load_state_dict(sd, strict=False)
+from pipeline.pretrained import create_model
 
 
 class CSRANet(nn.Module):
@@ -74,12 +29,8 @@ class CSRANet(nn.Module):
         super().__init__()
         spec = get_backbone(model_name)
         kind = get_head(head)
-        if pretrained not in ("imagenet", "none"):
-            raise ConfigError(f"--pretrained must be imagenet or none (got {pretrained!r})")
         if cutmix and spec.family != "resnet":
             raise ConfigError("--cutmix loads a ResNet file; it applies to ResNet models only")
-        if pretrained == "imagenet" and spec.weights is None and not cutmix:
-            raise ConfigError(f"{spec.name} has no ImageNet weights: pass --pretrained none")
         self.model_name = spec.name
         self.head_type = kind.name
         self.num_classes = num_classes
@@ -87,21 +38,25 @@ class CSRANet(nn.Module):
         self.img_size = img_size
         self.feat_dim = spec.feat_dim
 
-        tv = spec.build()
-        if cutmix:
-            load_cutmix_weights(cutmix, tv, spec)
-        elif pretrained == "imagenet":
-            tv.load_state_dict(fetch_torchvision_weights(spec.weights))
+        tv = create_model(spec, img_size, cutmix, flag="--cutmix") if cutmix else \
+            create_model(spec, img_size, pretrained)
         for part in spec.parts:
             obj = getattr(tv, part)
             if isinstance(obj, nn.Parameter):
                 self.register_parameter(part, obj)
+            elif isinstance(obj, torch.Tensor):
+                self.register_buffer(part, obj)
             else:
                 self.add_module(part, obj)
-        for key, fit in spec.resizable.items():  # e.g. ViT position embeddings to the input grid
+        if spec.provider != "torchvision":  # its forward_features runs on these same modules; not registered,
+            self.__dict__["provider_model"] = tv  # so its unused classifier stays out of the state dict
+        for key, fit in spec.resizable.items():  # e.g. torchvision ViT position embeddings to the input grid
             owner, _, leaf = key.rpartition(".")
             module = self.get_submodule(owner)
-            setattr(module, leaf, nn.Parameter(fit(getattr(module, leaf).data, img_size)))
+            old = getattr(module, leaf).data
+            new = fit(old, img_size)
+            if new.shape != old.shape:
+                setattr(module, leaf, nn.Parameter(new))
 
         self.add_module(kind.attribute, kind.build(spec.feat_dim, num_classes, num_heads, lam))
 
@@ -128,6 +83,12 @@ class CSRANet(nn.Module):
         """What lam means is the head's (CSRA: the residual weight of every head; GAP: the training-free
         mean + lam * max rule)."""
         self.head.lam = float(lam)
+
+    def train(self, mode: bool = True) -> "CSRANet":
+        super().train(mode)
+        if "provider_model" in self.__dict__:
+            self.__dict__["provider_model"].train(mode)
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map (B, d, h, w)."""

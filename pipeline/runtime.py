@@ -6,19 +6,23 @@ step, evaluation and prediction, which all run the same code on CPU and CUDA.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
-from pipeline.backbones import HALF, IMAGENET, UNIT_RANGE, get_backbone
+from pipeline.backbones import HALF, IMAGENET, UNIT_RANGE, Normalization, get_backbone
 from pipeline.errors import ConfigError
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# --normalize: (mean, std) applied to pixels scaled to [0, 1]
-NORMALIZATIONS = {"unit": UNIT_RANGE, "half": HALF, "imagenet": IMAGENET}
+# --normalize: (mean, std) applied to pixels scaled to [0, 1]; any other as "m1,m2,m3/s1,s2,s3"
+CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+NORMALIZATIONS = {"unit": UNIT_RANGE, "half": HALF, "imagenet": IMAGENET, "clip": CLIP}
+NORMALIZE_HELP = ("unit = none, half = mean = std = 0.5, imagenet = ImageNet mean/std, clip = OpenAI CLIP's, or "
+                  "'m1,m2,m3/s1,s2,s3'")
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class Runtime:
     channels_last: bool
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
-    normalize: str = "unit"       # the name of (mean, std) in NORMALIZATIONS
+    normalize: str = "unit"       # (mean, std) by name in NORMALIZATIONS, or spelled out (see normalization)
 
     def autocast(self):
         if self.amp == "off":
@@ -95,18 +99,39 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def normalization(name: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """(mean, std) of a --normalize value."""
-    if name not in NORMALIZATIONS:
-        raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)} (got {name!r})")
-    return NORMALIZATIONS[name]
+def normalization(name: str) -> Normalization:
+    """(mean, std) of a --normalize value: a name, or three means and three deviations 'm,m,m/s,s,s'."""
+    if name in NORMALIZATIONS:
+        return NORMALIZATIONS[name]
+    try:
+        mean, std = (tuple(float(v) for v in half.split(",")) for half in str(name).split("/"))
+        if len(mean) == len(std) == 3 and all(s > 0 for s in std) and all(math.isfinite(v) for v in mean + std):
+            return mean, std
+    except ValueError:
+        pass
+    raise ConfigError(f"--normalize must be one of {', '.join(NORMALIZATIONS)} or 'm1,m2,m3/s1,s2,s3' with "
+                      f"positive deviations (got {name!r})")
+
+
+def normalization_name(ms: Normalization) -> str:
+    """The --normalize value of (mean, std): its name, else spelled out."""
+    for name, known in NORMALIZATIONS.items():
+        if all(abs(a - b) < 1e-6 for a, b in zip(ms[0] + ms[1], known[0] + known[1])):
+            return name
+    return ",".join(f"{v:g}" for v in ms[0]) + "/" + ",".join(f"{v:g}" for v in ms[1])
+
+
+def default_normalize(model_name: str, dataset_rule: str) -> str:
+    """The authors' rule (by dataset, ``dataset_rule``) for their backbones, so their checkpoints keep
+    their numbers; every other backbone's weights' own normalisation."""
+    spec = get_backbone(model_name)
+    return dataset_rule if spec.authors else normalization_name(spec.normalization)
 
 
 def legacy_normalize(model_name: str) -> str:
     """What runs trained here before normalisation was recorded used: the backbone's own convention
     (ViTs mean = std = 0.5, the rest [0, 1])."""
-    spec = get_backbone(model_name)
-    return next((name for name, ms in NORMALIZATIONS.items() if ms == spec.normalization), "unit")
+    return normalization_name(get_backbone(model_name).normalization)
 
 
 def resolve_runtime(device: torch.device, model_name: str, amp: str = "auto",

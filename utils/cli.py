@@ -21,7 +21,7 @@ from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS, get_head
 from pipeline.recipes import RECIPES
-from pipeline.runtime import AMP_CHOICES, NORMALIZATIONS
+from pipeline.runtime import AMP_CHOICES, NORMALIZE_HELP, default_normalize, normalization
 from utils.run_record import check_flags, find_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
@@ -59,10 +59,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="number of classes (default: the --classes file's, else the dataset's, else the JSON's)")
     g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO/custom, "
                    "224 WIDER, 64 demo; ViTs 224)")
-    g.add_argument("--normalize", default=None, choices=list(NORMALIZATIONS),
-                   help="input normalisation of pixels in [0, 1]: unit = none, half = mean = std = 0.5, imagenet = "
-                        "ImageNet mean/std (default: the checkpoint's record, else the authors' rule by dataset: "
-                        "half for WIDER, unit for the others, whatever the backbone)")
+    g.add_argument("--normalize", default=None,
+                   help=f"input normalisation of pixels in [0, 1]: {NORMALIZE_HELP} (default: the checkpoint's "
+                        "record; else for the authors' backbones (ResNet-18..152, ViTs, small_cnn) their rule by "
+                        "dataset: half for WIDER, unit for the others; for every other backbone its weights' own: "
+                        "imagenet for torchvision's, the pretrained configuration's for timm's)")
 
 
 def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool = True) -> None:
@@ -254,7 +255,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.lam = get_head(args.head).default_lam
     spec = DATASETS[args.dataset]
     if getattr(args, "normalize", "unit") is None:
-        args.normalize = spec.normalize  # the authors' rule: by dataset, whatever the backbone
+        args.normalize = default_normalize(args.model, spec.normalize)
+    elif hasattr(args, "normalize"):
+        normalization(args.normalize)  # a bad value is one line here
     names, source = class_names_known_now(args)
     if args.num_cls is None and names is not None:
         args.num_cls = len(names)

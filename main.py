@@ -33,8 +33,8 @@ from pipeline.optim import (OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS, make_optimize
 from pipeline.recipes import APPLIES_TO, PAPER, RECIPES, TRAINING_OPTIONS, describe_options, show_option
 from pipeline.runtime import AMP_CHOICES, precision_name, resolve_runtime, runtime_warning
 from utils import distributed as du
-from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_runtime_args, dataset_files, dataset_kwargs,
-                       describe_model, finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve,
+from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_pretrained_arg, add_runtime_args,
+                       dataset_files, dataset_kwargs, describe_model, finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve,
                        run_main, typed_flags)
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import write_report
@@ -93,10 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (the paper's recipe by default)")
     g.add_argument("--train_json", default=None, help="train on this prepared JSON instead of the dataset's")
     g.add_argument("--cutmix", default=None, help="local ResNet-101 file (CutMix ImageNet) to start from")
-    g.add_argument("--pretrained", default="imagenet", metavar="imagenet|none|PATH",
-                   help="backbone initialisation: the provider's ImageNet weights (torchvision's, or timm's "
-                        "default for timm/<name>), none, or a local .pth/.pt/.safetensors file in the provider's "
-                        "layout, its classifier dropped (--dataset demo: none)")
+    add_pretrained_arg(g, "; its classifier is dropped (--dataset demo: none)")
     g.add_argument("--recipe", default="paper", choices=list(RECIPES),
                    help="a preset of the training options below; any of them typed wins. " + recipes_help())
     g.add_argument("--optimizer", default=PAPER["optimizer"], choices=list(OPTIMIZERS),

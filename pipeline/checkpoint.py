@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from pipeline.backbones import BACKBONES, identify
+from pipeline.backbones import BACKBONES, TIMM_PREFIX, get_backbone, identify
 from pipeline.errors import CheckpointError
 from pipeline.heads import HEAD_KINDS, get_head, recognise_head
 
@@ -149,8 +149,10 @@ def from_zoo_layout(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
-    """Return a flat state dict in the authors' key layout from any accepted layout."""
+def to_authors_layout(obj: object, path: str = "checkpoint", model_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Return a flat state dict in the authors' key layout from any accepted layout. Timm-style ViT names
+    are the authors' ViT (renamed to torchvision's) unless ``model_name`` is a timm model, whose own
+    keys they are."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
     if isinstance(obj.get("model"), Mapping):
@@ -164,7 +166,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint") -> Dict[str, torch.
         raise CheckpointError(f"{path}: holds no tensors")
     sd = strip_prefix(sd, "module.")
     refuse_biased_vit_heads(sd, path)
-    if is_timm_vit(sd):  # the authors' ViT checkpoints
+    if is_timm_vit(sd) and not (model_name or "").startswith(TIMM_PREFIX):  # the authors' ViT checkpoints
         sd = rename_vit(sd, "to_torchvision")
     if any(k.startswith("backbone.") for k in sd):  # the model-zoo toolbox
         sd = from_zoo_layout(sd)
@@ -184,7 +186,9 @@ def describe(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = Non
 
 
 def pretty_model(name: Optional[str]) -> str:
-    return BACKBONES[name].display if name in BACKBONES else "backbone this code does not know"
+    if name in BACKBONES or (name or "").startswith(TIMM_PREFIX):
+        return get_backbone(name).display
+    return "backbone this code does not know"
 
 
 def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
@@ -211,7 +215,7 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
 
 def load_model_weights(model, path: str) -> dict:
     """Load any accepted checkpoint into ``model`` (strict), returning what was described."""
-    sd = to_authors_layout(safe_load(path), path)
+    sd = to_authors_layout(safe_load(path), path, model.model_name)
     if model.head_kind.recognise(sd) is not None:  # other heads' keys go, e.g. a leftover ImageNet fc
         others = tuple(h.prefix for h in HEAD_KINDS.values() if h.name != model.head_type)
         sd = {k: v for k, v in sd.items() if not k.startswith(others)}

@@ -17,6 +17,7 @@ from PIL import Image
 from pipeline.errors import DataError
 
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 Box = Tuple[float, float, float, float]
 
 
@@ -72,3 +73,17 @@ def crop_box(img: Image.Image, bbox, where: str) -> Image.Image:
         return img.crop((x, y, x + w, y + h))
     except (ValueError, OverflowError) as e:
         raise DataError(f"{where}: box {list(bbox)} cannot be cropped ({e})") from None
+
+
+def resize_and_centre_crop(img: Image.Image, size: int, crop_fraction: float = 0.875) -> Image.Image:
+    """ImageNet's standard evaluation view: the shorter side to ``floor(size / crop_fraction)``
+    (bilinear), then the centred ``size`` x ``size`` square (offsets rounded, as torchvision's)."""
+    short = int(size / crop_fraction)
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, int(short * h / w)
+    else:
+        new_w, new_h = int(short * w / h), short
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))

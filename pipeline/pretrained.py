@@ -10,18 +10,17 @@ line naming the first few. Nothing is copied partially: a load is exact or refus
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Tuple
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
-from pipeline.backbones import Backbone
+from pipeline.backbones import Backbone, Normalization
 from pipeline.checkpoint import safe_load, strip_prefix
 from pipeline.errors import CheckpointError, ConfigError, PretrainedWeightsError
 
 SOURCES = ("imagenet", "none")
-WEIGHT_FILES = (".pth", ".pt", ".safetensors", ".bin")
 SHOWN = 3  # keys named in a mismatch message
 
 
@@ -156,3 +155,14 @@ def create_model(spec: Backbone, img_size: int, pretrained: str = "none", *, fla
         load_weights(model, read_weight_file(pretrained, flag), spec, f"{flag} {pretrained}", img_size=img_size,
                      keep_classifier=keep_classifier)
     return model
+
+
+def imagenet_view(spec: Backbone) -> Tuple[int, Normalization]:
+    """The input size and normalisation the provider's ImageNet weights were evaluated with."""
+    if spec.provider == "timm":
+        from pipeline.timm_backbones import pretrained_input_size
+        return pretrained_input_size(spec), spec.normalization
+    if spec.weights is None or spec.classify is None:
+        raise ConfigError(f"{spec.name} has no ImageNet classifier")
+    view = spec.weights.transforms()
+    return int(view.crop_size[0]), (tuple(view.mean), tuple(view.std))

@@ -175,6 +175,12 @@ def timm_backbone(name: str) -> Backbone:
         num_params=sum(p.numel() for p in model.parameters()))
 
 
+def pretrained_input_size(spec: Backbone) -> int:
+    """The input size timm's default weights for the model were made for."""
+    cfg = import_timm().models.get_pretrained_cfg(spec.name[len(TIMM_PREFIX):])
+    return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else 224
+
+
 def hub_id(spec: Backbone) -> str:
     """Where timm fetches the model's default ImageNet weights (for messages)."""
     cfg = import_timm().models.get_pretrained_cfg(spec.name[len(TIMM_PREFIX):])

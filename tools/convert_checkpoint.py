@@ -5,8 +5,9 @@ model-zoo toolbox.
     python tools/convert_checkpoint.py --load_from their_vit.pth --to ours --out vit_ours.pth
     python tools/convert_checkpoint.py --load_from best.pth --to zoo --out csra_zoo.pth
 
-Layouts: ``ours`` is a plain state dict with torchvision's backbone keys and the authors' head keys;
-``authors`` is the same for ResNets and, for ViTs, the timm-style names of the authors' ViT-CSRA;
+Layouts: ``ours`` is a plain state dict with the provider's backbone keys (torchvision's or timm's) and
+the authors' head keys; ``authors`` is the same for ResNets and, for ViTs, the timm-style names of the
+authors' ViT-CSRA (their code has no other backbone: other checkpoints are refused in one line);
 ``zoo`` is ``{"state_dict": {"backbone.<key>", "head.csra_heads.<k>.head.weight"}, "meta": {...}}``.
 Any layout val.py reads is accepted as input (also DataParallel's ``module.`` and our training
 states). Tensors are copied unchanged; the output is written atomically and never replaces an
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.entry import ScriptParser  # noqa: E402
 
-from pipeline.backbones import BACKBONES  # noqa: E402
+from pipeline.backbones import get_backbone  # noqa: E402
 from pipeline.checkpoint import describe, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
 from pipeline.errors import CheckpointError  # noqa: E402
 from utils.cli import run_main  # noqa: E402
@@ -33,8 +34,10 @@ LAYOUTS = ("ours", "authors", "zoo")
 
 def convert(load_from: str, to: str) -> object:
     """The checkpoint at ``load_from`` in layout ``to``."""
-    sd = to_authors_layout(safe_load(load_from), load_from)
-    info = describe(sd)
+    found = find_record(load_from)
+    record = found[1] if found else {}
+    sd = to_authors_layout(safe_load(load_from), load_from, record.get("model"))
+    info = describe(sd, expected_model=record.get("model"))
     if info["model"] is None:
         raise CheckpointError(f"{load_from}: its backbone is not one this code knows; cannot convert it")
     if info["head"] is None:
@@ -42,13 +45,15 @@ def convert(load_from: str, to: str) -> object:
     if to == "ours":
         return sd
     if to == "authors":
-        return rename_vit(sd, "to_timm") if BACKBONES[info["model"]].family == "vit" else sd
+        spec = get_backbone(info["model"])
+        if not spec.authors:
+            raise CheckpointError(f"{load_from}: the authors' code has no {spec.display} backbone (only ResNets and "
+                                  "ViTs), so it has no layout for it; --to ours or --to zoo")
+        return rename_vit(sd, "to_timm") if spec.family == "vit" else sd
     meta = {"model": info["model"], "head": info["head"], "num_heads": info["num_heads"],
             "num_classes": info["num_classes"], "converted_from": os.path.basename(load_from)}
-    found = find_record(load_from)
-    if found:  # a model trained here: what its run record says travels in the toolbox's meta
-        record = found[1]
-        meta.update({k: record[k] for k in ("lam", "img_size", "normalize", "class_names") if record.get(k) is not None})
+    # a model trained here: what its run record says travels in the toolbox's meta
+    meta.update({k: record[k] for k in ("lam", "img_size", "normalize", "class_names") if record.get(k) is not None})
     return to_zoo_layout(sd, meta=meta)
 
 

@@ -1,9 +1,14 @@
-"""The training-free CSRA sweep (paper Table 1): a trained GAP-head checkpoint scored with
-score = mean + lam * max of its linear layer applied at every location, for several lam.
+"""The training-free CSRA sweep (paper Table 1): score = mean + lam * max of a classifier applied at
+every location of the feature map, for several lam, from one backbone pass per image.
 
     python tools/training_free_sweep.py --dataset voc07 --load_from BASELINE.pth [--lams 0,0.02,0.05,0.1,0.2,0.5]
+    python tools/training_free_sweep.py --model mobilenet_v2 --pretrained imagenet --img_dir ILSVRC2012/val
 
-The backbone runs once per image; every lam is scored from the same feature maps.
+With ``--load_from``: a checkpoint trained here with ``--head gap`` (any backbone), scored by mAP on a
+multi-label test set. With ``--img_dir``: any torchvision or timm ImageNet classifier as it is, its own
+classifier applied at every location, on single-label folders in the ImageNet validation layout,
+scored by top-1 and top-5 accuracy. Where the classifier is not a linear layer on average-pooled
+features (a ViT's class token, ConvNeXt's norm after pooling), "mean" is the model's own logits.
 """
 from __future__ import annotations
 
@@ -20,17 +25,25 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from engine import make_loader  # noqa: E402
+from pipeline.backbones import Backbone, get_backbone  # noqa: E402
 from pipeline.dataset import MultiLabelDataset  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.heads import get_head  # noqa: E402
+from pipeline.imagefolder import ImageFolderSet  # noqa: E402
 from pipeline.model import load_for_inference  # noqa: E402
-from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
+from pipeline.pretrained import create_model, imagenet_view  # noqa: E402
+from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,  # noqa: E402
-                       dataset_kwargs, describe_inference, finish_class_names, model_kwargs, new_parser, parse_args,
-                       run_main)
+from utils.cli import (add_data_args, add_model_args, add_pretrained_arg, add_record_flag,  # noqa: E402
+                       add_runtime_args, dataset_files, dataset_kwargs, describe_inference, finish_class_names,
+                       model_kwargs, new_parser, parse_args, run_main, typed_flags)
 from utils.evaluation import evaluate  # noqa: E402
+
+
+def paper_lam(spec: Backbone) -> float:
+    """The paper's fixed lam (Table 1): 0.02 for the ResNet family, 0.2 for every other model."""
+    return 0.02 if spec.family == "resnet" else 0.2
 
 
 def sweep_scores(model, dataset, lams, runtime: Runtime, batch_size: int, num_workers: int):
@@ -50,31 +63,74 @@ def sweep_scores(model, dataset, lams, runtime: Runtime, batch_size: int, num_wo
     return {lam: np.concatenate(p) for lam, p in parts.items()}
 
 
+def classifier_hits(model, spec: Backbone, dataset, lams, runtime: Runtime, batch_size: int, num_workers: int):
+    """{lam: (top-1 hits, top-5 hits)} of the model's own logits + lam * the max over locations of its
+    classifier applied at each location, from one pass."""
+    hits = {lam: [0, 0] for lam in lams}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    with torch.no_grad():
+        for images, labels in bar(loader, desc="sweep"):
+            with runtime.autocast():
+                own, local = spec.classify(model, runtime.to_input(images))
+            own, peak = own.float().cpu(), local.float().amax(dim=2).cpu()
+            k = min(5, own.shape[1])
+            for lam in lams:
+                top = (own + lam * peak).topk(k, dim=1).indices
+                hits[lam][0] += int((top[:, 0] == labels).sum())
+                hits[lam][1] += int((top == labels[:, None]).any(dim=1).sum())
+    return hits
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser(__doc__.splitlines()[0])
     add_model_args(p)
     add_data_args(p)
     add_runtime_args(p)
-    p.add_argument("--load_from", required=True, help="a checkpoint trained with --head gap")
+    p.add_argument("--load_from", default=None, help="a checkpoint trained with --head gap (scored by mAP)")
     add_record_flag(p)
-    p.add_argument("--lams", default="0,0.02,0.05,0.1,0.2,0.5", help="comma-separated lam values")
+    g = p.add_argument_group("an ImageNet classifier as it is (instead of --load_from)")
+    g.add_argument("--img_dir", default=None, metavar="FOLDER",
+                   help="single-label images, one sub-folder per class (the ImageNet validation layout); with "
+                        "--model and --pretrained; --img_size defaults to the weights' own evaluation size")
+    add_pretrained_arg(g, "; its classifier is kept and scored")
+    g.add_argument("--class_index", default=None, metavar="FILE",
+                   help="map folder names to outputs with an imagenet_class_index.json-style file "
+                        "({\"0\": [\"n01440764\", \"tench\"], ...}); default: sorted folder names are outputs 0..N-1")
+    p.add_argument("--lams", default="0,0.02,0.05,0.1,0.2,0.5",
+                   help="comma-separated lam values (0, the plain model, and the paper's fixed lam are always in)")
     p.set_defaults(head="gap")
     return p
 
 
-def run(argv=None) -> dict:
-    args = parse_args(build_parser(), argv)
+def parse_lams(text: str, fixed: float):
+    try:
+        lams = sorted({0.0, fixed} | {float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(f"--lams must be comma-separated numbers (got {text!r})") from None
+    if not all(math.isfinite(v) and v >= 0 for v in lams):
+        raise ConfigError(f"--lams must be finite numbers >= 0 (got {text!r})")
+    return lams
+
+
+def print_table(title: str, columns, rows: dict, fixed: float) -> None:
+    """One line per lam: the plain model (lam 0), the paper's fixed lam and the rest of the sweep."""
+    print(f"\n{title}")
+    print(f"{'lam':>8s}" + "".join(f"{c:>9s}" for c in columns[:1]) + f"{'change':>9s}" +
+          "".join(f"{c:>9s}" for c in columns[1:]))
+    base = rows[0.0][0]
+    for lam, values in rows.items():
+        tag = "  (plain model)" if lam == 0 else ("  (the paper's fixed lam)" if lam == fixed else "")
+        print(f"{lam:8.3f}{values[0]:9.2f}{values[0] - base:+9.2f}" + "".join(f"{v:9.2f}" for v in values[1:]) + tag)
+
+
+def checkpoint_sweep(args) -> dict:
     kind = get_head(args.head)
     if not kind.training_free:
         source = f"its run record {args.record_path}" if args.record_path else f"--head {kind.name}"
         raise ConfigError(f"{args.load_from}: checkpoint has {kind.display} ({source}); the training-free sweep "
                           "needs a GAP head")
-    try:
-        lams = sorted({0.0} | {float(v) for v in args.lams.split(",") if v.strip()})
-    except ValueError:
-        raise ConfigError(f"--lams must be comma-separated numbers (got {args.lams!r})") from None
-    if not all(math.isfinite(v) and v >= 0 for v in lams):
-        raise ConfigError(f"--lams must be finite numbers >= 0 (got {args.lams!r})")
+    fixed = paper_lam(get_backbone(args.model))
+    lams = parse_lams(args.lams, fixed)
     _, test_json = dataset_files(args)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False))
     args.num_cls = args.num_cls or dataset.num_classes
@@ -85,13 +141,51 @@ def run(argv=None) -> dict:
     scores = sweep_scores(runtime.prepare_model(model), dataset, lams, runtime, args.batch_size, args.num_workers)
     targets = dataset.targets()
     results = {lam: evaluate(s, targets) for lam, s in scores.items()}
-    base = results[0.0].map
-    print(f"\ntraining-free CSRA on {args.load_from} ({len(dataset)} images of {test_json})")
-    print(f"{'lam':>8s}{'mAP':>9s}{'change':>9s}{'CF1':>8s}{'OF1':>8s}")
-    for lam, rep in results.items():
-        tag = "  (baseline GAP)" if lam == 0 else ""
-        print(f"{lam:8.3f}{rep.map:9.2f}{rep.map - base:+9.2f}{rep.overall['CF1']:8.2f}{rep.overall['OF1']:8.2f}{tag}")
+    print_table(f"training-free CSRA on {args.load_from} ({len(dataset)} images of {test_json})",
+                ("mAP", "CF1", "OF1"),
+                {lam: (r.map, r.overall["CF1"], r.overall["OF1"]) for lam, r in results.items()}, fixed)
     return results
+
+
+def classifier_sweep(args, typed) -> dict:
+    spec = get_backbone(args.model)
+    if spec.classify is None:
+        raise ConfigError(f"--model {spec.name} has no ImageNet classifier to score")
+    size, normalisation = imagenet_view(spec)
+    size = args.img_size if "img_size" in typed else size
+    normalize = args.normalize if "normalize" in typed else normalization_name(normalisation)
+    fixed = paper_lam(spec)
+    lams = parse_lams(args.lams, fixed)
+    dataset = ImageFolderSet(args.img_dir, size, args.class_index)
+    runtime = resolve_runtime(du.init_distributed(), spec.name, args.amp, not args.no_channels_last, normalize)
+    model = create_model(spec, size, args.pretrained, keep_classifier=True).eval()
+    model = runtime.prepare_model(model)
+    print(f"{spec.name} ({spec.display}) with --pretrained {args.pretrained}, its own classifier; {size} px (shorter "
+          f"side {int(size / 0.875)}, centre crop); {runtime.describe()}; {len(dataset)} images in "
+          f"{len(dataset.folders)} class folders of {args.img_dir}")
+    if not args.class_index:
+        print(f"note: the {len(dataset.folders)} sorted folder names are outputs 0..{len(dataset.folders) - 1} (as "
+              "torchvision's ImageFolder numbers them); pass --class_index FILE if they are other outputs")
+    hits = classifier_hits(model, spec, dataset, lams, runtime, args.batch_size, args.num_workers)
+    results = {lam: (100.0 * h1 / len(dataset), 100.0 * h5 / len(dataset)) for lam, (h1, h5) in hits.items()}
+    print_table(f"training-free CSRA on {spec.name}'s ImageNet classifier ({len(dataset)} images of {args.img_dir})",
+                ("top-1", "top-5"), results, fixed)
+    return results
+
+
+def run(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(build_parser(), argv)
+    typed = typed_flags(argv)
+    if bool(args.load_from) == bool(args.img_dir):
+        raise ConfigError("pass either --load_from (a GAP-head checkpoint, scored by mAP) or --img_dir (an ImageNet "
+                          "classifier on single-label folders, scored by accuracy)")
+    if args.load_from:
+        for flag in ("pretrained", "class_index"):
+            if flag in typed:
+                raise ConfigError(f"--{flag} applies to --img_dir; a --load_from checkpoint holds its own weights")
+        return checkpoint_sweep(args)
+    return classifier_sweep(args, typed)
 
 
 def main(argv=None) -> None:

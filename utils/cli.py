@@ -132,6 +132,13 @@ def describe_inference(args, runtime=None) -> str:
     return text
 
 
+def add_pretrained_arg(g, note: str = "") -> None:
+    g.add_argument("--pretrained", default="imagenet", metavar="imagenet|none|PATH",
+                   help="backbone weights: the provider's ImageNet weights (torchvision's, or timm's default for "
+                        "timm/<name>), none, or a local .pth/.pt/.safetensors file in the provider's own layout "
+                        "('module.' and state_dict/model wrappers accepted)" + note)
+
+
 def add_record_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_record", action="store_true",
                    help="ignore the run record (args.json) beside --load_from: describe the model by flags only")

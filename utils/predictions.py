@@ -8,10 +8,9 @@ import os
 from typing import List, Optional, Sequence, Tuple
 
 from pipeline.errors import DataError
+from pipeline.images import IMAGE_EXTENSIONS
 from pipeline.jsonfile import read_json
 from utils.fileio import atomic_write
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, Tuple
 import torch
 import torch.nn as nn
 
-from pipeline.backbones import IMAGENET, TIMM_PREFIX, Backbone, Normalization
+from pipeline.backbone_spec import IMAGENET, TIMM_PREFIX, Backbone, Normalization
 from pipeline.errors import ConfigError
 
 INSTALL = "pip install timm"

@@ -31,6 +31,16 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
 
 
+def seed_step(seed: int, step: int, device: torch.device) -> None:
+    """Seed torch's generator for one training step from (seed, global step, rank), so what the model
+    draws itself (stochastic depth in ConvNeXt, EfficientNet and Swin; dropout) is the same whether the
+    run was resumed or not. (``Generator.manual_seed``: microseconds; ``torch.manual_seed`` is slower.)"""
+    value = sample_seed(seed + 7_919, step, du.rank())
+    torch.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(value)
+
+
 class SeededShardSampler(Sampler):
     """Shuffles per epoch from (seed, epoch), shards across ranks without padding (each sample
     once per epoch), and yields ``(index, sample_seed)`` so augmentation is reproducible.
@@ -91,7 +101,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     criterion: Callable, epoch: int, start_iter: int, iters_per_epoch: int,
                     lr_fn: Callable[[int], float], scaler=None, ema=None,
                     on_step: Optional[Callable[[int, Optional[float]], None]] = None, print_freq: int = 100,
-                    total_epochs: int = 0) -> dict:
+                    total_epochs: int = 0, seed: int = 0) -> dict:
     """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.losses``);
     ``on_step(iter_done, loss or None)`` runs after each step. Loss, LR and speed are shown every
     ``print_freq`` iterations (a bar on a terminal, a plain line in a log file)."""
@@ -111,6 +121,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     g["lr"] = g["base_lr"] * factor
                 loss_value = None
                 if batch is not None:
+                    seed_step(seed, step, runtime.device)
                     loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], runtime, scaler)
                     if not math.isfinite(loss_value):
                         raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "

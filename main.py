@@ -458,7 +458,7 @@ def _train(args, given, locks: list) -> dict:
             stats = train_one_epoch(train_model, loader, optimizer, runtime, criterion=criterion, epoch=epoch,
                                     start_iter=start_iter, iters_per_epoch=iters_per_epoch, lr_fn=lr_fn,
                                     scaler=scaler, ema=ema, on_step=on_step, print_freq=args.print_freq,
-                                    total_epochs=args.total_epoch)
+                                    total_epochs=args.total_epoch, seed=args.seed)
         except NonFiniteLossError as e:
             raise DivergedError(f"{e}; {last_good(folder)}") from None
         ensure_finite(model, folder, f"after epoch {epoch + 1}")

@@ -285,3 +285,18 @@ def test_sweep_on_a_classifier_agrees_with_torchvisions_forward(tmp_path):
     assert "(plain model)" in r.stdout and "(the paper's fixed lam)" in r.stdout
     r = run_py("tools/training_free_sweep.py", "--model", "mobilenet_v2", "--img_dir", root, "--load_from", weights)
     assert r.returncode == 1 and "either --load_from" in r.stderr
+
+
+def test_resume_is_exact_with_stochastic_depth(tmp_path):
+    """ConvNeXt drops residual branches at random while training: each step's draws are seeded from
+    (seed, step, rank), so a resumed run ends with the uninterrupted run's weights."""
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+
+    def run(out, *extra):
+        argv = train_argv(files, tmp_path / out, "--model", "convnext_tiny", "--img_size", "64", *extra)
+        return train_main.train(train_main.get_args(argv), train_main.given_flags(argv))
+    run("full")
+    run("part", "--total_epoch", "1")
+    run("part", "--resume", str(tmp_path / "part"))
+    full, part = (torch.load(tmp_path / run_ / "epoch_2.pth", weights_only=True) for run_ in ("full", "part"))
+    assert all(torch.equal(full[k], part[k]) for k in full)

@@ -22,7 +22,8 @@ from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (add_checkpoint_args, add_model_args, add_runtime_args, describe_inference, model_kwargs,
                        new_parser, parse_args, run_main)
-from utils.predictions import class_thresholds, describe, find_images, finish, label_record
+from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
+                               label_record)
 from utils.visualize import save_heatmaps
 
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--thresholds", default=None, metavar="FILE",
                    help="per-class thresholds (thresholds.json from val.py --report) instead of --threshold")
-    p.add_argument("--topk", type=int, default=None, help="list the K highest-scoring labels, whatever the threshold")
+    p.add_argument("--topk", type=int, default=None, help="also list the K highest-scoring classes, whatever the threshold, in a column of their own "
+                        "(the labels stay those above the threshold)")
     p.add_argument("--output", default=None, help="write predictions to PATH.json or PATH.csv")
     p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write attention heatmaps here")
     p.add_argument("--heatmap_classes", default=None, help="comma-separated class names (default: predicted)")
@@ -123,6 +125,7 @@ def run(args) -> list:
     if not 0 <= args.heatmap_head < n_maps:
         raise ConfigError(f"--heatmap_head must be below the number of heads ({n_maps})")
     cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
+    print(describe_thresholds(args.thresholds, cut), file=sys.stderr)
     stems = unique_stems(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
                                          batch_size=args.batch_size, num_workers=args.num_workers,

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import shlex
+import textwrap
 import sys
 import uuid
 
@@ -37,9 +38,10 @@ from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_pretraine
                        dataset_files, dataset_kwargs, describe_model, finish_class_names, model_kwargs, new_parser, parse_args, plural, resolve,
                        run_main, typed_flags)
 from utils.evaluation import evaluate, format_report
+from utils.evaluation.report import threshold_advice
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
-from utils.progress import RunClock, StepLog
+from utils.progress import RunClock, StepLog, say
 from utils.run_lock import RunLock, RunLockedError
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
                                precision_change_note, read_recorded_args, reconcile_args, remove_stale_temporaries,
@@ -62,6 +64,38 @@ def recipes_help() -> str:
 def describe_in_force(args) -> str:
     """The training options in force; those that differ from the recipe's are marked with '*'."""
     return describe_options({k: getattr(args, k) for k in TRAINING_OPTIONS}, RECIPES[args.recipe].values)
+
+
+HEADER_WIDTH = 100
+
+
+def weights_in_use(args) -> str:
+    source = args.cutmix or args.pretrained
+    return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
+
+
+def run_header(args, train_set, test_json: str, runtime, eval_runtime, folder: str) -> str:
+    """The start-up block: one topic a line, none wider than HEADER_WIDTH (lists break between items)."""
+    options = describe_in_force(args)
+    rows = [
+        ("model", f"{describe_model(args)}, {weights_in_use(args)}"),
+        ("data", f"{len(train_set)} training images ({args.dataset})" + (", partial labels" if args.partial_labels
+                                                                          else "")),
+        ("test data", test_json),
+        ("recipe", f"{args.recipe}: {options}"),
+        ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
+                    f"{precision_name(eval_runtime.amp)}"),
+        ("run folder", folder),
+    ]
+    if "*" in options:
+        rows.insert(3, ("", f"* = changed from --recipe {args.recipe} by a flag or by the dataset's defaults"))
+    lines = []
+    for label, text in rows:
+        glued = ", ".join(item.replace(" ", "\u00a0") for item in text.split(", "))  # no break inside an item
+        lines += [ln.replace("\u00a0", " ") for ln in textwrap.wrap(
+            glued, HEADER_WIDTH, initial_indent=f"{label:<11s}", subsequent_indent=" " * 11,
+            break_on_hyphens=False, break_long_words=False)]
+    return "\n".join(lines)
 
 
 def ema_decay(text: str):
@@ -140,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Cutout of one square this fraction of the image side, random colour, on the 8-bit "
                         "training image; 0: none (--recipe strong: 0.5)")
     g.add_argument("--print_freq", type=int, default=100,
-                   help="show loss, LR and speed every N iterations (the bar on a terminal, a plain line in a log "
-                        "file)")
+                   help="show loss, LR and speed every N iterations, and at least 4 times an epoch (the bar on a "
+                        "terminal, a plain line in a log file)")
     g.add_argument("--train_aug", nargs="+", choices=AUG_CHOICES, default=None,
                    help="ignored: accepted so the authors' scripts run; the recipe's augmentation is used")
     g.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
@@ -433,10 +467,7 @@ def _train(args, given, locks: list) -> dict:
                              it=it, best=best, args=vars(args), run_id=args.run_id, runtime=runtime.as_dict())
 
     if du.is_main():
-        print(f"training {describe_model(args)}, --recipe {args.recipe} ({describe_in_force(args)})"
-              f"{', partial labels' if args.partial_labels else ''}, on {len(train_set)} images ({args.dataset}), "
-              f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
-              f"{precision_name(eval_runtime.amp)}; run folder {folder}")
+        print(run_header(args, train_set, test_json, runtime, eval_runtime, folder))
     last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)
@@ -450,7 +481,7 @@ def _train(args, given, locks: list) -> dict:
                 tb.add_scalar("train/lr_backbone", optimizer.param_groups[0]["lr"], global_step)
             eta = clock.after_step(global_step - start_epoch * iters_per_epoch - start_step)
             if eta and du.is_main():
-                print(eta, flush=True)
+                say(eta)
             if args.state_every and it % args.state_every == 0 and it < iters_per_epoch:
                 save_state(epoch, it)
 
@@ -493,6 +524,8 @@ def _train(args, given, locks: list) -> dict:
         tb.close()
     if du.is_main() and last_report is not None:
         print(format_report(last_report[0], args.class_names, per_class=True))
+        print(threshold_advice(last_report[1], last_report[2], f"{args.report}/thresholds.json" if args.report else
+                               f"val.py --load_from {os.path.join(folder, 'best.pth')} --report DIR writes them"))
         if args.report:
             report, scores, targets, paths, indices = last_report
             out = write_report(args.report, scores, targets, paths, args.class_names, report,

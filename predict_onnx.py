@@ -18,7 +18,8 @@ import numpy as np
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb, resize_square
 from utils.entry import ScriptParser, run_main
-from utils.predictions import class_thresholds, describe, find_images, finish, label_record
+from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
+                               label_record)
 
 INSTALL = "pip install -r requirements-export.txt"
 
@@ -52,7 +53,8 @@ def run(argv=None) -> List[dict]:
     p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--thresholds", default=None, metavar="FILE", help="per-class thresholds (val.py --report)")
-    p.add_argument("--topk", type=int, default=None, help="list the K highest-scoring labels, whatever the threshold")
+    p.add_argument("--topk", type=int, default=None, help="also list the K highest-scoring classes, whatever the threshold, in a column of their own "
+                        "(the labels stay those above the threshold)")
     p.add_argument("--output", default=None, help="write predictions to PATH.json or PATH.csv")
     p.add_argument("--batch_size", type=int, default=16)
     a = p.parse_args(argv)
@@ -66,6 +68,7 @@ def run(argv=None) -> List[dict]:
     mean = np.array(json.loads(meta["mean"]), dtype=np.float32)
     std = np.array(json.loads(meta["std"]), dtype=np.float32)
     cut = class_thresholds(a.thresholds, names) if a.thresholds else [a.threshold] * len(names)
+    print(describe_thresholds(a.thresholds, cut), file=sys.stderr)
     files, skipped = find_images(a.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)

@@ -23,7 +23,7 @@ from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runti
                        run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.evaluation.html_report import write_report
-from utils.evaluation.report import save_scores, write_voc_submission
+from utils.evaluation.report import save_scores, threshold_advice, write_voc_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +108,8 @@ def validate(args) -> dict:
         if dataset.has_labels:
             report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
             print(format_report(report, names))
+            print(threshold_advice(scores, targets, f"{args.report}/thresholds.json" if args.report else
+                                   "add --report DIR, which writes DIR/thresholds.json", args.pr_convention))
             metrics = report_to_dict(report, names)
             result["report"] = report
             if args.report:

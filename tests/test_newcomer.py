@@ -22,7 +22,7 @@ def test_own_files_are_a_custom_dataset_named_in_the_header(tmp_path):
     assert args.class_names[:2] == ["circle", "square"]  # from classes.txt beside the JSON
     r = run_py("main.py", *argv)
     assert r.returncode == 0, r.stderr[-1500:]
-    assert "on 16 images (custom)" in r.stdout and "(voc07)" not in r.stdout
+    assert "16 training images (custom)" in r.stdout and "(voc07)" not in r.stdout
     assert json.loads((tmp_path / "run" / "args.json").read_text())["dataset"] == "custom"
     # the README's demo.py line on the model just trained: --load_from alone
     img = json.loads(open(files["test"]).read())[0]["img_path"]

@@ -211,7 +211,7 @@ def test_strong_run_records_every_resolved_value(tmp_path):
             rec["randaugment"], rec["cutout"], rec["no_decay_norm_bias"]) == \
         ("strong", "adamw", "onecycle", 0.003, 0.99, "asl", 4.0, True, 0.4, True)
     assert rec["head_lr_mult"] == 1.0 and rec["total_epoch"] == 1
-    assert "--recipe strong (optimizer adamw, scheduler onecycle, lr 0.003*" in r.stdout
+    assert "\nrecipe     strong: optimizer adamw, scheduler onecycle, lr 0.003*" in r.stdout
     log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert "ema_mAP" in log and log["loss"] == "asl"
     # a one-cycle run cannot be lengthened on resume: its LR curve spans the recorded epochs

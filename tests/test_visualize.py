@@ -14,7 +14,7 @@ import main as train_main
 from conftest import SHARED_SAMPLES
 from helpers import run_py, tiny_demo, train_argv
 from pipeline.csra import MultiHeadCSRA
-from utils.visualize import PANEL_HEIGHT, CAPTION_HEIGHT, class_map, overlay, upsample
+from utils.visualize import CAPTION_HEIGHT, PANEL_HEIGHT, SCALE_WIDTH, class_map, overlay, upsample
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,11 @@ def test_hand_built_corner_gets_the_highest_attention():
             assert abs(r - corner[0]) < 10 and abs(c - corner[1]) < 10
     img = Image.new("RGB", (70, 70), "gray")
     ov = np.asarray(overlay(img, upsample(class_map(out, 0, 0, 0), (70, 70)))).astype(int)
-    assert ov[2, 2, 0] > ov[67, 67, 0] and ov[67, 67, 2] > ov[2, 2, 2]  # jet: red at the object, blue far away
+    heat = upsample(class_map(out, 0, 0, 0), (70, 70))
+    peak = np.unravel_index(heat.argmax(), heat.shape)
+    assert ov[peak][0] > ov[peak][2] + 60  # jet's high end (dark red) laid over the object
+    far = heat < 1e-3
+    assert far.sum() > 1000 and (ov[far] == 128).all()  # where the model does not look, the image is untouched
     assert math.isinf(out.temperatures[1])
 
 
@@ -67,10 +71,16 @@ def test_demo_predictions_outputs_and_skips(trained, tmp_path):
     r = run_py(*demo_args(root, files, "--img_dir", str(img_dir), "--topk", "2", "--output", str(out_csv)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped" in r.stderr and "notes.txt" in r.stderr and "broken.jpg" in r.stderr
+    assert "labels: score >= 0.5 for every class" in r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith(str(img_dir))]
-    assert len(lines) == 3 and all(len(re.findall(r"\(\d\.\d{3}\)", ln)) == 2 for ln in lines)
+    assert len(lines) == 3 and all(len(re.findall(r"\(\d\.\d{3}\)", ln.split("; top 2: ")[1])) == 2 for ln in lines)
     rows = list(csv.DictReader(open(out_csv)))
-    assert len(rows) == 3 and len(rows[0]["labels"].split(";")) == 2
+    assert len(rows) == 3 and all(len(row["top"].split(";")) == 2 for row in rows)
+    names = [k for k in rows[0] if k not in ("image", "labels", "top")]
+    for row in rows:  # the labels column holds exactly the classes at or above the threshold, the top 2 their own
+        assert set(filter(None, row["labels"].split(";"))) == {n for n in names if float(row[n]) >= 0.5}
+        top = sorted(names, key=lambda n: -float(row[n]))[:2]
+        assert [t.split(":")[0] for t in row["top"].split(";")] == top
     out_json = tmp_path / "preds.json"
     r = run_py(*demo_args(root, files, "--img_dir", str(img_dir / "00000.jpg"), "--threshold", "0.0",
                           "--output", str(out_json)))
@@ -88,13 +98,13 @@ def test_heatmap_files(trained, tmp_path):
     r = run_py(*demo_args(root, files, "--img_dir", str(big), "--heatmaps", str(out_dir),
                           "--heatmap_classes", "circle,bar,ring"))
     assert r.returncode == 0, r.stderr[-2000:]
-    for name in ("circle", "bar", "ring"):
+    for name in ("circle", "bar", "ring"):  # 90 x 60 enlarged 5 times: the shorter side reaches 256 px
         im = Image.open(out_dir / f"big_{name}.png")
         im.load()
-        assert im.size == (90, 60)
+        assert im.size == (450, 300)
     grid = Image.open(out_dir / "big_grid.png")
     panel_w = round(90 * PANEL_HEIGHT / 60)
-    assert grid.size == (4 * panel_w, PANEL_HEIGHT + CAPTION_HEIGHT)  # original + 3 classes
+    assert grid.size == (4 * panel_w + SCALE_WIDTH, PANEL_HEIGHT + CAPTION_HEIGHT)  # input + 3 classes + scale
     r = run_py(*demo_args(root, files, "--img_dir", str(big), "--heatmaps", str(out_dir),
                           "--heatmap_classes", "dragon"))
     assert r.returncode != 0 and "unknown class 'dragon'" in r.stderr

@@ -57,16 +57,33 @@ def class_thresholds(path: str, names) -> list:
 
 def label_record(image: str, names: Sequence[str], scores: Sequence[float], cut: Sequence[float],
                  topk: Optional[int] = None) -> dict:
-    """One image's prediction: the labels at or above their thresholds (or the top k), highest first."""
+    """One image's prediction: the labels at or above their thresholds, highest first, and with ``topk``
+    the k highest-scoring classes whatever the thresholds, in a list of their own."""
     order = sorted(range(len(scores)), key=lambda c: -scores[c])
-    shown = order[:topk] if topk else [c for c in order if scores[c] >= cut[c]]
-    return {"image": image, "labels": [{"class": names[c], "score": round(float(scores[c]), 6)} for c in shown],
-            "scores": {n: round(float(s), 6) for n, s in zip(names, scores)}}
+    entry = lambda c: {"class": names[c], "score": round(float(scores[c]), 6)}  # noqa: E731
+    rec = {"image": image, "labels": [entry(c) for c in order if scores[c] >= cut[c]]}
+    if topk:
+        rec["top"] = [entry(c) for c in order[:topk]]
+    rec["scores"] = {n: round(float(s), 6) for n, s in zip(names, scores)}
+    return rec
+
+
+def _listed(entries) -> str:
+    return ", ".join(f"{x['class']} ({x['score']:.3f})" for x in entries)
 
 
 def describe(rec: dict) -> str:
-    return f"{rec['image']}: " + (", ".join(f"{x['class']} ({x['score']:.3f})" for x in rec["labels"])
-                                  or "(nothing above threshold)")
+    text = f"{rec['image']}: " + (_listed(rec["labels"]) or "(nothing above threshold)")
+    if "top" in rec:
+        text += f"; top {len(rec['top'])}: {_listed(rec['top'])}"
+    return text
+
+
+def describe_thresholds(path: Optional[str], cut: Sequence[float]) -> str:
+    """The header line that says which thresholds the labels use."""
+    if path:
+        return f"labels: score >= each class's threshold from {path} ({min(cut):.3f} to {max(cut):.3f})"
+    return f"labels: score >= {cut[0]:g} for every class"
 
 
 def write_output(path: str, results: list, names: list) -> None:
@@ -74,11 +91,13 @@ def write_output(path: str, results: list, names: list) -> None:
         with atomic_write(path) as f:
             json.dump(results, f, indent=1)
         return
+    top = any("top" in r for r in results)
     with atomic_write(path) as f:
         w = csv.writer(f)
-        w.writerow(["image", "labels"] + names)
+        w.writerow(["image", "labels"] + (["top"] if top else []) + names)
         for r in results:
-            w.writerow([r["image"], ";".join(x["class"] for x in r["labels"])] + [r["scores"][n] for n in names])
+            listed = [";".join(f"{x['class']}:{x['score']:.6g}" for x in r["top"])] if top else []
+            w.writerow([r["image"], ";".join(x["class"] for x in r["labels"])] + listed + [r["scores"][n] for n in names])
 
 
 def finish(results: list, files: Sequence[str], output: Optional[str], names: Sequence[str]) -> None:

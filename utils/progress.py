@@ -17,9 +17,28 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; a plain run is rank 0
 
 
+MIN_BAR_WIDTH = 40  # columns a bar needs; a terminal that reports less (some report 0 x 0) gets plain lines
+
+
+def terminal_width() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, AttributeError, ValueError):
+        return 0
+
+
 def on_terminal() -> bool:
-    """Whether progress bars belong on stderr: the main process, writing to a terminal."""
-    return is_main_process() and sys.stderr.isatty()
+    """Whether progress bars belong on stderr: the main process, writing to a terminal wide enough for one."""
+    return is_main_process() and sys.stderr.isatty() and terminal_width() >= MIN_BAR_WIDTH
+
+
+def say(text: str) -> None:
+    """A line on stdout that never lands on the end of a progress bar (tqdm clears and redraws it)."""
+    if on_terminal():
+        tqdm.write(text, file=sys.stdout)
+        sys.stdout.flush()
+    else:
+        print(text, flush=True)
 
 
 def bar(iterable=None, **kwargs):
@@ -32,14 +51,17 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+PRINTS_PER_EPOCH = 4  # at least: an epoch shorter than --print_freq still shows its loss and speed
+
+
 class EpochProgress:
     """One training epoch's progress: a bar on a terminal, else a line like
     ``epoch 2/30 step 100/625 loss 0.1234 lr 1.00e-02 312.5 img/s epoch ETA 0:01:40`` every
-    ``print_freq`` iterations (and at the epoch's last)."""
+    ``print_freq`` iterations, at least PRINTS_PER_EPOCH times an epoch (and at the epoch's last)."""
 
     def __init__(self, epoch: int, total_epochs: int, iters: int, start: int, print_freq: int):
         self.epoch, self.total_epochs, self.iters, self.start = epoch, total_epochs, iters, start
-        self.print_freq = max(1, print_freq)
+        self.print_freq = max(1, min(print_freq, iters // PRINTS_PER_EPOCH))
         self.t0 = time.time()
         self.main = is_main_process()
         self.bar = tqdm(total=iters, initial=start, desc=f"epoch {epoch + 1}/{total_epochs}",

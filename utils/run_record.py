@@ -14,6 +14,7 @@ import os
 from typing import Optional, Set, Tuple
 
 from pipeline.backbones import get_backbone
+from pipeline.dataset import DATASETS
 from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS
 from pipeline.jsonfile import read_json
@@ -62,8 +63,21 @@ def _same(key: str, now, then) -> bool:
     return now == then
 
 
+def _some(names) -> str:
+    names = list(names)
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
-    """A typed model option that contradicts the record stops with both values named."""
+    """A typed model option that contradicts the record stops with both values named; so does a typed
+    --dataset whose classes are not the record's (in demo.py and export.py it would only rename the
+    model's outputs; in val.py and the sweep its data would not fit the model)."""
+    spec = DATASETS.get(getattr(args, "dataset", None))
+    names = record.get("class_names")
+    if "dataset" in typed and spec is not None and spec.classes and names and list(spec.classes) != list(names):
+        raise ConfigError(f"--dataset {args.dataset} has {len(spec.classes)} classes ({_some(spec.classes)}) but the "
+                          f"checkpoint's run record {path} says {len(names)} ({_some(names)}); drop the flag, or pass "
+                          "--no_record to describe the model by flags")
     kind = HEAD_KINDS.get(record.get("head"))
     for key in MODEL_OPTIONS:
         if key == "lam" and kind is not None and kind.training_free:

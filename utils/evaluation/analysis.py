@@ -84,15 +84,30 @@ def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: 
     C = scores.shape[1]
     best = [best_f1_threshold(scores[:, c], gt[:, c], valid[:, c]) for c in range(C)]
     curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(C)]
-    ts = np.round(np.arange(0.05, 0.951, 0.05), 2)
-    cf1, of1 = [], []
-    for t in ts:
-        d = precision_recall(scores >= t, pos, pr_valid, pr_convention)
-        cf1.append(d["CF1"])
-        of1.append(d["OF1"])
     return ClassAnalysis(ap=ap, positives=pos.sum(0), predicted=n_pred, tp=tp, precision=p, recall=r, f1=f1,
                          best_threshold=np.array([b[0] for b in best]), best_f1=np.array([b[1] for b in best]),
-                         curves=curves, sweep={"thresholds": ts, "CF1": np.array(cf1), "OF1": np.array(of1)})
+                         curves=curves, sweep=threshold_sweep(scores, targets, pr_convention))
+
+
+SWEEP_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def threshold_sweep(scores: np.ndarray, targets: np.ndarray, pr_convention: str = "ours") -> Dict[str, np.ndarray]:
+    """CF1 and OF1 when one threshold (0.05, 0.10, ..., 0.95) is used for every class."""
+    pos, _, pr_valid, _ = masks(np.asarray(targets))
+    cf1, of1 = [], []
+    for t in SWEEP_THRESHOLDS:
+        d = precision_recall(np.asarray(scores) >= t, pos, pr_valid, pr_convention)
+        cf1.append(d["CF1"])
+        of1.append(d["OF1"])
+    return {"thresholds": SWEEP_THRESHOLDS, "CF1": np.array(cf1), "OF1": np.array(of1)}
+
+
+def best_global_threshold(sweep: Dict[str, np.ndarray]) -> Tuple[float, float, float]:
+    """(threshold, its CF1, the CF1 at 0.5) of the sweep's best CF1 (the lower threshold on a tie)."""
+    k = int(np.argmax(sweep["CF1"]))
+    half = int(np.argmin(np.abs(sweep["thresholds"] - 0.5)))
+    return float(sweep["thresholds"][k]), float(sweep["CF1"][k]), float(sweep["CF1"][half])
 
 
 def worst_mistakes(scores: np.ndarray, targets: np.ndarray, c: int, k: int = 4,

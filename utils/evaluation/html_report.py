@@ -20,7 +20,7 @@ from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, wor
 from utils.evaluation.metrics import Report, masks
 from utils.evaluation.report import KEYS, class_name
 from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic, write_json_atomic
-from utils.visualize import fit_thumbnail
+from utils.visualize import COLOURS, MAX_ALPHA, fit_thumbnail
 
 THUMB = 160
 # (image index, class index) -> thumbnail with that class's heatmap; called once with every request
@@ -140,11 +140,14 @@ def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
 
 
 def colour_bar(width: int = 240, height: int = 14) -> Image.Image:
-    """The heatmaps' colour scale ('jet', as utils.visualize.overlay draws it), labelled low to high."""
+    """The heatmaps' colour scale as utils.visualize.overlay draws it (each level's colour over white at
+    the opacity the overlay gives it), labelled low to high."""
     from matplotlib import colormaps
     from PIL import ImageDraw
 
-    ramp = (colormaps["jet"](np.linspace(0, 1, width))[:, :3] * 255).astype(np.uint8)
+    level = np.linspace(0, 1, width)[:, None]
+    alpha = MAX_ALPHA * level
+    ramp = (((1 - alpha) + alpha * colormaps[COLOURS](level[:, 0])[:, :3]) * 255).astype(np.uint8)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left, right = "low", "high attention"
     lw, rw = (int(probe.textlength(t)) + 8 for t in (left, right))
@@ -206,6 +209,15 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     pos_mask = np.asarray(targets) == 1
     predicted = np.asarray(scores) >= 0.5
 
+    def mistakes_in(items, c, wrong, mistake) -> str:
+        """What the rows are: how many are mistakes at 0.5 (none: the class is right on every image)."""
+        n = sum(bool(wrong(scores[i, c])) for i in items)
+        if not items:
+            return "none"
+        if n == 0:
+            return f"all {len(items)} correct at 0.5 (no {mistake}s)"
+        return f"{n} {mistake}{'s' if n > 1 else ''} at 0.5" + (f", {len(items) - n} correct" if n < len(items) else "")
+
     def labels_of(mask_row) -> str:
         return ", ".join(names[k] for k in np.flatnonzero(mask_row)) or "none"
 
@@ -213,10 +225,10 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     for c in shown:
         fp, fn = mistakes[c]
         blocks = []
-        for title, items, wrong in (
-                ("Highest-scoring negatives (false positives where the score is at least 0.5)", fp,
-                 lambda s: s >= 0.5),
-                ("Lowest-scoring positives (false negatives where the score is below 0.5)", fn, lambda s: s < 0.5)):
+        for title, items, wrong, mistake in (
+                ("Highest-scoring negatives", fp, lambda s: s >= 0.5, "false positive"),
+                ("Lowest-scoring positives", fn, lambda s: s < 0.5, "false negative")):
+            title = f"{title}: {mistakes_in(items, c, wrong, mistake)}"
             figs = []
             for i in items:
                 img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])

@@ -77,8 +77,10 @@ def test_normalisation_follows_the_authors_dataset_rule_without_a_record(tmp_pat
 
 def test_normalisation_follows_the_record_and_reaches_the_pixels(run):
     _, folder = run
-    args = _val(["--load_from", str(folder / "best.pth"), "--dataset", "voc07"])  # the record still decides
+    args = _val(["--load_from", str(folder / "best.pth"), "--dataset", "custom"])  # the record still decides
     assert args.normalize == "half"
+    with pytest.raises(ConfigError, match="--dataset voc07 has 20 classes"):  # other classes than the record's
+        _val(["--load_from", str(folder / "best.pth"), "--dataset", "voc07"])
     rt = resolve_runtime(torch.device("cpu"), args.model, "off", False, args.normalize)
     pixels = torch.tensor([0, 51, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2)
     want = (np.array([0, 51, 128, 255], dtype=np.float32) / 255 - 0.5) / 0.5

@@ -24,6 +24,7 @@ from utils.cli import (add_checkpoint_args, add_model_args, add_runtime_args, de
                        new_parser, parse_args, run_main)
 from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
                                label_record)
+from utils.threads import ThreadGovernor
 from utils.visualize import save_heatmaps
 
 
@@ -111,12 +112,13 @@ def run(args) -> list:
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
     runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
+    threads = ThreadGovernor(args.threads).choice
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
     names = args.class_names
     if runtime_warning(runtime):
         print(runtime_warning(runtime), file=sys.stderr)
-    print(describe_inference(args, runtime), file=sys.stderr)
+    print(describe_inference(args, runtime, threads), file=sys.stderr)
     if args.heatmap_classes:
         unknown = [n for n in args.heatmap_classes.split(",") if n not in names]
         if unknown:

@@ -42,6 +42,7 @@ from utils.evaluation.report import threshold_advice
 from utils.evaluation.html_report import write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
 from utils.progress import RunClock, StepLog, say
+from utils.threads import ThreadGovernor
 from utils.run_lock import RunLock, RunLockedError
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
                                precision_change_note, read_recorded_args, reconcile_args, remove_stale_temporaries,
@@ -74,7 +75,7 @@ def weights_in_use(args) -> str:
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
 
 
-def run_header(args, train_set, test_json: str, runtime, eval_runtime, folder: str) -> str:
+def run_header(args, train_set, test_json: str, runtime, eval_runtime, folder: str, threads) -> str:
     """The start-up block: one topic a line, none wider than HEADER_WIDTH (lists break between items)."""
     options = describe_in_force(args)
     rows = [
@@ -85,6 +86,7 @@ def run_header(args, train_set, test_json: str, runtime, eval_runtime, folder: s
         ("recipe", f"{args.recipe}: {options}"),
         ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {runtime.describe()}; evaluation in "
                     f"{precision_name(eval_runtime.amp)}"),
+        ("threads", threads.describe() + ("" if threads.fixed else "; fitted to the load while training")),
         ("run folder", folder),
     ]
     if "*" in options:
@@ -401,6 +403,7 @@ def _train(args, given, locks: list) -> dict:
 
     runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
     eval_runtime = resolve_runtime(device, args.model, args.eval_amp, runtime.channels_last, args.normalize)
+    governor = ThreadGovernor(args.threads)
     if runtime_warning(runtime) and du.is_main():
         print(runtime_warning(runtime))
     if state is not None and du.is_main():
@@ -467,7 +470,7 @@ def _train(args, given, locks: list) -> dict:
                              it=it, best=best, args=vars(args), run_id=args.run_id, runtime=runtime.as_dict())
 
     if du.is_main():
-        print(run_header(args, train_set, test_json, runtime, eval_runtime, folder))
+        print(run_header(args, train_set, test_json, runtime, eval_runtime, folder, governor.choice))
     last_report = None
     for epoch in range(start_epoch, args.total_epoch):
         sampler.set_epoch(epoch, start_iter * args.batch_size)
@@ -482,6 +485,9 @@ def _train(args, given, locks: list) -> dict:
             eta = clock.after_step(global_step - start_epoch * iters_per_epoch - start_step)
             if eta and du.is_main():
                 say(eta)
+            change = governor.after_step(f"epoch {epoch + 1} step {it}")
+            if change and du.is_main():
+                say(change)
             if args.state_every and it % args.state_every == 0 and it < iters_per_epoch:
                 save_state(epoch, it)
 
@@ -497,7 +503,10 @@ def _train(args, given, locks: list) -> dict:
         entry = {"epoch": epoch + 1,
                  **{k: stats[k] for k in ("train_loss", "images_per_s", "train_seconds", "skipped_images")},
                  "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": args.loss, "amp": runtime.amp,
-                 "channels_last": runtime.channels_last}
+                 "channels_last": runtime.channels_last, "threads": governor.choice.threads}
+        changes = governor.take_changes()
+        if changes:
+            entry["thread_changes"] = changes
         due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
         if due and test_set.has_labels:
             candidates = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])

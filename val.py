@@ -22,6 +22,7 @@ from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runti
                        dataset_kwargs, describe_inference, describe_model, finish_class_names, model_kwargs, new_parser, parse_args,
                        run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
+from utils.threads import ThreadGovernor
 from utils.evaluation.html_report import write_report
 from utils.evaluation.report import save_scores, threshold_advice, write_voc_submission
 
@@ -93,12 +94,13 @@ def validate(args) -> dict:
                           "(or --load_from a checkpoint with its run record)")
     finish_class_names(args, args.num_cls)
     runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
+    threads = ThreadGovernor(args.threads).choice
     model, info = load_for_inference(args.load_from, **model_kwargs(args))
     model = runtime.prepare_model(model)
     if du.is_main():
         if runtime_warning(runtime):
             print(runtime_warning(runtime))
-        print(f"{describe_inference(args, runtime)}; {len(dataset)} images from {test_json}")
+        print(f"{describe_inference(args, runtime, threads)}; {len(dataset)} images from {test_json}")
     scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=args.batch_size,
                                               num_workers=args.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}

@@ -121,36 +121,74 @@ def variants(device: torch.device, with_fp16_cpu: bool) -> List[Tuple[str, bool]
     return out
 
 
+ROUNDS = 5  # alternating quiet spells per thread policy
 BUSY = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 
 
-def contended_table(configs: str, steps: int, warmup: int, device: torch.device, busy: int) -> None:
-    """Each row timed quietly, then while ``busy`` bounded busy-loop processes share the cores."""
+def timed_steps(step, batches: Batches, seconds: float, governor=None) -> float:
+    """Images per second over repeated passes of ``batches`` lasting about ``seconds`` (the governor, if
+    any, fits the threads between steps as main.py's training loop does)."""
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        for x, y in batches:
+            step(x, y)
+            done += len(x)
+            if governor is not None:
+                governor.after_step()
+    return done / (time.perf_counter() - t0)
+
+
+def contended_table(configs: str, seconds: float, device: torch.device, busy: int) -> None:
+    """Each thread policy timed quietly, then while ``busy`` busy-loop processes share the cores, in one
+    run: the default (utils.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
+    one thread, and every allowed CPU (the thread count before the default was fitted to the load). The
+    quiet spells of the three alternate (ROUNDS rounds, the best of each kept), so machine noise does not
+    favour one; then each meets the load, which arrives while it runs."""
     import subprocess
-    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, torch threads {torch.get_num_threads()}, "
-          f"{busy} busy processes in the contended column (a fair share of {os.cpu_count()} cores is "
-          f"{100 * min(1.0, os.cpu_count() / (busy + os.cpu_count())):.0f}%)")
-    print(f"{'model':22s}{'path':36s}{'quiet img/s':>12s}{'contended':>11s}{'kept':>7s}")
-    for spec in configs.split(","):
-        name, size, batch = spec.split(":")
-        size, batch = int(size), int(batch)
-        batches = make_batches(warmup + steps, batch, size, 80)
-        auto = resolve_runtime(device, name, "auto", True, "unit")
-        paths = [("authors-style loop, fp32 NCHW", lambda: authors_loop(new_model(name, size, 80, device), device)),
-                 (f"train_step, auto: {auto.amp}, {'CL' if auto.channels_last else 'NCHW'}",
-                  lambda: our_step(auto.prepare_model(new_model(name, size, 80, device), train=True), auto))]
-        for label, make in paths:
-            quiet, _ = rate(make(), batches, warmup, device)
-            procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=600)]) for _ in range(busy)]
-            try:
-                time.sleep(0.5)
-                loaded, _ = rate(make(), batches, warmup, device)
-            finally:
-                for proc in procs:
-                    proc.kill()
-                    proc.wait()
-            print(f"{f'{name} {size} px b{batch}':22s}{label:36s}{quiet:12.1f}{loaded:11.1f}{loaded / quiet:7.2f}",
-                  flush=True)
+    from utils.threads import CHECK_SECONDS, ThreadGovernor, cpu_budget
+    budget, why = cpu_budget()
+    kind = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "AVX2, no native bf16"
+    print(f"CPU: {kind}; {why}; {busy} busy processes in the contended column (a fair share is "
+          f"{100 * min(1.0, budget / (busy + budget)):.0f}%); quiet: the best of {ROUNDS} {seconds / 3:.0f} s spells "
+          f"per policy, alternating; contended: {seconds:.0f} s after {2 * CHECK_SECONDS:.0f} s to settle")
+    print(f"{'model':22s}{'threads':36s}{'quiet img/s':>12s}{'contended':>11s}{'kept':>7s}{'of default quiet':>18s}")
+    saved = os.environ.pop("OMP_NUM_THREADS", None)  # the default row decides by itself
+    try:
+        for spec in configs.split(","):
+            name, size, batch = spec.split(":")
+            size, batch = int(size), int(batch)
+            batches = make_batches(4, batch, size, 80)
+            auto = resolve_runtime(device, name, "auto", True, "unit")
+            policies = []
+            for label, requested in (("default (fitted to the load)", None), ("1 thread", 1),
+                                     (f"{budget} threads (every CPU, fixed)", budget)):
+                governor = ThreadGovernor(requested)
+                step = our_step(auto.prepare_model(new_model(name, size, 80, device), train=True), auto)
+                timed_steps(step, batches[:1], 0.5)  # warm-up
+                policies.append([label, governor, step, 0.0, 0.0])
+            for _ in range(ROUNDS):
+                for row in policies:
+                    row[1].apply()
+                    row[3] = max(row[3], timed_steps(row[2], batches, seconds / 3, row[1]))
+            for row in policies:
+                label, governor, step = row[:3]
+                governor.apply()
+                procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=600)]) for _ in range(busy)]
+                try:
+                    timed_steps(step, batches, 2 * CHECK_SECONDS, governor)  # the load arrives mid-run
+                    row[4] = timed_steps(step, batches, seconds, governor)
+                finally:
+                    for proc in procs:
+                        proc.kill()
+                        proc.wait()
+                quiet, loaded, default_quiet = row[3], row[4], policies[0][3]
+                shown = f"{label}: {governor.choice.threads} at the end"
+                print(f"{f'{name} {size} px b{batch}':22s}{shown:36s}{quiet:12.1f}{loaded:11.1f}{loaded / quiet:7.2f}"
+                      f"{loaded / default_quiet:18.2f}", flush=True)
+            print(f"quiet speed of the default / every CPU fixed: {policies[0][3] / policies[2][3]:.2f}")
+    finally:
+        if saved is not None:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def main() -> None:
@@ -168,8 +206,8 @@ def main() -> None:
                         "compiled rows): what gpu_check.py times")
     p.add_argument("--quick", action="store_true", help="small_cnn at 64 px, batch 16, 3 timed steps per row")
     p.add_argument("--contended", type=int, nargs="?", const=2, default=0, metavar="N",
-                   help="also time the rows while N busy processes (default 2) share the cores: quiet and "
-                        "contended side by side")
+                   help="instead, time the thread policies (the default, 1 thread, every CPU) quietly and while N "
+                        "busy processes (default 2) share the cores, side by side")
     a = p.parse_args()
     if a.quick:
         a.configs, a.steps, a.warmup = a.configs or "small_cnn:64:16", a.steps or 3, 1
@@ -183,7 +221,7 @@ def main() -> None:
     if peak:
         print(f"bf16 matmul 8192^3 in this run: {peak:.0f} TFLOP/s")
     if a.contended:
-        return contended_table(configs, steps, a.warmup, device, a.contended)
+        return contended_table(configs, 2.0 if a.quick else 6.0, device, a.contended)
     for spec in configs.split(","):
         name, size, batch = spec.split(":")
         size, batch = int(size), int(batch)

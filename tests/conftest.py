@@ -4,6 +4,10 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a fixed thread count for the runs made in this process: the scripts' adaptive choice (utils.threads) would
+# otherwise follow the machine's load, and float results depend on the count (tests/test_threads.py tests it)
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                             else os.cpu_count() or 1))
 sys.path.insert(0, ROOT)
 SHARED_SAMPLES = os.path.join(ROOT, "..", "shared", "data", "voc_samples")
 

@@ -39,6 +39,7 @@ from utils.cli import (add_data_args, add_model_args, add_pretrained_arg, add_re
                        add_runtime_args, dataset_files, dataset_kwargs, describe_inference, finish_class_names,
                        model_kwargs, new_parser, parse_args, run_main, typed_flags)
 from utils.evaluation import evaluate  # noqa: E402
+from utils.threads import ThreadGovernor  # noqa: E402
 
 
 def paper_lam(spec: Backbone) -> float:
@@ -136,8 +137,9 @@ def checkpoint_sweep(args) -> dict:
     args.num_cls = args.num_cls or dataset.num_classes
     finish_class_names(args, args.num_cls)
     runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
+    threads = ThreadGovernor(args.threads).choice
     model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    print(describe_inference(args, runtime))
+    print(describe_inference(args, runtime, threads))
     scores = sweep_scores(runtime.prepare_model(model), dataset, lams, runtime, args.batch_size, args.num_workers)
     targets = dataset.targets()
     results = {lam: evaluate(s, targets) for lam, s in scores.items()}
@@ -158,10 +160,11 @@ def classifier_sweep(args, typed) -> dict:
     lams = parse_lams(args.lams, fixed)
     dataset = ImageFolderSet(args.img_dir, size, args.class_index)
     runtime = resolve_runtime(du.init_distributed(), spec.name, args.amp, not args.no_channels_last, normalize)
+    threads = ThreadGovernor(args.threads).choice
     model = create_model(spec, size, args.pretrained, keep_classifier=True).eval()
     model = runtime.prepare_model(model)
     print(f"{spec.name} ({spec.display}) with --pretrained {args.pretrained}, its own classifier; {size} px (shorter "
-          f"side {int(size / 0.875)}, centre crop); {runtime.describe()}; {len(dataset)} images in "
+          f"side {int(size / 0.875)}, centre crop); {runtime.describe()}, {threads.describe()}; {len(dataset)} images in "
           f"{len(dataset.folders)} class folders of {args.img_dir}")
     if not args.class_index:
         print(f"note: the {len(dataset.folders)} sorted folder names are outputs 0..{len(dataset.folders) - 1} (as "

@@ -106,6 +106,9 @@ def add_runtime_args(p: argparse.ArgumentParser, inference: bool = True) -> None
                             "(AVX512-BF16/AMX), fp16 with loss scaling on older GPUs, else float32; off = float32")
     g.add_argument("--no_channels_last", action="store_true",
                    help="keep the NCHW memory format (channels-last is the default on every device)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the model (default: the CPUs this process may use, less those other "
+                        "processes keep busy; re-fitted while training; OMP_NUM_THREADS also fixes it)")
 
 
 def plural(n: int, one: str, many: Optional[str] = None) -> str:
@@ -119,13 +122,15 @@ def describe_model(args) -> str:
     return f"{args.model}, {args.head} head ({heads}), {plural(args.num_cls, 'class', 'classes')}, {args.img_size} px"
 
 
-def describe_inference(args, runtime=None) -> str:
+def describe_inference(args, runtime=None, threads=None) -> str:
     """The header of a script that loads a checkpoint: what was loaded, from which description, how it runs."""
     source = f"described by its run record {args.record_path}" if getattr(args, "record_path", None) else \
         "described by flags"
     text = f"{args.load_from} ({source}): {describe_model(args)}"
     if runtime is not None:
         text += f"; {runtime.describe()}"
+    if threads is not None:
+        text += f", {threads.describe()}"
         if runtime.amp != "off":
             text += (f"; {runtime.amp} autocast opted in: scores differ slightly from float32, the published "
                      "numbers' precision")
@@ -218,6 +223,7 @@ CHECKS = {
     "batch_size": (_positive, "a positive integer"),
     "num_cls": (_positive, "a positive integer"),
     "num_workers": (lambda v: v >= 0, "0 or more"),
+    "threads": (_positive, "a positive integer"),
     "total_epoch": (_positive, "a positive integer"),
     "eval_every": (_positive, "a positive integer"),
     "state_every": (lambda v: v >= 0, "0 or more"),

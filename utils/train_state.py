@@ -92,7 +92,8 @@ RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "trai
                 "loss", "gamma_pos", "gamma_neg", "asl_clip", "partial_labels", "recipe", "optimizer", "scheduler",
                 "no_decay_norm_bias", "onecycle_peak", "randaugment", "cutout")
 # options that may change on resume (total_epoch only upwards); they are applied and recorded
-SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp", "tensorboard")
+SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp", "tensorboard",
+                  "threads")
 
 
 def read_recorded_args(folder: str) -> dict:

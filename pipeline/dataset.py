@@ -11,6 +11,7 @@ import os
 import random
 import warnings
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -22,6 +23,7 @@ from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTR
 from pipeline.errors import DataError
 from pipeline.images import crop_box, read_rgb, resize_square
 from pipeline.jsonfile import read_json  # noqa: F401  (re-exported: callers import it from here)
+from pipeline.labels import LabelTable, from_dense, is_sparse_file, read_sparse
 
 
 # the strong recipe on the demo (a small CNN from scratch, 630 steps): a from-scratch AdamW LR; an EMA whose
@@ -131,36 +133,39 @@ def _split(path: str) -> List[str]:
     return [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
 
 
-def reroot(records: List[dict], data_root: str, json_path: str = "") -> List[dict]:
-    """Replace the folder part of every img_path that lies before the dataset's own layout.
-
-    The number of leading components to drop is found on the first record, as the smallest
-    that makes ``data_root/<rest>`` an existing file, and applied to all records.
+def reroot(paths: List[str], data_root: str, json_path: str = "") -> List[str]:
+    """Replace the folder part of every path that lies before the dataset's own layout.
+    The number of leading components to drop is found on the first path, as the smallest
+    that makes ``data_root/<rest>`` an existing file, and applied to all paths.
     """
-    parts = _split(records[0]["img_path"])
+    parts = _split(paths[0])
     for drop in range(len(parts)):
         if os.path.isfile(os.path.join(data_root, *parts[drop:])):
             break
     else:
         raise DataError(f"{json_path}: --data_root {data_root}: no tail of record 0's path "
-                        f"{records[0]['img_path']} exists under it")
-    out = []
-    for r in records:
-        r = dict(r)
-        r["img_path"] = os.path.join(data_root, *_split(r["img_path"])[drop:])
-        out.append(r)
-    return out
+                        f"{paths[0]} exists under it")
+    return [os.path.join(data_root, *_split(p)[drop:]) for p in paths]
 
 
-def resolve_relative(records: List[dict], json_path: str) -> List[dict]:
-    """Relative img_paths are taken from the working directory (the authors' convention); when
-    that fails for record 0 but works from the JSON file's folder, all are taken from there."""
-    first = records[0]["img_path"]
+def resolve_relative(paths: List[str], json_path: str) -> Optional[List[str]]:
+    """Relative paths are taken from the working directory (the authors' convention); when that fails
+    for the first but works from the JSON file's folder, all are taken from there (None: unchanged)."""
+    first = paths[0]
     base = os.path.dirname(os.path.abspath(json_path))
     if os.path.isabs(first) or os.path.exists(first) or not os.path.exists(os.path.join(base, first)):
-        return records
-    return [dict(r, img_path=os.path.join(base, r["img_path"])) if not os.path.isabs(r["img_path"]) else r
-            for r in records]
+        return None
+    return [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
+
+
+def load_table(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True,
+               allowed_labels: Tuple[int, ...] = TEST_LABELS) -> LabelTable:
+    """A prepared file, dense JSON or sparse JSON Lines (``pipeline.labels``), as a LabelTable."""
+    if not os.path.isfile(json_path):
+        raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
+    if is_sparse_file(json_path):
+        return read_sparse(json_path, num_classes)[0]
+    return from_dense(load_records(json_path, num_classes, require_labels, allowed_labels), num_classes)
 
 
 # --- transforms --------------------------------------------------------------------------
@@ -258,8 +263,27 @@ def cut_out(pixels: np.ndarray, fraction: float, rng: random.Random) -> None:
 
 
 # --- dataset -----------------------------------------------------------------------------
+class Records(Sequence):
+    """The records of a LabelTable as the authors' dicts, made when asked for (nothing is kept per record)."""
+
+    def __init__(self, table: LabelTable):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = {"img_path": self.table.path(i)}
+        if self.table.has_labels:
+            rec["target"] = self.table.target(i).tolist()
+        box = self.table.bbox(i)
+        if box is not None:
+            rec["bbox"] = box
+        return rec
+
+
 class MultiLabelDataset(Dataset):
-    """Images, targets and paths from a prepared JSON file.
+    """Images, targets and paths from a prepared file (dense JSON or sparse JSON Lines).
 
     An index may be an int or ``(index, seed)``: with a seed the random augmentation is a
     function of the seed alone, which makes training reproducible and exactly resumable.
@@ -272,13 +296,16 @@ class MultiLabelDataset(Dataset):
                  cache_images: bool = False, fast_decode: Optional[bool] = None, partial_labels: bool = False):
         self.json_path = json_path
         allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
-        self.records = load_records(json_path, num_classes, require_labels, allowed)
+        table = load_table(json_path, num_classes, require_labels, allowed)
+        paths = None
         if data_root:
-            self.records = reroot(self.records, data_root, json_path)
-        else:
-            self.records = resolve_relative(self.records, json_path)
-        self.has_labels = "target" in self.records[0]
-        self.num_classes = num_classes or (len(self.records[0]["target"]) if self.has_labels else None)
+            paths = reroot(table.paths(), data_root, json_path)
+        elif resolve_relative([table.path(0)], json_path) is not None:  # checked on the first path alone
+            paths = resolve_relative(table.paths(), json_path)
+        self.table = table if paths is None else table.with_paths(paths)
+        self.records = Records(self.table)
+        self.has_labels = self.table.has_labels
+        self.num_classes = num_classes or self.table.num_classes
         self.transform = transform
         self.skip_bad_images = skip_bad_images
         self._cache: Optional[Dict[int, Image.Image]] = {} if cache_images else None
@@ -287,13 +314,13 @@ class MultiLabelDataset(Dataset):
         self.fast_decode = transform.train if fast_decode is None else fast_decode
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.table)
 
     def targets(self) -> np.ndarray:
-        """(N, C) int8 (the label values are checked on loading to fit), built once: evaluation asks
-        for it every epoch."""
+        """(N, C) int8 in the evaluator's convention (``LabelTable.eval_targets``), built once: evaluation
+        asks for it every epoch."""
         if self._targets is None:
-            self._targets = np.array([r["target"] for r in self.records], dtype=np.int8)
+            self._targets = self.table.eval_targets()
         return self._targets
 
     def load_image(self, idx: int) -> Image.Image:
@@ -304,15 +331,15 @@ class MultiLabelDataset(Dataset):
         return self._cache[idx]
 
     def _decode(self, idx: int) -> Image.Image:
-        rec = self.records[idx]
-        path = rec["img_path"]
+        path = self.table.path(idx)
+        box = self.table.bbox(idx)
         where = f"{path} (record {idx} of {self.json_path})"
         # JPEG: decode at a reduced scale when the image is much larger than the input (faster; the
         # pixels differ slightly from a full decode + resize); never for person crops
-        draft = int(self.transform.img_size * 1.2) if self.fast_decode and "bbox" not in rec else None
+        draft = int(self.transform.img_size * 1.2) if self.fast_decode and box is None else None
         img = read_rgb(path, where, draft)
-        if "bbox" in rec:
-            img = crop_box(img, rec["bbox"], where)
+        if box is not None:
+            img = crop_box(img, box, where)
         return img
 
     def __getitem__(self, key):
@@ -326,12 +353,11 @@ class MultiLabelDataset(Dataset):
             return None
         rng = random.Random(seed) if seed is not None else None
         image = self.transform(img, rng)
-        rec = self.records[idx]
         if self.has_labels:
-            target = torch.tensor(rec["target"], dtype=torch.int64)
+            target = torch.from_numpy(self.table.target(idx).astype(np.int64))
         else:
             target = torch.zeros(self.num_classes or 0, dtype=torch.int64)
-        return image, target, rec["img_path"], idx
+        return image, target, self.table.path(idx), idx
 
 
 def collate_skipping_bad(batch):

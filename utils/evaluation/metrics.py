@@ -5,6 +5,8 @@ Label conventions, per entry of the target matrix:
 - ``0``: negative in binary files (COCO, trainval); *difficult* in VOC test files (any ``-1`` present,
   or ``voc=True``): left out of that class's AP and of the P/R counts.
 - ``99`` (WIDER test, unspecified): left out of AP; counted as negative in P/R (the authors' rule).
+- ``-99`` unknown (sparse files whose unlisted classes are unknown, e.g. OpenImages): left out of AP and
+  of the P/R counts.
 
 Ties: images with equal scores form one block; the precision at the end of the block is used
 for every positive in it (the rule of scikit-learn's average_precision_score), so AP does not
@@ -20,6 +22,7 @@ import numpy as np
 from pipeline.errors import CSRAError
 
 IGNORE = 99
+UNKNOWN = -99  # pipeline.labels.EVAL_UNKNOWN
 
 
 class MetricsError(CSRAError, ValueError):
@@ -62,6 +65,8 @@ def masks(targets: np.ndarray, voc: Optional[bool] = None):
     else:
         neg_ap = (t == 0) | (t == -1)
         valid_pr = None  # 99 stays valid for P/R: it counts as negative
+    if t.size and t.min() == UNKNOWN:  # unknown labels: out of P/R too (out of AP already: neither mask has them)
+        valid_pr = (t != UNKNOWN) if valid_pr is None else valid_pr & (t != UNKNOWN)
     return pos, neg_ap, valid_pr, voc
 
 

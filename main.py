@@ -39,7 +39,7 @@ from utils.cli import (AUG_CHOICES, add_data_args, add_model_args, add_pretraine
                        run_main, typed_flags)
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.report import threshold_advice
-from utils.evaluation.html_report import write_report
+from utils.evaluation.html_report import report_targets, write_report
 from utils.fileio import OutputError, atomic_write, make_folder, save_torch_atomic
 from utils.progress import RunClock, StepLog, say
 from utils.threads import ThreadGovernor
@@ -395,6 +395,10 @@ def _train(args, given, locks: list) -> dict:
     train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True),
                                   partial_labels=args.partial_labels)
     args.num_cls = args.num_cls or train_set.num_classes
+    if train_set.table.unknown and not args.partial_labels:  # OpenImages-style: unlisted classes are unknown
+        args.partial_labels = True
+        if du.is_main():
+            print(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
     finish_class_names(args, args.num_cls)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
@@ -533,11 +537,13 @@ def _train(args, given, locks: list) -> dict:
         tb.close()
     if du.is_main() and last_report is not None:
         print(format_report(last_report[0], args.class_names, per_class=True))
-        print(threshold_advice(last_report[1], last_report[2], f"{args.report}/thresholds.json" if args.report else
-                               f"val.py --load_from {os.path.join(folder, 'best.pth')} --report DIR writes them"))
+        if not hasattr(last_report[2], "table"):  # (not at OpenImages size)
+            print(threshold_advice(last_report[1], last_report[2], f"{args.report}/thresholds.json" if args.report
+                                   else f"val.py --load_from {os.path.join(folder, 'best.pth')} --report DIR writes "
+                                   "them"))
         if args.report:
             report, scores, targets, paths, indices = last_report
-            out = write_report(args.report, scores, targets, paths, args.class_names, report,
+            out = write_report(args.report, scores, report_targets(targets), paths, args.class_names, report,
                                info={"model": describe_model(args),
                                      "checkpoint": f"{folder} (last epoch)", "data": test_json},
                                thumbnails=lambda req: thumbnails_by_row(model, test_set, eval_runtime, indices, req))

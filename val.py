@@ -23,8 +23,8 @@ from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runti
                        run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.threads import ThreadGovernor
-from utils.evaluation.html_report import write_report
-from utils.evaluation.report import save_scores, threshold_advice, write_voc_submission
+from utils.evaluation.html_report import report_targets, write_report
+from utils.evaluation.report import load_scores_binary, save_scores, threshold_advice, write_voc_submission
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(ours: the model options come from the run record beside it)")
     add_record_flag(p)
     p.add_argument("--save_scores", default=None, metavar="PATH",
-                   help="write per-image scores with their paths and the metrics as JSON")
+                   help="write per-image scores with their paths and the metrics as JSON; as .npy (memory-mappable, "
+                        "with the paths and labels beside it) when PATH ends in .npy or the matrix holds over 10M "
+                        "scores")
     p.add_argument("--voc_submission", default=None, metavar="DIR",
                    help="write VOC evaluation-server files comp2_cls_test_<class>.txt into DIR")
     p.add_argument("--pr_convention", default="ours", choices=["ours", "authors"],
@@ -47,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "their heatmaps) into DIR")
     p.add_argument("--report_classes", type=int, default=10,
                    help="show the worst mistakes of this many classes, lowest AP first")
-    p.add_argument("--from_scores", default=None, metavar="SCORES_JSON",
-                   help="with --report: draw it from a --save_scores file instead of running a model")
+    p.add_argument("--from_scores", default=None, metavar="SCORES",
+                   help="the metrics (and with --report the report) from a --save_scores file (.json, or .npy: "
+                        "memory-mapped) instead of running a model")
     p.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
     return p
 
@@ -56,29 +59,36 @@ def build_parser() -> argparse.ArgumentParser:
 def get_args(argv=None) -> argparse.Namespace:
     p = build_parser()
     args = parse_args(p, argv)
-    if args.from_scores and not args.report:
-        p.error("--from_scores needs --report DIR")
     if not args.load_from and not args.from_scores:
-        p.error("--load_from is required (or --from_scores with --report)")
+        p.error("--load_from is required (or --from_scores)")
     return args
 
 
 def report_from_scores(args) -> dict:
-    """Draw the report from a --save_scores file: no model, no images decoded for scores."""
-    data = read_json(args.from_scores)
-    try:
-        names, images = data["classes"], data["images"]
-        scores = np.array([im["scores"] for im in images], dtype=np.float64)
-        targets = np.array([im["target"] for im in images], dtype=np.int64)
-        paths = [im["img_path"] for im in images]
-    except (KeyError, TypeError, ValueError) as e:
-        raise DataError(f"{args.from_scores}: not a --save_scores file with targets ({type(e).__name__}: {e})") from None
+    """Metrics (and with --report the report) from a --save_scores file: no model, no images decoded for
+    scores. A binary file (.npy) is memory-mapped, not copied."""
+    if args.from_scores.endswith(".npy"):
+        scores, targets, paths, names = load_scores_binary(args.from_scores)
+    else:
+        data = read_json(args.from_scores)
+        try:
+            names, images = data["classes"], data["images"]
+            scores = np.array([im["scores"] for im in images], dtype=np.float64)
+            targets = np.array([im["target"] for im in images], dtype=np.int64)
+            paths = [im["img_path"] for im in images]
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{args.from_scores}: not a --save_scores file with targets ({type(e).__name__}: {e})") \
+                from None
     report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
     print(format_report(report, names))
-    out = write_report(args.report, scores, targets, paths, names, report, report_classes=args.report_classes,
-                       info={"scores": args.from_scores}, pr_convention=args.pr_convention)
-    print(f"wrote {out['index']} ({out['seconds_total']:.1f} s)")
-    return {"report": report, "html": out}
+    result = {"report": report}
+    if args.report:
+        out = write_report(args.report, scores, report_targets(targets), paths, names, report,
+                           report_classes=args.report_classes, info={"scores": args.from_scores},
+                           pr_convention=args.pr_convention)
+        print(f"wrote {out['index']} ({out['seconds_total']:.1f} s)")
+        result["html"] = out
+    return result
 
 
 def validate(args) -> dict:
@@ -110,13 +120,15 @@ def validate(args) -> dict:
         if dataset.has_labels:
             report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
             print(format_report(report, names))
-            print(threshold_advice(scores, targets, f"{args.report}/thresholds.json" if args.report else
-                                   "add --report DIR, which writes DIR/thresholds.json", args.pr_convention))
+            if not hasattr(targets, "table"):  # (at OpenImages size the sweep's dense masks are not made)
+                print(threshold_advice(scores, targets, f"{args.report}/thresholds.json" if args.report else
+                                       "add --report DIR, which writes DIR/thresholds.json", args.pr_convention))
             metrics = report_to_dict(report, names)
             result["report"] = report
             if args.report:
                 out = write_report(
-                    args.report, scores, targets, paths, names, report, report_classes=args.report_classes,
+                    args.report, scores, report_targets(targets), paths, names, report,
+                    report_classes=args.report_classes,
                     pr_convention=args.pr_convention,
                     info={"model": describe_model(args),
                           "checkpoint": args.load_from, "data": test_json},
@@ -126,8 +138,7 @@ def validate(args) -> dict:
         elif not writes_only:
             raise DataError(f"{test_json} has no labels; pass --voc_submission DIR or --save_scores PATH")
         if args.save_scores:
-            save_scores(args.save_scores, paths, scores, targets, names, metrics)
-            print(f"wrote {args.save_scores}")
+            print(f"wrote {', '.join(save_scores(args.save_scores, paths, scores, targets, names, metrics))}")
         if args.voc_submission:
             files = write_voc_submission(args.voc_submission, paths, scores, names)
             print(f"wrote {len(files)} submission files to {args.voc_submission}")

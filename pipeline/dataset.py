@@ -23,7 +23,7 @@ from pipeline.classes import COCO_CLASSES, DEMO_CLASSES, VOC_CLASSES, WIDER_ATTR
 from pipeline.errors import DataError
 from pipeline.images import crop_box, read_rgb, resize_square
 from pipeline.jsonfile import read_json  # noqa: F401  (re-exported: callers import it from here)
-from pipeline.labels import LabelTable, from_dense, is_sparse_file, read_sparse
+from pipeline.labels import DENSE_LIMIT, LabelTable, TableRows, from_dense, is_sparse_file, read_sparse
 
 
 # the strong recipe on the demo (a small CNN from scratch, 630 steps): a from-scratch AdamW LR; an EMA whose
@@ -68,6 +68,12 @@ DATASETS: Dict[str, DatasetSpec] = {
                         train_overrides=dict(pretrained="none", num_workers=0, cache_images=True),
                         recipe_overrides={"paper": dict(lr=0.05, total_epoch=10, warmup_epoch=1),
                                           "strong": dict(DEMO_STRONG, total_epoch=10)}),
+    # sparse label files (utils/prepare/prepare_openimages.py, prepare_nuswide.py), class names in classes.txt
+    # beside them; OpenImages: train on train, report on test (ASL, ML-Decoder)
+    "openimages": DatasetSpec((), "data/openimages/train_openimages.jsonl", "data/openimages/test_openimages.jsonl",
+                              img_size=448, batch_size=16, decay_every=5),
+    "nuswide": DatasetSpec((), "data/nuswide/train_nuswide.jsonl", "data/nuswide/test_nuswide.jsonl",
+                           img_size=448, batch_size=16, decay_every=5),
     # your own prepared files (--train_json / --test_json without --dataset): VOC's recipe
     "custom": DatasetSpec((), None, None, img_size=448, batch_size=16, decay_every=4),
 }
@@ -316,11 +322,12 @@ class MultiLabelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def targets(self) -> np.ndarray:
+    def targets(self):
         """(N, C) int8 in the evaluator's convention (``LabelTable.eval_targets``), built once: evaluation
-        asks for it every epoch."""
+        asks for it every epoch. Beyond DENSE_LIMIT entries (OpenImages), the table's rows instead."""
         if self._targets is None:
-            self._targets = self.table.eval_targets()
+            large = len(self.table) * (self.num_classes or 0) > DENSE_LIMIT
+            self._targets = TableRows(self.table) if large else self.table.eval_targets()
         return self._targets
 
     def load_image(self, idx: int) -> Image.Image:

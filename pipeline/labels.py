@@ -172,7 +172,7 @@ def read_sparse(path: str, num_classes: Optional[int] = None) -> Tuple[LabelTabl
                 continue
             try:
                 r = loads(line)
-                p, q = r.get("positives", ()), r.get("negatives", ())
+                p, q = r.get("positives", []), r.get("negatives", [])
                 img = r["img_path"]
                 if not isinstance(img, str) or not isinstance(p, list) or not isinstance(q, list):
                     raise TypeError
@@ -247,3 +247,36 @@ def header_classes_file(path: str, header: dict) -> Optional[str]:
     """The class-names file a sparse header names, beside the file."""
     name = header.get("classes")
     return os.path.join(os.path.dirname(os.path.abspath(path)), name) if isinstance(name, str) else None
+
+
+DENSE_LIMIT = 50_000_000  # images x classes above which evaluation reads the table, not a dense matrix
+
+
+class TableRows:
+    """Some records of a table (``rows``), standing in for their (N, C) target matrix where that matrix
+    would be too large (utils.evaluation.evaluate reads the labels from the table)."""
+
+    def __init__(self, table: LabelTable, rows: Optional[np.ndarray] = None):
+        self.table = table
+        self.rows = np.arange(len(table)) if rows is None else np.asarray(rows)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        return len(self.rows), self.table.num_classes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> "TableRows":
+        return TableRows(self.table, self.rows[index])
+
+    def dense(self) -> np.ndarray:
+        return self.table.eval_targets(self.rows)
+
+    def records(self) -> Iterable[Tuple[List[int], List[int]]]:
+        """(positives, negatives) of each row, for the sparse writer."""
+        t = self.table
+        for i in self.rows:
+            a, b = t.offsets[i], t.offsets[i + 1]
+            cls, val = t.classes[a:b], t.values[a:b]
+            yield cls[val == 1].tolist(), cls[val == 0].tolist()

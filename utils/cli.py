@@ -69,8 +69,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="voc07, voc12, coco, wider, demo (the built-in generated dataset), or custom (your own "
-                        "files: the default when --train_json/--test_json are given without --dataset)")
+                   help="voc07, voc12, coco, wider, openimages, nuswide, demo (the built-in generated dataset), or "
+                        "custom (your own files: the default when --train_json/--test_json are given without "
+                        "--dataset)")
     g.add_argument("--test_json", default=None, help="evaluate this prepared JSON instead of the dataset's")
     g.add_argument("--classes", default=None, help="class-names file (.txt one per line, or .json list)")
     g.add_argument("--data_root", default=None,
@@ -308,13 +309,13 @@ def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
         return load_class_names(class_file), class_file
     if getattr(args, "record_names", None):
         return list(args.record_names), args.record_path
-    custom = _custom_json(args)
+    spec = DATASETS[args.dataset]
+    custom = _custom_json(args) or (None if spec.classes else spec.test_json or spec.train_json)
     if custom:
         found = names_beside(custom)
         if found:
             return found[1], found[0]
         return None, ""
-    spec = DATASETS[args.dataset]
     return (list(spec.classes), args.dataset) if spec.classes else (None, "")
 
 

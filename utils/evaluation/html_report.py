@@ -14,10 +14,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
+from pipeline.labels import DENSE_LIMIT
 from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
-from utils.evaluation.metrics import Report, masks
+from utils.evaluation.metrics import UNKNOWN, Report, masks
 from utils.evaluation.report import KEYS, class_name
 from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic, write_json_atomic
 from utils.visualize import COLOURS, MAX_ALPHA, fit_thumbnail
@@ -32,6 +33,16 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #bbb;padding:
 th{background:#eee}td.name,th.name{text-align:left;white-space:nowrap}
 .cls{margin:18px 0}.row{display:flex;flex-wrap:wrap;gap:10px}.fig{text-align:left;font-size:13px}
 .fig img{display:block;border:1px solid #999}.note{color:#444}"""
+
+
+def report_targets(targets):
+    """The target matrix the report's analysis reads; at OpenImages size (a table's rows) one line says the
+    report is not drawn."""
+    if not hasattr(targets, "table"):
+        return targets
+    n, c = targets.shape
+    raise ConfigError(f"--report: {n} images x {c} classes is beyond what the report draws ({DENSE_LIMIT:,} labels); "
+                      "the metrics are complete; draw the report on a part of the test set (--test_json)")
 
 
 def _matplotlib():
@@ -50,9 +61,23 @@ def ap_axis_start(values: Sequence[float]) -> float:
     return float(min(max(start, 0.0), 95.0)) if lo > 40 else 0.0
 
 
-def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str]) -> None:
+MANY_CLASSES = 48  # beyond this, the figures and the table show the lowest and highest AP classes
+
+
+def figure_classes(ap: np.ndarray) -> List[int]:
+    """The classes the figures and the per-class table show: all, or for many classes (OpenImages'
+    9,605) the MANY_CLASSES / 2 with the lowest AP and as many with the highest, in class order."""
+    if len(ap) <= MANY_CLASSES:
+        return list(range(len(ap)))
+    ranked = [c for c in worst_classes(ap, None) if not np.isnan(ap[c])]
+    half = MANY_CLASSES // 2
+    return sorted(set(ranked[:half]) | set(ranked[-half:]))
+
+
+def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str], classes: Optional[Sequence[int]] = None) -> None:
     plt = _matplotlib()
-    order = [c for c in worst_classes(ap, None) if not np.isnan(ap[c])][::-1]  # best at the top
+    allowed = set(range(len(ap)) if classes is None else classes)
+    order = [c for c in worst_classes(ap, None) if not np.isnan(ap[c]) and c in allowed][::-1]  # best at the top
     values = [100 * ap[c] for c in order]
     start = ap_axis_start(values)
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.26 * len(order) + 1.2)))
@@ -69,22 +94,24 @@ def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str]) -> None:
     plt.close(fig)
 
 
-def draw_pr_curves(path: str, a: ClassAnalysis, names: Sequence[str]) -> None:
+def draw_pr_curves(path: str, a: ClassAnalysis, names: Sequence[str], classes: Optional[Sequence[int]] = None) -> None:
     """Small multiples, one per class (no shared axes, no tight_layout: both cost time quadratic in
     the number of panels)."""
     plt = _matplotlib()
-    C = len(names)
+    shown = list(range(len(names)) if classes is None else classes)
+    C = len(shown)
     cols = min(4, C)  # panels of about 300 px on the page
     rows = math.ceil(C / cols)
     height = 3.0 * rows + 0.4
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, height), squeeze=False)
     fig.subplots_adjust(left=0.6 / (3.4 * cols), right=1 - 0.15 / (3.4 * cols), bottom=0.55 / height,
                         top=1 - 0.35 / height, wspace=0.25, hspace=0.45)
-    for c in range(rows * cols):
-        ax = axes[c // cols][c % cols]
-        if c >= C:
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        if k >= C:
             ax.axis("off")
             continue
+        c = shown[k]
         curve = a.curves[c]
         title = names[c] if len(names[c]) <= 24 else names[c][:23] + "."
         ap = "n/a" if np.isnan(a.ap[c]) else f"{100 * a.ap[c]:.1f}"
@@ -183,8 +210,9 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     C = scores.shape[1]
     names = [class_name(class_names, c) for c in range(C)]
     a = analyse(scores, targets, report.ap, pr_convention=pr_convention)
-    draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names)
-    draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names)
+    figured = figure_classes(report.ap)
+    draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
+    draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)
     draw_threshold_sweep(os.path.join(out_dir, "threshold_sweep.png"), a)
     write_json_atomic({"classes": names,
                        "thresholds": {n: float(t) for n, t in zip(names, a.best_threshold)},
@@ -254,12 +282,17 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                    f"P/R convention: {pr_convention}"]
     if report.convention == "voc":
         conventions.append("VOC: difficult (0) left out of AP and P/R; -1 negative")
+    if (np.asarray(targets) == UNKNOWN).any():
+        conventions.append("unknown labels (classes a sparse file does not list for an image) left out of AP and P/R")
     if report.extra.get("has_ignored_99"):
         conventions.append("99 (unspecified) left out of AP, negative in P/R (the authors' rule)")
     per_class = [[names[c], "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}", int(a.positives[c]),
                   int(a.predicted[c]), int(a.tp[c]), f"{100 * a.precision[c]:.2f}", f"{100 * a.recall[c]:.2f}",
                   f"{100 * a.f1[c]:.2f}", f"{a.best_threshold[c]:.4f}", f"{100 * a.best_f1[c]:.2f}"]
-                 for c in range(C)]
+                 for c in figured]
+    subset = "" if len(figured) == C else (
+        f"<p class=note>{C} classes: the figures and the table show the {len(figured) // 2} with the lowest AP and "
+        f"the {len(figured) - len(figured) // 2} with the highest; thresholds.json holds every class.</p>")
     facts = "".join(f"<tr><td class=name>{html.escape(k)}</td><td class=name>{html.escape(str(v))}</td></tr>"
                     for k, v in info.items())
     heat_note = ("<p class=note>Each thumbnail shows the class's attention heatmap over the image: "
@@ -272,7 +305,7 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
 <table>{facts}<tr><td class=name>images</td><td class=name>{scores.shape[0]}</td></tr></table>
 <h2>Summary: the paper's metrics at threshold 0.5</h2>{_table(["", *KEYS, "CF1(zoo)"], summary_rows)}
 <p class=note>{"<br>".join(html.escape(x) for x in conventions)}</p>
-<h2>AP per class, best at the top</h2><img src="ap_per_class.png" alt="AP per class">
+<h2>AP per class, best at the top</h2>{subset}<img src="ap_per_class.png" alt="AP per class">
 {_table(["class", "AP", "positives", "predicted", "tp", "P@0.5", "R@0.5", "F1@0.5", "best-F1 threshold",
          "best F1"], per_class)}
 <p class=note>Best-F1 thresholds (also in thresholds.json, for demo.py --thresholds) are chosen on this set:

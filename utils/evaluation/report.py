@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.errors import DataError
+from pipeline.labels import TableRows, header_classes_file, read_sparse, write_sparse
 from utils.evaluation.analysis import best_global_threshold, threshold_sweep
-from utils.evaluation.metrics import Report
+from utils.evaluation.metrics import UNKNOWN, Report
 from utils.fileio import atomic_write, make_folder, write_json_atomic
 
 KEYS = ["CP", "CR", "CF1", "OP", "OR", "OF1"]
@@ -66,8 +68,76 @@ def report_to_dict(report: Report, class_names: Optional[Sequence[str]] = None) 
     }
 
 
-def save_scores(path: str, paths: List[str], scores: np.ndarray, targets: Optional[np.ndarray],
-                class_names: Optional[Sequence[str]], metrics: Optional[dict]) -> None:
+LARGE_SCORES = 10_000_000  # score entries beyond which --save_scores writes the binary form
+
+
+def binary_scores_files(path: str) -> Dict[str, str]:
+    """The files of the binary form: <stem>.npy, <stem>.labels.jsonl, <stem>.classes.txt, <stem>.metrics.json."""
+    stem = os.path.splitext(path)[0]
+    return {"scores": stem + ".npy", "labels": stem + ".labels.jsonl", "classes": stem + ".classes.txt",
+            "metrics": stem + ".metrics.json"}
+
+
+def save_scores(path: str, paths: List[str], scores: np.ndarray, targets,
+                class_names: Optional[Sequence[str]], metrics: Optional[dict]) -> List[str]:
+    """Per-image scores with their paths (and the metrics) as one JSON file; for a large matrix (or a
+    ``.npy`` path) the binary form instead: the float32 matrix as ``.npy`` (np.load(..., mmap_mode="r")
+    reads it without a copy), the paths and labels in the sparse format, the class names and the metrics
+    beside it. Returns the files written."""
+    if path.endswith(".npy") or scores.size > LARGE_SCORES:
+        return save_scores_binary(path, paths, scores, targets, class_names, metrics)
+    _save_scores_json(path, paths, scores, targets, class_names, metrics)
+    return [path]
+
+
+def save_scores_binary(path, paths, scores, targets, class_names, metrics) -> List[str]:
+    files = binary_scores_files(path)
+    names = [class_name(class_names, i) for i in range(scores.shape[1])]
+    with atomic_write(files["scores"], "wb") as f:
+        np.save(f, np.asarray(scores, dtype=np.float32))
+    with atomic_write(files["classes"]) as f:
+        f.write("".join(n + "\n" for n in names))
+    rows = sparse_rows(targets, len(paths))
+    unknown = bool(getattr(getattr(targets, "table", None), "unknown", False)) or (
+        targets is not None and not hasattr(targets, "table") and bool((np.asarray(targets) == UNKNOWN).any()))
+    with atomic_write(files["labels"]) as f:
+        write_sparse(files["labels"], ((p, pos, neg) for p, (pos, neg) in zip(paths, rows)), scores.shape[1],
+                     "unknown" if unknown else "negative", os.path.basename(files["classes"]), write=f.write)
+    write_json_atomic({"classes": names, "metrics": metrics}, files["metrics"])
+    return list(files.values())
+
+
+def sparse_rows(targets, n: int):
+    """(positives, negatives) per image from a target matrix or a table's rows (none: no labels)."""
+    if targets is None:
+        return [([], [])] * n
+    if hasattr(targets, "records"):
+        return targets.records()
+    t = np.asarray(targets)
+    if not np.isin(np.unique(t), (1, 0, UNKNOWN)).all():
+        raise DataError("--save_scores: the binary form (.npy) holds positives, negatives and unknown labels; these "
+                        "labels use VOC's or WIDER's conventions (-1, 99): save them as .json")
+    return ((np.flatnonzero(row == 1).tolist(), np.flatnonzero(row == 0).tolist()) for row in t)
+
+
+def load_scores_binary(path: str):
+    """(scores memory-mapped, TableRows, paths, class names) of a binary --save_scores file."""
+    files = binary_scores_files(path)
+    for key in ("scores", "labels"):
+        if not os.path.isfile(files[key]):
+            raise DataError(f"{files[key]}: missing; a binary --save_scores file comes with {os.path.basename(files['labels'])}")
+    scores = np.load(files["scores"], mmap_mode="r")
+    table, header = read_sparse(files["labels"], scores.shape[1] if scores.ndim == 2 else None)
+    classes_file = header_classes_file(files["labels"], header)
+    names = [ln.strip() for ln in open(classes_file, encoding="utf-8") if ln.strip()] if classes_file and \
+        os.path.isfile(classes_file) else [f"class_{i}" for i in range(table.num_classes)]
+    if scores.shape[0] != len(table):
+        raise DataError(f"{files['scores']}: {scores.shape[0]} rows, {files['labels']} {len(table)} records")
+    return scores, TableRows(table), table.paths(), names
+
+
+def _save_scores_json(path: str, paths: List[str], scores: np.ndarray, targets,
+                      class_names: Optional[Sequence[str]], metrics: Optional[dict]) -> None:
     """Per-image scores with their paths (and the metrics) as one JSON file."""
     obj = {
         "classes": [class_name(class_names, i) for i in range(scores.shape[1])],
@@ -75,6 +145,8 @@ def save_scores(path: str, paths: List[str], scores: np.ndarray, targets: Option
         "metrics": metrics,
     }
     if targets is not None:
+        if hasattr(targets, "dense"):
+            targets = targets.dense()
         for image, t in zip(obj["images"], targets):
             image["target"] = [int(v) for v in t]
     write_json_atomic(obj, path)

@@ -1,0 +1,266 @@
+"""OpenImages- and NUS-WIDE-size data: the sparse format, one in-memory form for both formats, unknown labels
+out of the loss and the metrics, the table evaluator against the dense one, binary scores files, and the
+two preparation scripts on hand-written files in each dataset's own layout."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import main as train_main
+from helpers import run_py, tiny_demo, train_argv
+from pipeline.dataset import ImageTransform, MultiLabelDataset, load_table
+from pipeline.errors import DataError
+from pipeline.labels import LabelTable, TableRows, read_sparse, write_sparse
+from utils.evaluation.html_report import MANY_CLASSES, figure_classes
+from utils.evaluation.metrics import evaluate as evaluate_dense
+from utils.evaluation.sparse import evaluate_table
+from utils.prepare import prepare_nuswide, prepare_openimages
+
+
+def dense_to_sparse(dense_json, out):
+    """The same labels as a sparse file (unlisted = negative: the dense demo files are fully labelled)."""
+    records = json.loads(open(dense_json).read())
+    c = len(records[0]["target"])
+    write_sparse(out, ((r["img_path"], [i for i, v in enumerate(r["target"]) if v == 1], []) for r in records), c,
+                 "negative")
+    return str(out)  # (beside the dense file: the same classes.txt)
+
+
+# --- the format ----------------------------------------------------------------------------------------
+def test_sparse_round_trip_and_compact_form(tmp_path):
+    path = tmp_path / "a.jsonl"
+    recs = [("a.jpg", [2, 0], [5]), ("b.jpg", [], []), ("c/d.jpg", [7], [1, 3])]
+    assert write_sparse(str(path), recs, 8, "unknown") == 3
+    table, header = read_sparse(str(path))
+    assert header["num_classes"] == 8 and header["unlisted"] == "unknown" and table.unknown
+    assert table.paths() == ["a.jpg", "b.jpg", "c/d.jpg"]
+    assert isinstance(table.classes, np.ndarray) and table.classes.dtype == np.int32 and table.offsets.tolist() == [0, 3, 3, 6]
+    assert table.target(0).tolist() == [1, -1, 1, -1, -1, 0, -1, -1]  # -1: unknown (the --partial_labels convention)
+    assert table.target(1).tolist() == [-1] * 8
+    assert table.dense().tolist() == [table.target(i).tolist() for i in range(3)]
+    t = table.eval_targets()  # the evaluator's: unknown is -99, out of AP and P/R
+    assert t[2].tolist() == [-99, 0, -99, 0, -99, -99, -99, 1]
+
+
+@pytest.mark.parametrize("lines,message", [
+    (['{"format": '], "line 1 is not JSON"),
+    (['{"format": "other"}'], "line 1 is not a sparse label header"),
+    (['{"format": "csra-sparse-labels", "version": 1, "num_classes": 0, "unlisted": "unknown"}'],
+     "num_classes must be a positive integer"),
+    (['{"format": "csra-sparse-labels", "version": 1, "num_classes": 3, "unlisted": "maybe"}'],
+     "unlisted must be negative or unknown"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '', '{"img_path": "b.jpg", "positives": [0]'],
+     "line 4 is not JSON"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '{"positives": [1]}'], "line 3: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": "0"}'], "line 2: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '', '{"img_path": "b.jpg", "negatives": [3]}'],
+     "line 4: class index 3 is outside 0..2"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '{"img_path": "b.jpg", "positives": [1], "negatives": [1]}'],
+     "line 3: class 1 is listed twice"),
+])
+def test_bad_sparse_files_are_one_line_naming_the_line(tmp_path, lines, message):
+    header = '{"format": "csra-sparse-labels", "version": 1, "classes": "classes.txt", "num_classes": 3, ' \
+             '"unlisted": "unknown"}'
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(header if ln == "HEADER" else ln for ln in lines) + "\n")
+    with pytest.raises(DataError) as e:
+        load_table(str(path))
+    assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_both_formats_reach_the_same_table(tmp_path):
+    files = tiny_demo(tmp_path / "d", num_train=12, num_test=6)
+    sparse = dense_to_sparse(files["train"], tmp_path / "d" / "train.jsonl")
+    a, b = load_table(files["train"], allowed_labels=(0, 1)), load_table(sparse)
+    for field in ("path_offsets", "offsets", "classes", "values"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert a.path_blob == b.path_blob and a.num_classes == b.num_classes and not a.unknown and not b.unknown
+
+
+# --- training, metrics and reports identical for both formats -------------------------------------------
+def test_sparse_and_dense_files_train_evaluate_and_report_identically(tmp_path):
+    files = tiny_demo(tmp_path / "d", num_train=16, num_test=8)
+    sparse = {k: dense_to_sparse(files[k], tmp_path / "d" / f"{k}.jsonl") for k in ("train", "test")}
+    outs = {}
+    for name, f in (("dense", files), ("sparse", dict(files, **sparse))):
+        out = train_main.train(train_main.get_args(train_argv(f, tmp_path / name, "--total_epoch", "1")))
+        outs[name] = out["folder"]
+        r = run_py("val.py", "--load_from", os.path.join(out["folder"], "best.pth"), "--test_json", f["test"],
+                   "--report", tmp_path / f"rep_{name}")
+        assert r.returncode == 0, r.stderr[-2000:]
+        outs[name + "_val"] = r.stdout.split("\n", 1)[1].replace(f"rep_{name}", "rep")  # (line 1 names the files)
+    a, b = (torch.load(os.path.join(outs[n], "epoch_1.pth"), weights_only=True) for n in ("dense", "sparse"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # identical training steps
+    assert outs["dense_val"].replace(files["test"], "T").replace("test_demo.json", "T") == \
+        outs["sparse_val"].replace(sparse["test"], "T").replace("test.jsonl", "T")
+    ta, tb = (json.loads((tmp_path / f"rep_{n}" / "thresholds.json").read_text()) for n in ("dense", "sparse"))
+    assert ta["thresholds"] == tb["thresholds"] and ta["best_f1"] == tb["best_f1"]
+    pa, pb = ((tmp_path / f"rep_{n}" / "index.html").read_text() for n in ("dense", "sparse"))
+    strip = lambda page: re.sub(r"<tr><td class=name>(checkpoint|data)</td>.*?</tr>", "", page)  # noqa: E731
+    assert strip(pa) == strip(pb)
+
+
+def test_unknown_labels_are_out_of_the_loss_and_the_run_says_so(tmp_path):
+    files = tiny_demo(tmp_path / "d", num_train=8, num_test=4)
+    records = json.loads(open(files["train"]).read())
+    path = tmp_path / "d" / "partial.jsonl"
+    write_sparse(str(path), ((r["img_path"], [i for i, v in enumerate(r["target"]) if v == 1 and i != 5][:1], [5])
+                             for r in records), 6, "unknown")
+    ds = MultiLabelDataset(str(path), ImageTransform(32, train=True))
+    assert ds[0][1].tolist().count(-1) >= 4  # unlisted classes reach the loss as -1: out of it
+    r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1"), "--train_json", str(path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "leaves unlisted classes unknown" in r.stdout
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["partial_labels"] is True
+
+
+def test_unknown_labels_are_out_of_ap_by_hand_and_against_scikit_learn():
+    from sklearn.metrics import average_precision_score
+    # class 0: known for images 0, 1, 3 (pos, neg, pos); image 2 scores highest but is unknown
+    table = LabelTable(b"abcd", np.arange(5), np.array([0, 1, 2, 2, 3]), np.array([0, 0, 0], dtype=np.int32),
+                       np.array([1, 0, 1], dtype=np.int8), 1, unknown=True)
+    scores = np.array([[0.6], [0.7], [0.99], [0.2]], dtype=np.float32)
+    rep = evaluate_table(scores, table)
+    # ranks among the known: 0.7 (neg), 0.6 (pos: precision 1/2), 0.2 (pos: precision 2/3)
+    assert rep.ap[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert rep.overall["CP"] == pytest.approx(100 * 1 / 2)  # predicted at 0.5 among the known: 0.6 and 0.7
+    rng = np.random.default_rng(3)
+    n, c = 200, 7
+    known = rng.random((n, c)) < 0.4
+    labels = (rng.random((n, c)) < 0.3).astype(np.int8)
+    recs = [(f"{i}.jpg", np.flatnonzero(known[i] & (labels[i] == 1)).tolist(),
+             np.flatnonzero(known[i] & (labels[i] == 0)).tolist()) for i in range(n)]
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"sk_{os.getpid()}.jsonl")
+    write_sparse(path, recs, c, "unknown")
+    table, _ = read_sparse(path)
+    os.remove(path)
+    scores = rng.random((n, c)).astype(np.float32)
+    rep = evaluate_table(scores, table)
+    for k in range(c):
+        m = known[:, k]
+        assert rep.ap[k] == pytest.approx(average_precision_score(labels[m, k], scores[m, k]), abs=1e-12)
+
+
+@pytest.mark.parametrize("unlisted", ["unknown", "negative"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_table_evaluator_gives_the_dense_evaluators_numbers(tmp_path, unlisted, tied):
+    rng = np.random.default_rng(1 if tied else 2)
+    n, c = 250, 30
+    recs = []
+    for i in range(n):
+        k = rng.choice(c, size=rng.integers(0, 10), replace=False).tolist()
+        split = int(rng.integers(0, len(k) + 1))
+        recs.append((f"{i}.jpg", sorted(k[:split]), sorted(k[split:]) if unlisted == "unknown" else []))
+    write_sparse(str(tmp_path / "x.jsonl"), recs, c, unlisted)
+    table, _ = read_sparse(str(tmp_path / "x.jsonl"))
+    scores = (rng.integers(0, 8, size=(n, c)) / 7.0 if tied else rng.random((n, c))).astype(np.float32)
+    rows = rng.permutation(n)[:180]  # a subset, in another order, as a sharded evaluation gathers it
+    a = evaluate_table(scores[rows], table, rows)
+    b = evaluate_dense(scores[rows], table.eval_targets(rows))
+    np.testing.assert_array_equal(a.ap, b.ap)
+    assert (a.map, a.overall, a.top3, a.undefined_classes) == (b.map, b.overall, b.top3, b.undefined_classes)
+
+
+def test_binary_scores_file_is_memory_mapped_and_gives_the_same_metrics(tmp_path):
+    from utils.evaluation import evaluate
+    from utils.evaluation.report import load_scores_binary, save_scores
+    rng = np.random.default_rng(5)
+    recs = [(f"img/{i}.jpg", [int(rng.integers(0, 20))], [int(rng.integers(20, 40))]) for i in range(60)]
+    write_sparse(str(tmp_path / "l.jsonl"), recs, 40, "unknown")
+    table, _ = read_sparse(str(tmp_path / "l.jsonl"))
+    scores = rng.random((60, 40)).astype(np.float32)
+    names = [f"c{i}" for i in range(40)]
+    written = save_scores(str(tmp_path / "s.npy"), table.paths(), scores, TableRows(table), names, {"mAP": 1.0})
+    assert sorted(os.path.basename(p) for p in written) == ["s.classes.txt", "s.labels.jsonl", "s.metrics.json", "s.npy"]
+    loaded, targets, paths, got_names = load_scores_binary(str(tmp_path / "s.npy"))
+    assert isinstance(loaded, np.memmap) and paths == table.paths() and got_names == names
+    a, b = evaluate(loaded, targets), evaluate(scores, TableRows(table))
+    np.testing.assert_array_equal(a.ap, b.ap)
+    assert a.overall == b.overall and a.top3 == b.top3
+    r = run_py("val.py", "--from_scores", tmp_path / "s.npy")
+    assert r.returncode == 0 and f"mAP: {b.map:.2f}" in r.stdout, r.stderr[-2000:]
+
+
+def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
+    ap = np.linspace(0.1, 0.9, 9605)
+    ap[7] = np.nan
+    shown = figure_classes(ap)
+    half = MANY_CLASSES // 2
+    assert len(shown) == MANY_CLASSES and shown[:half] == list(range(half + 1))[:7] + list(range(8, half + 1))
+    assert shown[half:] == list(range(9605 - half, 9605))
+    assert figure_classes(np.zeros(20)) == list(range(20))
+
+
+# --- preparation ----------------------------------------------------------------------------------------
+def write_openimages(root):
+    root.mkdir()
+    (root / "oidv6-class-descriptions.csv").write_text(
+        "LabelName,DisplayName\n/m/cat,Cat\n/m/dog,Dog\n/m/car,Car\n/m/old,Old class\n")
+    (root / "oidv6-classes-trainable.txt").write_text("/m/dog\n/m/cat\n/m/car\n")
+    head = "ImageID,Source,LabelName,Confidence\n"
+    (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
+        head + "bbb,verification,/m/cat,1\naaa,verification,/m/dog,0\naaa,crowdsource-verification,/m/cat,1\n"
+        "bbb,verification,/m/old,1\nbbb,verification,/m/car,0\n")
+    (root / "validation-annotations-human-imagelabels.csv").write_text(head + "vvv,verification,/m/car,1\n")
+    (root / "test-annotations-human-imagelabels.csv").write_text(head + "ttt,verification,/m/dog,0\n")
+
+
+def test_prepare_openimages_on_its_own_layout(tmp_path):
+    write_openimages(tmp_path / "oi")
+    out = tmp_path / "prepared"
+    prepare_openimages.prepare(str(tmp_path / "oi"), str(out), quiet=True)
+    lines = (out / "train_openimages.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"format": "csra-sparse-labels", "version": 1, "classes": "classes.txt",
+                                    "num_classes": 3, "unlisted": "unknown"}
+    records = [json.loads(ln) for ln in lines[1:]]  # ImageID order; classes in the trainable list's order
+    assert records == [{"img_path": str(tmp_path / "oi" / "train" / "aaa.jpg"), "positives": [1], "negatives": [0]},
+                       {"img_path": str(tmp_path / "oi" / "train" / "bbb.jpg"), "positives": [1], "negatives": [2]}]
+    assert (out / "classes.txt").read_text().split("\n")[:3] == ["Dog", "Cat", "Car"]
+    test = [json.loads(ln) for ln in (out / "test_openimages.jsonl").read_text().splitlines()[1:]]
+    assert test == [{"img_path": str(tmp_path / "oi" / "test" / "ttt.jpg"), "positives": [], "negatives": [0]}]
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", tmp_path / "oi", "--out_dir", out)
+    assert r.returncode == 1 and "already prepared; pass --force" in r.stderr
+    (tmp_path / "oi" / "validation-annotations-human-imagelabels.csv").write_text(
+        "ImageID,Source,LabelName,Confidence\nvvv,verification,/m/car,0.5\n")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", tmp_path / "oi", "--out_dir", out, "--force")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
+        "validation-annotations-human-imagelabels.csv: line 2: Confidence must be 0 or 1 (got '0.5')")
+
+
+def write_nuswide(root):
+    (root / "ImageList").mkdir(parents=True)
+    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
+    (root / "Concepts81.txt").write_text("animal\nbeach\nsky\n")
+    (root / "ImageList" / "TrainImagelist.txt").write_text("actor\\0001_1.jpg\nactor\\0002_2.jpg\nbeach\\0003_3.jpg\n")
+    (root / "ImageList" / "TestImagelist.txt").write_text("sky\\0004_4.jpg\n")
+    train = {"animal": "1\n0\n0\n", "beach": "0\n0\n1\n", "sky": "1\n0\n1\n"}
+    test = {"animal": "0\n", "beach": "0\n", "sky": "1\n"}
+    for concept in train:
+        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Train.txt").write_text(train[concept])
+        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Test.txt").write_text(test[concept])
+    for name in ("actor/0001_1.jpg", "beach/0003_3.jpg", "sky/0004_4.jpg"):  # 0002_2 is missing
+        (root / "Flickr" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "Flickr" / name).write_bytes(b"")
+
+
+def test_prepare_nuswide_on_its_own_layout(tmp_path):
+    write_nuswide(tmp_path / "nus")
+    out = tmp_path / "prepared"
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", tmp_path / "nus", "--out_dir", out)
+    assert r.returncode == 0, r.stderr
+    assert "1 listed images missing" in r.stdout
+    lines = (out / "train_nuswide.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["unlisted"] == "negative" and json.loads(lines[0])["num_classes"] == 3
+    flickr = tmp_path / "nus" / "Flickr"
+    assert [json.loads(ln) for ln in lines[1:]] == [
+        {"img_path": str(flickr / "actor" / "0001_1.jpg"), "positives": [0, 2], "negatives": []},
+        {"img_path": str(flickr / "beach" / "0003_3.jpg"), "positives": [1, 2], "negatives": []}]
+    table = load_table(str(out / "train_nuswide.jsonl"))
+    assert table.dense().tolist() == [[1, 0, 1], [0, 1, 1]]  # unlisted: negative
+    (tmp_path / "nus" / "Groundtruth" / "TrainTestLabels" / "Labels_sky_Test.txt").write_text("2\n")
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", tmp_path / "nus", "--out_dir", out, "--force")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
+        "Labels_sky_Test.txt: line 1: a label is 0 or 1 (got '2')")

@@ -1,0 +1,109 @@
+"""Prepare NUS-WIDE's 81 concepts in the sparse format (``pipeline.labels``): data/nuswide/.
+
+    python utils/prepare/prepare_nuswide.py --data_path Dataset/NUS-WIDE [--image_dir Dataset/NUS-WIDE/Flickr]
+
+Reads the files as NUS-WIDE distributes them:
+
+    Concepts81.txt                                           the 81 concept names, one per line
+    ImageList/TrainImagelist.txt, ImageList/TestImagelist.txt    one image a line ("actor\\0001_2124494179.jpg")
+    Groundtruth/TrainTestLabels/Labels_<concept>_Train.txt   one 0/1 a line, in the train list's order
+    Groundtruth/TrainTestLabels/Labels_<concept>_Test.txt    (the test list's order)
+    Flickr/<folder>/<file>.jpg                               the images (--image_dir)
+
+Every concept is labelled for every image, so the files list positives and say that unlisted concepts
+are negative. Images missing from the image folder are skipped and counted (many Flickr images are no
+longer distributed). Writes train_nuswide.jsonl, test_nuswide.jsonl and classes.txt.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from utils.entry import ScriptParser  # noqa: E402
+from utils.fileio import atomic_write  # noqa: E402
+from utils.progress import bar  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+                                   require_dir, require_file, run_main, write_class_names)
+from pipeline.labels import write_sparse  # noqa: E402
+
+SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
+
+
+def read_lines(path: str) -> List[str]:
+    with open(require_file(path), encoding="utf-8", errors="replace") as f:
+        return [ln.strip() for ln in f if ln.strip()]
+
+
+def read_column(path: str, expected: int) -> List[int]:
+    """A concept's 0/1 labels, one a line, as many as the image list has."""
+    values = read_lines(path)
+    if len(values) != expected:
+        raise PrepareError(f"{path}: {len(values)} labels for the {expected} images of its image list")
+    out = []
+    for n, v in enumerate(values, start=1):
+        if v not in ("0", "1"):
+            raise PrepareError(f"{path}: line {n}: a label is 0 or 1 (got {v!r})")
+        out.append(int(v))
+    return out
+
+
+def build_split(data_path: str, image_dir: str, concepts: List[str], split: str, quiet: bool
+                ) -> Tuple[List[Tuple[str, List[int], List[int]]], int]:
+    """(records (image path, positives, []), images missing from the image folder)."""
+    list_name, suffix = SPLITS[split]
+    images = read_lines(os.path.join(data_path, "ImageList", list_name))
+    positives: List[List[int]] = [[] for _ in images]
+    label_dir = os.path.join(data_path, "Groundtruth", "TrainTestLabels")
+    for c, concept in enumerate(bar(concepts, desc=f"{split} labels")):
+        column = read_column(os.path.join(label_dir, f"Labels_{concept}_{suffix}.txt"), len(images))
+        for i, v in enumerate(column):
+            if v:
+                positives[i].append(c)
+    records, missing = [], 0
+    for name, pos in zip(images, positives):
+        path = os.path.join(image_dir, *name.replace("\\", "/").split("/"))
+        if not os.path.isfile(path):
+            missing += 1
+            continue
+        records.append((path, pos, []))
+    return records, missing
+
+
+def prepare(data_path: str, out_dir: str, image_dir: str = None, force: bool = False, quiet: bool = False
+            ) -> Dict[str, str]:
+    require_dir(data_path)
+    image_dir = require_dir(image_dir or os.path.join(data_path, "Flickr"))
+    concepts = read_lines(os.path.join(data_path, "Concepts81.txt"))
+    if len(set(concepts)) != len(concepts):
+        raise PrepareError(f"{os.path.join(data_path, 'Concepts81.txt')}: a concept is listed twice")
+    outputs = {split: os.path.join(out_dir, f"{split}_nuswide.jsonl") for split in SPLITS}
+    refuse_overwrite(list(outputs.values()) + [os.path.join(out_dir, CLASS_FILE)], force)
+    os.makedirs(out_dir, exist_ok=True)
+    for split in SPLITS:
+        records, missing = build_split(data_path, image_dir, concepts, split, quiet)
+        if not records:
+            raise PrepareError(f"{image_dir}: none of the {split} list's images is there")
+        with atomic_write(outputs[split]) as f:
+            n = write_sparse(outputs[split], records, len(concepts), "negative", CLASS_FILE, write=f.write)
+        if not quiet:
+            print(f"wrote {outputs[split]}: {n} images" + (f" ({missing} listed images missing from {image_dir}, "
+                                                           "skipped)" if missing else ""))
+    write_class_names(out_dir, concepts, quiet)
+    return outputs
+
+
+def main(argv=None) -> None:
+    p = ScriptParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_path", required=True, help="the folder holding Concepts81.txt, ImageList/, Groundtruth/")
+    p.add_argument("--image_dir", default=None, help="the images (default: DATA_PATH/Flickr)")
+    p.add_argument("--out_dir", default="data/nuswide")
+    add_force_flag(p)
+    a = p.parse_args(argv)
+    prepare(a.data_path, a.out_dir, a.image_dir, a.force)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -15,7 +15,8 @@ eval_openimages_s, eval_openimages_vs_argsort, eval_openimages_peak_vs_matrix (t
 evaluation's peak, over the matrix).
 
 Full runtime on a 2-core CPU: about 10 minutes and 12 GB of memory (the 4.8 GB OpenImages score matrix, and
-the argsort's blocks); --quick: seconds, small sizes only.
+the argsort's blocks); --quick: seconds, small sizes only. Last, a training step's CSRA-head cost beside the
+backbone's at 80, 1,000 and 9,605 classes (ResNet-50, 224 px; --quick: the demo CNN).
 """
 from __future__ import annotations
 
@@ -152,6 +153,46 @@ def evaluation_table(sizes) -> dict:
     return figures
 
 
+def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> None:
+    """A training step's backbone (forward + backward) beside the CSRA head's (forward, loss, backward) as
+    the class count grows, in the precision --amp auto picks, on features of the real size."""
+    import torch
+    from pipeline.losses import make_criterion
+    from pipeline.model import CSRANet
+    from pipeline.runtime import resolve_runtime
+    runtime = resolve_runtime(torch.device("cpu"), model_name, "auto", True, "unit")
+    criterion = make_criterion("bce", None, None, None, partial_labels=True)
+
+    def timed(fn, reps: int = 3) -> float:
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t) / reps
+
+    print(f"\nhead cost: {model_name} at {size} px, batch {batch}, {runtime.amp} autocast; ms per training step")
+    print(f"{'classes':>9s}{'backbone ms':>13s}{'CSRA head ms':>14s}{'head share':>12s}")
+    x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    for c in class_counts:
+        model = runtime.prepare_model(CSRANet(model_name, c, img_size=size, pretrained="none").train(), train=True)
+        with torch.no_grad(), runtime.autocast():
+            feats = model.forward_features(x).float()
+        targets = torch.randint(-1, 2, (batch, c)).float()  # a third unknown, as partial labels
+
+        def backbone():
+            with runtime.autocast():
+                f = model.forward_features(x)
+            f.float().sum().backward()
+
+        def head():
+            f = feats.detach().requires_grad_()
+            with runtime.autocast():
+                logits = model.head(f)
+            criterion(logits.float(), targets).backward()
+        b, h = timed(backbone), timed(head)
+        print(f"{c:9d}{1000 * b:13.1f}{1000 * h:14.1f}{100 * h / (b + h):11.1f}%", flush=True)
+
+
 def main(argv=None) -> None:
     p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes only (seconds)")
@@ -166,6 +207,10 @@ def main(argv=None) -> None:
     sizes = [(10_000, 80), (10_000, 1_000)] if a.quick else \
         [(10_000, 80), (40_137, 80), (10_000, 9_605), (125_436, 80), (125_436, 1_000), OPENIMAGES]
     evals = evaluation_table(sizes)
+    if a.quick:
+        head_cost_table("small_cnn", 64, 8, [80, 9605])
+    else:
+        head_cost_table("resnet50", 224, 8, [80, 1000, 9605])
     if a.json:
         big, top = (1_000_000, "sparse"), OPENIMAGES
         out = {"load_1e6_s": load.get(big, (None,))[0], "load_1e6_peak_mb": load.get(big, (None, None))[1],

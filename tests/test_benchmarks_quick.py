@@ -16,6 +16,7 @@ BENCHMARKS = {  # script -> a line its table must hold
     "benchmarks/bench_export.py": r"small_cnn",
     "benchmarks/profile_demo.py": r"training step",
     "benchmarks/bench_demo_variants.py": r"^asl\s+[0-9.]+",
+    "benchmarks/bench_scale.py": r"^\s+10000\s+sparse\s+[0-9.]+",
 }
 
 

@@ -187,11 +187,16 @@ def test_binary_scores_file_is_memory_mapped_and_gives_the_same_metrics(tmp_path
 def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
     ap = np.linspace(0.1, 0.9, 9605)
     ap[7] = np.nan
-    shown = figure_classes(ap)
+    shown, note = figure_classes(ap)
     half = MANY_CLASSES // 2
+    assert note == "9605 classes: the figures and the table show the 24 with the lowest AP and the 24 with the highest"
     assert len(shown) == MANY_CLASSES and shown[:half] == list(range(half + 1))[:7] + list(range(8, half + 1))
     assert shown[half:] == list(range(9605 - half, 9605))
-    assert figure_classes(np.zeros(20)) == list(range(20))
+    assert figure_classes(np.zeros(20)) == (list(range(20)), "")
+    few = np.full(100, np.nan)
+    few[[3, 50]] = 0.5
+    assert figure_classes(few) == ([3, 50], "100 classes: the figures and the table show the 2 with an AP (the others "
+                                             "have no positive image)")
 
 
 # --- preparation ----------------------------------------------------------------------------------------
@@ -264,3 +269,33 @@ def test_prepare_nuswide_on_its_own_layout(tmp_path):
     r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", tmp_path / "nus", "--out_dir", out, "--force")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
         "Labels_sky_Test.txt: line 1: a label is 0 or 1 (got '2')")
+
+
+def test_training_and_the_report_at_openimages_class_count(tmp_path):
+    """9,605 classes, most labels unknown: every loss trains (unknowns masked), the log is written, and the
+    report draws the lowest and highest AP classes."""
+    files = tiny_demo(tmp_path / "d", num_train=16, num_test=8)
+    rng = np.random.default_rng(0)
+    C = 9605
+    for split in ("train", "test"):
+        records = json.loads(open(files[split]).read())
+        rows = []
+        for r in records:
+            classes = rng.choice(C, size=12, replace=False).tolist()
+            rows.append((r["img_path"], [i for i, v in enumerate(r["target"]) if v == 1] + classes[:2], classes[2:]))
+        write_sparse(str(tmp_path / f"{split}.jsonl"), ((p, sorted(set(a)), [c for c in b if c not in a])
+                                                        for p, a, b in rows), C, "unknown")
+    (tmp_path / "classes.txt").write_text("".join(f"class {i}\n" for i in range(C)))
+    for loss in ("bce", "focal", "asl"):
+        argv = ["--train_json", str(tmp_path / "train.jsonl"), "--test_json", str(tmp_path / "test.jsonl"),
+                "--model", "small_cnn", "--pretrained", "none", "--img_size", "32", "--batch_size", "8",
+                "--total_epoch", "1", "--num_workers", "0", "--loss", loss, "--output_dir", str(tmp_path / loss)]
+        out = train_main.train(train_main.get_args(argv))
+        entry = json.loads((tmp_path / loss / "log.jsonl").read_text())
+        assert np.isfinite(entry["train_loss"]) and entry["mAP"] >= 0, loss
+    r = run_py("val.py", "--load_from", os.path.join(out["folder"], "best.pth"), "--report", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr[-2000:]
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert re.search(f"{C} classes: the figures and the table show the (24 with the lowest AP|[0-9]+ with an AP)", page)
+    assert "unknown labels (classes a sparse file does not list for an image) left out of AP and P/R" in page
+    assert len(json.loads((tmp_path / "rep" / "thresholds.json").read_text())["thresholds"]) == C

@@ -29,11 +29,11 @@ def _descending_blocks(s: np.ndarray, *flags: np.ndarray):
 def pr_curve(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> ClassCurve:
     """The stepwise PR curve of one class whose area, sum((r_k - r_{k-1}) * p_k), is its AP: one
     point per tie block holding a positive, at the block's end (the evaluator's tie rule)."""
+    n_pos = int(pos.sum())
+    if n_pos == 0:  # (also a class none of whose labels is known)
+        return ClassCurve(np.zeros(0), np.zeros(0))
     counted = pos | neg
     _, (tp, fp) = _descending_blocks(scores[counted], pos[counted].astype(np.int64), neg[counted].astype(np.int64))
-    n_pos = int(pos.sum())
-    if n_pos == 0:
-        return ClassCurve(np.zeros(0), np.zeros(0))
     gained = np.diff(np.concatenate([[0], tp])) > 0
     return ClassCurve(tp[gained] / n_pos, tp[gained] / (tp[gained] + fp[gained]))
 

@@ -64,14 +64,19 @@ def ap_axis_start(values: Sequence[float]) -> float:
 MANY_CLASSES = 48  # beyond this, the figures and the table show the lowest and highest AP classes
 
 
-def figure_classes(ap: np.ndarray) -> List[int]:
-    """The classes the figures and the per-class table show: all, or for many classes (OpenImages'
-    9,605) the MANY_CLASSES / 2 with the lowest AP and as many with the highest, in class order."""
-    if len(ap) <= MANY_CLASSES:
-        return list(range(len(ap)))
+def figure_classes(ap: np.ndarray) -> Tuple[List[int], str]:
+    """(the classes the figures and the per-class table show, a note saying which): all, or for many
+    classes (OpenImages' 9,605) the MANY_CLASSES / 2 with the lowest AP and as many with the highest."""
+    C = len(ap)
+    if C <= MANY_CLASSES:
+        return list(range(C)), ""
     ranked = [c for c in worst_classes(ap, None) if not np.isnan(ap[c])]
     half = MANY_CLASSES // 2
-    return sorted(set(ranked[:half]) | set(ranked[-half:]))
+    if len(ranked) <= MANY_CLASSES:
+        return sorted(ranked), (f"{C} classes: the figures and the table show the {len(ranked)} with an AP (the "
+                                "others have no positive image)")
+    return sorted(set(ranked[:half]) | set(ranked[-half:])), (
+        f"{C} classes: the figures and the table show the {half} with the lowest AP and the {half} with the highest")
 
 
 def draw_ap_bars(path: str, ap: np.ndarray, names: Sequence[str], classes: Optional[Sequence[int]] = None) -> None:
@@ -210,7 +215,7 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     C = scores.shape[1]
     names = [class_name(class_names, c) for c in range(C)]
     a = analyse(scores, targets, report.ap, pr_convention=pr_convention)
-    figured = figure_classes(report.ap)
+    figured, subset = figure_classes(report.ap)
     draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
     draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)
     draw_threshold_sweep(os.path.join(out_dir, "threshold_sweep.png"), a)
@@ -290,9 +295,7 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                   int(a.predicted[c]), int(a.tp[c]), f"{100 * a.precision[c]:.2f}", f"{100 * a.recall[c]:.2f}",
                   f"{100 * a.f1[c]:.2f}", f"{a.best_threshold[c]:.4f}", f"{100 * a.best_f1[c]:.2f}"]
                  for c in figured]
-    subset = "" if len(figured) == C else (
-        f"<p class=note>{C} classes: the figures and the table show the {len(figured) // 2} with the lowest AP and "
-        f"the {len(figured) - len(figured) // 2} with the highest; thresholds.json holds every class.</p>")
+    subset = f"<p class=note>{subset}; thresholds.json holds every class.</p>" if subset else ""
     facts = "".join(f"<tr><td class=name>{html.escape(k)}</td><td class=name>{html.escape(str(v))}</td></tr>"
                     for k, v in info.items())
     heat_note = ("<p class=note>Each thumbnail shows the class's attention heatmap over the image: "

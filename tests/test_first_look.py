@@ -174,3 +174,11 @@ def test_plot_curves_tells_runs_apart_and_zooms_to_the_map(tmp_path):
         plt.close("all")
     lo, hi = captured["ylim"]
     assert 98.0 < lo < 98.6 and 99.2 < hi <= 100.1  # the data's range, not 60-100
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    proc = subprocess.Popen([sys.executable, "tools/list_backbones.py"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # as `| head -1` does once it has its line: here before the script writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -21,15 +21,21 @@ def _worker_message(e: BaseException) -> str:
 def run_main(main: Callable[[], object], interrupted_hint: Union[str, Callable[[], str]] = "") -> None:
     """Run an entry script's main: every CSRAError (also from a DataLoader worker) becomes
     'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted; <hint>' and exit 130 (the hint may be
-    a function, asked at that moment: main.py names the command that resumes the run)."""
+    a function, asked at that moment: main.py names the command that resumes the run). A closed output
+    pipe (``| head``) ends quietly."""
     try:
         main()
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
     except CSRAError as e:
         sys.exit(f"error: {_worker_message(e)}")
     except KeyboardInterrupt:
         hint = interrupted_hint() if callable(interrupted_hint) else interrupted_hint
         print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the output went to a reader that stopped (`... | head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (so Python's own flush at exit does not fail again)
+        sys.exit(0)
 
 
 class ScriptParser(argparse.ArgumentParser):

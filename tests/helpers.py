@@ -88,11 +88,11 @@ def run_py(*args, timeout=300, env=None, fresh=False):
 
 
 def wrap_training_loss(monkeypatch, wrap):
-    """Make main.py's criterion pass each loss through ``wrap(loss) -> loss`` (to record or poison it)."""
-    import main as train_main
-    real = train_main.make_criterion
+    """Make the trainer's criterion pass each loss through ``wrap(loss) -> loss`` (to record or poison it)."""
+    import trainer
+    real = trainer.make_criterion
 
     def make(*a, **k):
         crit = real(*a, **k)
         return lambda x, y: wrap(crit(x, y))
-    monkeypatch.setattr(train_main, "make_criterion", make)
+    monkeypatch.setattr(trainer, "make_criterion", make)

@@ -18,6 +18,7 @@ from pipeline.errors import CheckpointError
 from pipeline.jsonfile import read_json
 from pipeline.runtime import bf16_is_emulated, legacy_normalize, precision_name
 from utils.fileio import save_torch_atomic
+from utils.run_record import RECORD_FILE
 
 FORMAT = "csra-train-state"
 VERSION = 1
@@ -84,7 +85,6 @@ def check_state_identity(state: dict, path: str, recorded: dict, args_path: str)
 
 # --- which run --resume continues, and with which options --------------------------------
 STATE_FILE = "train_state.pth"
-ARGS_FILE = "args.json"
 # options that define a run: a resumed run keeps its recorded values
 RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "train_json", "test_json", "classes",
                 "data_root", "img_size", "batch_size", "lr", "head_lr_mult", "momentum", "w_d", "warmup_epoch",
@@ -97,7 +97,7 @@ SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "sta
 
 
 def read_recorded_args(folder: str) -> dict:
-    path = os.path.join(folder, ARGS_FILE)
+    path = os.path.join(folder, RECORD_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: missing; this folder does not hold a run of main.py")
     recorded = read_json(path)

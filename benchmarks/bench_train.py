@@ -191,6 +191,43 @@ def contended_table(configs: str, seconds: float, device: torch.device, busy: in
             os.environ["OMP_NUM_THREADS"] = saved
 
 
+def step_table(spec: str, steps: int, a, device: torch.device, peak) -> None:
+    """One model's rows: the authors-style reference, then our step per precision and memory format."""
+    cuda = device.type == "cuda"
+    name, size, batch = spec.split(":")
+    size, batch = int(size), int(batch)
+    batches = make_batches(a.warmup + steps, batch, size, 80)
+    print(f"\n{name} at {size} px, batch {batch}, 80 classes")
+    print(f"{'path':46s}{'img/s':>10s}{'ratio':>8s}" + (f"{'peak GiB':>10s}{'of bf16 peak':>14s}" if cuda else ""))
+    torch.backends.cudnn.benchmark = False  # the plain loop sets nothing
+    ref, _ = rate(authors_loop(new_model(name, size, 80, device), device), batches, a.warmup, device)
+    print(f"{'authors-style loop, fp32 NCHW':46s}{ref:10.1f}{1.0:8.2f}")
+    best = resolve_runtime(device, name, "auto", True, "unit").amp
+    pairs = [(best, True)] if a.rows == "auto" else variants(device, a.fp16_cpu)
+    rows = [(amp, cl, False, True) for amp, cl in pairs]
+    if cuda:  # what cudnn.benchmark (set by Runtime.prepare_model(train=True) on CUDA) is worth
+        rows.append((best, True, False, False))
+    if a.compile:
+        rows.append((best, True, True, True))
+    for amp, cl, compiled, cudnn_benchmark in rows:
+        runtime = Runtime(device, amp, cl, (0.0,) * 3, (1.0,) * 3)
+        model = runtime.prepare_model(new_model(name, size, 80, device), train=True)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        net = torch.compile(model) if compiled else model
+        r, warm_s = rate(our_step(net, runtime), batches, a.warmup, device)
+        label = (f"train_step, {amp}, {'channels-last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
+                 + ("" if cudnn_benchmark or not cuda else ", cudnn.benchmark off"))
+        extra = ""
+        if cuda:
+            mem = torch.cuda.max_memory_allocated(device) / 2 ** 30
+            flops = step_flops(model, runtime, batches[0])
+            extra = f"{mem:10.2f}{100 * flops * r / batch / 1e12 / peak:13.1f}%"
+        print(f"{label:46s}{r:10.1f}{r / ref:8.2f}{extra}"
+              + (f"   (compile + warm-up {warm_s:.1f} s)" if compiled else ""))
+
+
 def main() -> None:
     p = ScriptParser(description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -223,38 +260,7 @@ def main() -> None:
     if a.contended:
         return contended_table(configs, 2.0 if a.quick else 6.0, device, a.contended)
     for spec in configs.split(","):
-        name, size, batch = spec.split(":")
-        size, batch = int(size), int(batch)
-        batches = make_batches(a.warmup + steps, batch, size, 80)
-        print(f"\n{name} at {size} px, batch {batch}, 80 classes")
-        print(f"{'path':46s}{'img/s':>10s}{'ratio':>8s}" + (f"{'peak GiB':>10s}{'of bf16 peak':>14s}" if cuda else ""))
-        torch.backends.cudnn.benchmark = False  # the plain loop sets nothing
-        ref, _ = rate(authors_loop(new_model(name, size, 80, device), device), batches, a.warmup, device)
-        print(f"{'authors-style loop, fp32 NCHW':46s}{ref:10.1f}{1.0:8.2f}")
-        best = resolve_runtime(device, name, "auto", True, "unit").amp
-        pairs = [(best, True)] if a.rows == "auto" else variants(device, a.fp16_cpu)
-        rows = [(amp, cl, False, True) for amp, cl in pairs]
-        if cuda:  # what cudnn.benchmark (set by Runtime.prepare_model(train=True) on CUDA) is worth
-            rows.append((best, True, False, False))
-        if a.compile:
-            rows.append((best, True, True, True))
-        for amp, cl, compiled, cudnn_benchmark in rows:
-            runtime = Runtime(device, amp, cl, (0.0,) * 3, (1.0,) * 3)
-            model = runtime.prepare_model(new_model(name, size, 80, device), train=True)
-            torch.backends.cudnn.benchmark = cudnn_benchmark
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            net = torch.compile(model) if compiled else model
-            r, warm_s = rate(our_step(net, runtime), batches, a.warmup, device)
-            label = (f"train_step, {amp}, {'channels-last' if cl else 'NCHW'}" + (", compiled" if compiled else "")
-                     + ("" if cudnn_benchmark or not cuda else ", cudnn.benchmark off"))
-            extra = ""
-            if cuda:
-                mem = torch.cuda.max_memory_allocated(device) / 2 ** 30
-                flops = step_flops(model, runtime, batches[0])
-                extra = f"{mem:10.2f}{100 * flops * r / batch / 1e12 / peak:13.1f}%"
-            print(f"{label:46s}{r:10.1f}{r / ref:8.2f}{extra}"
-                  + (f"   (compile + warm-up {warm_s:.1f} s)" if compiled else ""))
+        step_table(spec, steps, a, device, peak)
 
 
 if __name__ == "__main__":

@@ -217,3 +217,14 @@ def test_strong_run_records_every_resolved_value(tmp_path):
     # a one-cycle run cannot be lengthened on resume: its LR curve spans the recorded epochs
     r = run_py("main.py", *train_argv(files, out, "--total_epoch", "3", recipe="strong"), "--resume", str(out))
     assert r.returncode != 0 and "--scheduler onecycle" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_an_ema_decay_outside_zero_to_one_is_refused():
+    from main import get_args
+    from pipeline.errors import ConfigError
+    assert get_args(["--ema", "none"]).ema is None and get_args(["--ema", "0.99"]).ema == 0.99
+    for bad in ("0", "1", "1.5"):  # 0 used to mean "no EMA"; none says that
+        with pytest.raises(ConfigError, match=r"--ema must be in \(0, 1\)"):
+            get_args(["--ema", bad])
+    with pytest.raises(SystemExit):
+        get_args(["--ema", "fast"])

@@ -212,8 +212,22 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     """Write index.html, the figures and thresholds.json into ``out_dir``; return paths and timings."""
     t0 = time.perf_counter()
     make_folder(out_dir)
-    C = scores.shape[1]
-    names = [class_name(class_names, c) for c in range(C)]
+    names = [class_name(class_names, c) for c in range(scores.shape[1])]
+    a, figured, subset = draw_figures(out_dir, scores, targets, names, report, info, pr_convention)
+    t_figures = time.perf_counter() - t0
+    shown = worst_classes(report.ap, report_classes)
+    sections, requests = mistake_sections(out_dir, scores, targets, paths, names, report, shown, thumbnails)
+    page = html_page(scores, targets, names, report, info, pr_convention, a, figured, subset, shown, sections,
+                     thumbnails is not None)
+    index = os.path.join(out_dir, "index.html")
+    with atomic_write(index) as f:
+        f.write(page)
+    return {"index": index, "thresholds": os.path.join(out_dir, "thresholds.json"), "seconds_figures": t_figures,
+            "seconds_total": time.perf_counter() - t0, "thumbnail_images": len(requests)}
+
+
+def draw_figures(out_dir, scores, targets, names, report, info, pr_convention) -> Tuple[ClassAnalysis, List[int], str]:
+    """The per-class analysis, the three figures and thresholds.json; (analysis, classes shown, note)."""
     a = analyse(scores, targets, report.ap, pr_convention=pr_convention)
     figured, subset = figure_classes(report.ap)
     draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
@@ -226,9 +240,22 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                        "note": "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
                                "choose them on a held-out split for honest figures"},
                       os.path.join(out_dir, "thresholds.json"))
-    t_figures = time.perf_counter() - t0
+    return a, figured, subset
 
-    shown = worst_classes(report.ap, report_classes)
+
+def _rows_are(scores, items, c, wrong, mistake) -> str:
+    """What a row of thumbnails is: how many are mistakes at 0.5 (none: the class is right on every image)."""
+    n = sum(bool(wrong(scores[i, c])) for i in items)
+    if not items:
+        return "none"
+    if n == 0:
+        return f"all {len(items)} correct at 0.5 (no {mistake}s)"
+    return f"{n} {mistake}{'s' if n > 1 else ''} at 0.5" + (f", {len(items) - n} correct" if n < len(items) else "")
+
+
+def mistake_sections(out_dir, scores, targets, paths, names, report, shown, thumbnails) -> Tuple[List[str], dict]:
+    """For each shown class, its highest-scoring negatives and lowest-scoring positives as thumbnails
+    (with its heatmap when ``thumbnails`` draws them); (HTML sections, the thumbnail requests)."""
     pos_neg = masks(np.asarray(targets))[:2]  # once, not once per class
     mistakes = {c: worst_mistakes(scores, targets, c, pos_neg=pos_neg) for c in shown}
     requests: Dict[int, List[int]] = {}
@@ -242,55 +269,56 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
     pos_mask = np.asarray(targets) == 1
     predicted = np.asarray(scores) >= 0.5
 
-    def mistakes_in(items, c, wrong, mistake) -> str:
-        """What the rows are: how many are mistakes at 0.5 (none: the class is right on every image)."""
-        n = sum(bool(wrong(scores[i, c])) for i in items)
-        if not items:
-            return "none"
-        if n == 0:
-            return f"all {len(items)} correct at 0.5 (no {mistake}s)"
-        return f"{n} {mistake}{'s' if n > 1 else ''} at 0.5" + (f", {len(items) - n} correct" if n < len(items) else "")
-
     def labels_of(mask_row) -> str:
         return ", ".join(names[k] for k in np.flatnonzero(mask_row)) or "none"
+
+    def figure(i: int, c: int, kind: str, wrong) -> str:
+        img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
+        name = f"c{c:03d}_{kind}_{i}.png"
+        if img is not None:
+            save_image_atomic(img, os.path.join(thumb_dir, name))
+            pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
+        else:
+            pic = "<div class=note>(image not readable)</div>"
+        verdict = f"<b>{kind.upper()}</b>" if wrong(scores[i, c]) else "correct at 0.5"
+        return (f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}, {verdict}<br>"
+                f"true: {html.escape(labels_of(pos_mask[i]))}<br>"
+                f"predicted: {html.escape(labels_of(predicted[i]))}<br>"
+                f"<span class=note>{html.escape(os.path.basename(paths[i]))}</span></div>")
 
     sections = []
     for c in shown:
         fp, fn = mistakes[c]
         blocks = []
-        for title, items, wrong, mistake in (
-                ("Highest-scoring negatives", fp, lambda s: s >= 0.5, "false positive"),
-                ("Lowest-scoring positives", fn, lambda s: s < 0.5, "false negative")):
-            title = f"{title}: {mistakes_in(items, c, wrong, mistake)}"
-            figs = []
-            for i in items:
-                img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
-                name = f"c{c:03d}_{'fp' if items is fp else 'fn'}_{i}.png"
-                if img is not None:
-                    save_image_atomic(img, os.path.join(thumb_dir, name))
-                    pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
-                else:
-                    pic = "<div class=note>(image not readable)</div>"
-                verdict = ("<b>FP</b>" if items is fp else "<b>FN</b>") if wrong(scores[i, c]) else "correct at 0.5"
-                figs.append(f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}, {verdict}<br>"
-                            f"true: {html.escape(labels_of(pos_mask[i]))}<br>"
-                            f"predicted: {html.escape(labels_of(predicted[i]))}<br>"
-                            f"<span class=note>{html.escape(os.path.basename(paths[i]))}</span></div>")
-            blocks.append(f"<p><b>{title}</b></p><div class=row>{''.join(figs) or '<i>none</i>'}</div>")
+        for title, items, kind, wrong, mistake in (
+                ("Highest-scoring negatives", fp, "fp", lambda s: s >= 0.5, "false positive"),
+                ("Lowest-scoring positives", fn, "fn", lambda s: s < 0.5, "false negative")):
+            figs = "".join(figure(i, c, kind, wrong) for i in items)
+            blocks.append(f"<p><b>{title}: {_rows_are(scores, items, c, wrong, mistake)}</b></p>"
+                          f"<div class=row>{figs or '<i>none</i>'}</div>")
         ap = "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}"
         sections.append(f"<div class=cls><h3>{html.escape(names[c])} (AP {ap})</h3>{''.join(blocks)}</div>")
+    return sections, requests
 
+
+def conventions_in_force(report: Report, targets, pr_convention: str) -> List[str]:
+    out = [f"AP non-interpolated, tied scores as one block; convention: {report.convention}",
+           "predicted: score >= 0.5; CF1 = harmonic mean of CP and CR; CF1(zoo) = mean of per-class F1",
+           f"P/R convention: {pr_convention}"]
+    if report.convention == "voc":
+        out.append("VOC: difficult (0) left out of AP and P/R; -1 negative")
+    if (np.asarray(targets) == UNKNOWN).any():
+        out.append("unknown labels (classes a sparse file does not list for an image) left out of AP and P/R")
+    if report.extra.get("has_ignored_99"):
+        out.append("99 (unspecified) left out of AP, negative in P/R (the authors' rule)")
+    return out
+
+
+def html_page(scores, targets, names, report, info, pr_convention, a, figured, subset, shown, sections,
+              with_heatmaps: bool) -> str:
     summary_rows = [["all"] + [f"{report.overall[k]:.2f}" for k in KEYS] + [f"{report.overall['CF1_mean_per_class']:.2f}"],
                     ["top-3"] + [f"{report.top3[k]:.2f}" for k in KEYS] + [f"{report.top3['CF1_mean_per_class']:.2f}"]]
-    conventions = [f"AP non-interpolated, tied scores as one block; convention: {report.convention}",
-                   "predicted: score >= 0.5; CF1 = harmonic mean of CP and CR; CF1(zoo) = mean of per-class F1",
-                   f"P/R convention: {pr_convention}"]
-    if report.convention == "voc":
-        conventions.append("VOC: difficult (0) left out of AP and P/R; -1 negative")
-    if (np.asarray(targets) == UNKNOWN).any():
-        conventions.append("unknown labels (classes a sparse file does not list for an image) left out of AP and P/R")
-    if report.extra.get("has_ignored_99"):
-        conventions.append("99 (unspecified) left out of AP, negative in P/R (the authors' rule)")
+    conventions = conventions_in_force(report, targets, pr_convention)
     per_class = [[names[c], "n/a" if np.isnan(report.ap[c]) else f"{100 * report.ap[c]:.2f}", int(a.positives[c]),
                   int(a.predicted[c]), int(a.tp[c]), f"{100 * a.precision[c]:.2f}", f"{100 * a.recall[c]:.2f}",
                   f"{100 * a.f1[c]:.2f}", f"{a.best_threshold[c]:.4f}", f"{100 * a.best_f1[c]:.2f}"]
@@ -300,9 +328,9 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
                     for k, v in info.items())
     heat_note = ("<p class=note>Each thumbnail shows the class's attention heatmap over the image: "
                  "<img src=\"colour_scale.png\" alt=\"colour scale\" style=\"vertical-align:middle\"></p>"
-                 if thumbnails is not None else
+                 if with_heatmaps else
                  "<p class=note>Drawn from saved scores: thumbnails show the images without attention heatmaps.</p>")
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>CSRA evaluation report</title>
+    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>CSRA evaluation report</title>
 <style>{CSS}</style></head><body>
 <h1>CSRA evaluation report: mAP {report.map:.2f}</h1>
 <table>{facts}<tr><td class=name>images</td><td class=name>{scores.shape[0]}</td></tr></table>
@@ -318,8 +346,3 @@ optimistic here; choose them on a held-out split for honest figures.</p>
 <h2>CF1 and OF1 when one threshold is used for every class</h2><img src="threshold_sweep.png" alt="CF1 and OF1 against the threshold">
 <h2>Where the {len(shown)} classes with the lowest AP go wrong</h2>{heat_note}{''.join(sections)}
 </body></html>"""
-    index = os.path.join(out_dir, "index.html")
-    with atomic_write(index) as f:
-        f.write(page)
-    return {"index": index, "thresholds": os.path.join(out_dir, "thresholds.json"), "seconds_figures": t_figures,
-            "seconds_total": time.perf_counter() - t0, "thumbnail_images": len(requests)}

@@ -19,7 +19,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.errors import DataError  # noqa: E402
+from pipeline.errors import CSRAError, DataError  # noqa: E402
+from utils.run_record import read_record  # noqa: E402
 from utils.fileio import save_figure_atomic  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
@@ -61,7 +62,7 @@ def output_path(out: str) -> str:
 
 
 # record entries that say nothing about how a run differs from another
-NOT_COMPARED = {"run_id", "output_dir", "resume", "resume_changes", "num_workers", "print_freq", "state_every",
+NOT_COMPARED = {"run_id", "record_version", "output_dir", "resume", "resume_changes", "num_workers", "print_freq", "state_every",
                 "eval_every", "tensorboard", "class_names", "record_path", "record_names", "report", "runtime",
                 "train_aug", "test_aug", "cache_images", "compile", "amp"}
 MOST_SHOWN = 4
@@ -71,15 +72,11 @@ def run_description(run: str, log: List[Dict]) -> Dict[str, str]:
     """What defines a run, for the legend: its record's options (args.json beside the log), with the
     precision and memory format its epochs actually ran in."""
     folder = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
-    record = {}
-    path = os.path.join(folder, "args.json")
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                record = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            record = {}
-    out = {k: str(v) for k, v in record.items() if k not in NOT_COMPARED} if isinstance(record, dict) else {}
+    try:
+        record = read_record(folder) or {}
+    except CSRAError:  # an unreadable record: the legend names the folder only
+        record = {}
+    out = {k: str(v) for k, v in record.items() if k not in NOT_COMPARED}
     amps = sorted({str(e["amp"]) for e in log if e.get("amp") is not None})
     if amps:
         out["precision"] = "+".join("float32" if a == "off" else a for a in amps)

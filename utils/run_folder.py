@@ -13,7 +13,7 @@ from pipeline.errors import CheckpointError
 from utils import distributed as du
 from utils.fileio import OutputError, atomic_write, make_folder
 from utils.run_lock import RunLock, RunLockedError
-from utils.run_record import RECORD_FILE
+from utils.run_record import RECORD_FILE, RECORD_VERSION
 from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run,
                                load_train_state, read_recorded_args, reconcile_args, remove_stale_temporaries)
 
@@ -72,8 +72,9 @@ class RunFolder:
         return read_recorded_args(self.path)
 
     def write_record(self, record: dict) -> None:
+        """The one writer of the record (in the current schema: RECORD_VERSION)."""
         with atomic_write(self.file(RECORD_FILE)) as f:
-            json.dump(record, f, indent=1, default=str)
+            json.dump(dict(record, record_version=RECORD_VERSION), f, indent=1, default=str)
 
 
 def run_base(args) -> str:

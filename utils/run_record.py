@@ -29,18 +29,35 @@ DATA_OPTIONS = ("dataset", "test_json", "data_root")
 REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")
 
 
-def find_record(checkpoint: str) -> Optional[Tuple[str, dict]]:
-    """(path, record) of the run that wrote ``checkpoint``, or None when its folder holds no record
-    of main.py. Records written before normalisation was recorded get the rule those runs used."""
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RECORD_FILE)
+RECORD_VERSION = 2  # 1: before normalisation was recorded; 2: normalize recorded
+
+
+def migrate(record: dict) -> dict:
+    """A record in the current schema: an older record gains what it lacks, as its run had it
+    (version 1: the normalisation those runs used, the backbone's own convention)."""
+    if record.get("record_version", 1) < 2 or not record.get("normalize"):
+        record = dict(record, normalize=record.get("normalize") or legacy_normalize(record["model"]))
+    return dict(record, record_version=RECORD_VERSION)
+
+
+def read_record(folder: str) -> Optional[dict]:
+    """The one reader of a run folder's record (migrated), or None when the folder holds none of main.py's
+    (no args.json, or some other program's)."""
+    path = os.path.join(folder, RECORD_FILE)
     if not os.path.isfile(path):
         return None
     record = read_json(path)
     if not isinstance(record, dict) or any(record.get(k) is None for k in REQUIRED):
         return None  # some other program's args.json: not ours to interpret
-    if not record.get("normalize"):
-        record = dict(record, normalize=legacy_normalize(record["model"]))
-    return path, record
+    return migrate(record)
+
+
+def find_record(checkpoint: str) -> Optional[Tuple[str, dict]]:
+    """(path, record) of the run that wrote ``checkpoint``, or None when its folder holds no record
+    of main.py."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    record = read_record(folder)
+    return None if record is None else (os.path.join(folder, RECORD_FILE), record)
 
 
 def record_defaults(record: dict, typed: Set[str]) -> dict:

@@ -15,10 +15,9 @@ from typing import List, Optional, Set, Tuple
 
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
-from pipeline.jsonfile import read_json
-from pipeline.runtime import bf16_is_emulated, legacy_normalize, precision_name
+from pipeline.runtime import bf16_is_emulated, precision_name
 from utils.fileio import save_torch_atomic
-from utils.run_record import RECORD_FILE
+from utils.run_record import RECORD_FILE, read_record
 
 FORMAT = "csra-train-state"
 VERSION = 1
@@ -97,13 +96,13 @@ SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "sta
 
 
 def read_recorded_args(folder: str) -> dict:
-    path = os.path.join(folder, RECORD_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: missing; this folder does not hold a run of main.py")
-    recorded = read_json(path)
-    if not isinstance(recorded, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
-    return recorded
+    """The record of a run folder that --resume continues (utils.run_record.read_record); an error when
+    the folder holds none of main.py's."""
+    record = read_record(folder)
+    if record is None:
+        raise CheckpointError(f"{os.path.join(folder, RECORD_FILE)}: missing or not main.py's; this folder does "
+                              "not hold a run of main.py")
+    return record
 
 
 def progress(folder: str) -> Optional[Tuple[int, int]]:
@@ -160,8 +159,6 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
     value is an error naming both; a safe one is applied (total_epoch only upwards). Returns the
     changes applied, for the record."""
     recorded = read_recorded_args(folder)
-    if not recorded.get("normalize") and recorded.get("model"):  # a run from before normalisation was recorded
-        recorded["normalize"] = legacy_normalize(recorded["model"])
     changes = []
     for key in RUN_DEFINING:
         if key not in recorded:

@@ -17,14 +17,10 @@ import torch
 from pipeline.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
-from pipeline.model import load_for_inference
-from pipeline.runtime import resolve_runtime, runtime_warning
-from utils import distributed as du
-from utils.cli import (add_checkpoint_args, add_model_args, add_runtime_args, describe_inference, model_kwargs,
-                       new_parser, parse_args, run_main)
+from utils.cli import add_checkpoint_args, add_model_args, add_runtime_args, new_parser, parse_args, run_main
+from utils.inference import open_session
 from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
                                label_record)
-from utils.threads import ThreadGovernor
 from utils.visualize import save_heatmaps
 
 
@@ -111,14 +107,12 @@ def run(args) -> list:
     files, skipped = find_images(args.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
-    threads = ThreadGovernor(args.threads).choice
-    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    model = runtime.prepare_model(model)
+    session = open_session(args)
+    model, runtime = session.model, session.runtime
     names = args.class_names
-    if runtime_warning(runtime):
-        print(runtime_warning(runtime), file=sys.stderr)
-    print(describe_inference(args, runtime, threads), file=sys.stderr)
+    if session.warning:
+        print(session.warning, file=sys.stderr)
+    print(session.header, file=sys.stderr)
     if args.heatmap_classes:
         unknown = [n for n in args.heatmap_classes.split(",") if n not in names]
         if unknown:

@@ -15,14 +15,11 @@ import numpy as np
 from engine import predict, thumbnails_by_row
 from pipeline.dataset import MultiLabelDataset, read_json
 from pipeline.errors import ConfigError, DataError
-from pipeline.model import load_for_inference
-from pipeline.runtime import resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,
-                       dataset_kwargs, describe_inference, describe_model, finish_class_names, model_kwargs, new_parser, parse_args,
-                       run_main)
+                       dataset_kwargs, describe_model, finish_class_names, new_parser, parse_args, run_main)
 from utils.evaluation import evaluate, format_report, report_to_dict
-from utils.threads import ThreadGovernor
+from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
 from utils.evaluation.report import load_scores_binary, save_scores, threshold_advice, write_voc_submission
 
@@ -94,7 +91,6 @@ def report_from_scores(args) -> dict:
 def validate(args) -> dict:
     if args.from_scores:
         return report_from_scores(args)
-    device = du.init_distributed()
     _, test_json = dataset_files(args)
     writes_only = bool(args.voc_submission or args.save_scores)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=not writes_only)
@@ -103,14 +99,12 @@ def validate(args) -> dict:
         raise ConfigError(f"{test_json} has no labels to count the classes from: pass --classes FILE or --num_cls N "
                           "(or --load_from a checkpoint with its run record)")
     finish_class_names(args, args.num_cls)
-    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
-    threads = ThreadGovernor(args.threads).choice
-    model, info = load_for_inference(args.load_from, **model_kwargs(args))
-    model = runtime.prepare_model(model)
+    session = open_session(args)
+    model, runtime = session.model, session.runtime
     if du.is_main():
-        if runtime_warning(runtime):
-            print(runtime_warning(runtime))
-        print(f"{describe_inference(args, runtime, threads)}; {len(dataset)} images from {test_json}")
+        if session.warning:
+            print(session.warning)
+        print(f"{session.header}; {len(dataset)} images from {test_json}")
     scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=args.batch_size,
                                               num_workers=args.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}

@@ -30,14 +30,14 @@ from pipeline.dataset import MultiLabelDataset  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.heads import get_head  # noqa: E402
 from pipeline.imagefolder import ImageFolderSet  # noqa: E402
-from pipeline.model import load_for_inference  # noqa: E402
 from pipeline.pretrained import create_model, imagenet_view  # noqa: E402
 from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.cli import (add_data_args, add_model_args, add_pretrained_arg, add_record_flag,  # noqa: E402
-                       add_runtime_args, dataset_files, dataset_kwargs, describe_inference, finish_class_names,
-                       model_kwargs, new_parser, parse_args, run_main, typed_flags)
+                       add_runtime_args, dataset_files, dataset_kwargs, finish_class_names, new_parser, parse_args,
+                       run_main, typed_flags)
+from utils.inference import open_session  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.threads import ThreadGovernor  # noqa: E402
 
@@ -136,11 +136,11 @@ def checkpoint_sweep(args) -> dict:
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False))
     args.num_cls = args.num_cls or dataset.num_classes
     finish_class_names(args, args.num_cls)
-    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
-    threads = ThreadGovernor(args.threads).choice
-    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    print(describe_inference(args, runtime, threads))
-    scores = sweep_scores(runtime.prepare_model(model), dataset, lams, runtime, args.batch_size, args.num_workers)
+    session = open_session(args)
+    for line in (session.warning, session.header):
+        if line:
+            print(line)
+    scores = sweep_scores(session.model, dataset, lams, session.runtime, args.batch_size, args.num_workers)
     targets = dataset.targets()
     results = {lam: evaluate(s, targets) for lam, s in scores.items()}
     print_table(f"training-free CSRA on {args.load_from} ({len(dataset)} images of {test_json})",

@@ -1,0 +1,31 @@
+"""One inference session for the scripts that load a checkpoint (val.py, demo.py, the sweep): the device
+and precision, the threads, the model built from the checkpoint's description (its run record or the
+flags) in eval mode, and the header and warning the script prints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from pipeline.model import load_for_inference
+from pipeline.runtime import Runtime, resolve_runtime, runtime_warning
+from utils import distributed as du
+from utils.cli import describe_inference, model_kwargs
+from utils.threads import ThreadChoice, ThreadGovernor
+
+
+@dataclass
+class Session:
+    model: nn.Module
+    runtime: Runtime
+    threads: ThreadChoice
+    header: str          # what was loaded, from which description, how it runs
+    warning: str         # a choice that runs but slowly here ('' if none)
+
+
+def open_session(args) -> Session:
+    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
+    threads = ThreadGovernor(args.threads).choice
+    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
+    return Session(runtime.prepare_model(model), runtime, threads, describe_inference(args, runtime, threads),
+                   runtime_warning(runtime))

@@ -102,14 +102,21 @@ def max_difference(rep, prev: dict) -> float:
     return d
 
 
-def main() -> None:
-    p = ScriptParser(description=__doc__)
+def coco_size_args(description: str, quick_classes: int = 80):
+    """--n and --classes of a COCO-sized synthetic case (val2014: 40,137 x 80); --quick: 4,000 images (and at
+    most ``quick_classes`` classes)."""
+    p = ScriptParser(description=description)
     p.add_argument("--n", type=int, default=40137)
     p.add_argument("--classes", type=int, default=80)
-    p.add_argument("--quick", action="store_true", help="4,000 images")
+    p.add_argument("--quick", action="store_true", help=f"4,000 images x at most {quick_classes} classes")
     a = p.parse_args()
     if a.quick:
-        a.n = min(a.n, 4000)
+        a.n, a.classes = min(a.n, 4000), min(a.classes, quick_classes)
+    return a
+
+
+def main() -> None:
+    a = coco_size_args(__doc__)
     scores, targets = coco_like(a.n, a.classes)
     model_scores = scores.astype(np.float32)  # what val.py passes: the model's float32 sigmoid, int8 labels
     model_targets = targets.astype(np.int8)

@@ -20,21 +20,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.entry import ScriptParser  # noqa: E402
 
-from benchmarks.bench_metrics import coco_like  # noqa: E402
+from benchmarks.bench_metrics import coco_like, coco_size_args  # noqa: E402
 from utils.evaluation.report import save_scores  # noqa: E402
 from val import get_args, report_from_scores  # noqa: E402
 
 
 def main() -> None:
-    p = ScriptParser(description=__doc__)
-    p.add_argument("--n", type=int, default=40137)
-    p.add_argument("--classes", type=int, default=80)
-    p.add_argument("--quick", action="store_true", help="4,000 images x 20 classes")
-    a = p.parse_args()
-    if a.quick:
-        a.n, a.classes = min(a.n, 4000), min(a.classes, 20)
+    a = coco_size_args(__doc__, quick_classes=20)
     scores, targets = coco_like(a.n, a.classes, separation=2.5)
     names = [f"class_{c}" for c in range(a.classes)]
     out = tempfile.mkdtemp(prefix="report_bench_")

@@ -19,8 +19,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.cli import add_checkpoint_args, add_model_args, add_runtime_args, new_parser, parse_args, run_main
 from utils.inference import open_session
-from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
-                               label_record)
+from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
 from utils.visualize import save_heatmaps
 
 
@@ -121,7 +120,7 @@ def run(args) -> list:
     if not 0 <= args.heatmap_head < n_maps:
         raise ConfigError(f"--heatmap_head must be below the number of heads ({n_maps})")
     cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
-    print(describe_thresholds(args.thresholds, cut), file=sys.stderr)
+    print(thresholds_line(args.thresholds, cut), file=sys.stderr)
     stems = unique_stems(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
                                          batch_size=args.batch_size, num_workers=args.num_workers,
@@ -140,7 +139,7 @@ def run(args) -> list:
             f = files[index]
             scores = probs[i].tolist()
             rec = label_record(f, names, scores, cut, args.topk)
-            print(describe(rec))
+            print(prediction_line(rec))
             if args.heatmaps:
                 rec["heatmaps"] = save_heatmaps(args.heatmaps, f, read_rgb(f), out, i,
                                                 chosen_classes(args, names, scores, cut), names, scores,

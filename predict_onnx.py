@@ -18,8 +18,7 @@ import numpy as np
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb, resize_square
 from utils.entry import ScriptParser, run_main
-from utils.predictions import (class_thresholds, describe, describe_thresholds, find_images, finish,
-                               label_record)
+from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
 
 INSTALL = "pip install -r requirements-export.txt"
 
@@ -68,7 +67,7 @@ def run(argv=None) -> List[dict]:
     mean = np.array(json.loads(meta["mean"]), dtype=np.float32)
     std = np.array(json.loads(meta["std"]), dtype=np.float32)
     cut = class_thresholds(a.thresholds, names) if a.thresholds else [a.threshold] * len(names)
-    print(describe_thresholds(a.thresholds, cut), file=sys.stderr)
+    print(thresholds_line(a.thresholds, cut), file=sys.stderr)
     files, skipped = find_images(a.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
@@ -87,7 +86,7 @@ def run(argv=None) -> List[dict]:
         probs = 1.0 / (1.0 + np.exp(-logits))
         for f, scores in zip(kept, probs):
             rec = label_record(f, names, scores.tolist(), cut, a.topk)
-            print(describe(rec))
+            print(prediction_line(rec))
             results.append(rec)
     finish(results, files, a.output, names)
     return results

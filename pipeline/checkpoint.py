@@ -173,7 +173,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint", model_name: Optiona
     return sd
 
 
-def describe(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None,
+def checkpoint_contents(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None,
              expected_head: Optional[str] = None) -> dict:
     """Backbone (by comparing keys and shapes with the backbone table), head kind (by the head table),
     head count and class count of a state dict in the authors' layout."""
@@ -193,7 +193,7 @@ def pretty_model(name: Optional[str]) -> str:
 
 def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
     """Raise a one-line CheckpointError naming the first thing that does not match."""
-    info = describe(sd, model.model_name, model.head_type)
+    info = checkpoint_contents(sd, model.model_name, model.head_type)
     if info["model"] != model.model_name:
         raise CheckpointError(
             f"{path}: checkpoint is a {pretty_model(info['model'])}, --model is {model.model_name}"
@@ -214,7 +214,7 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
 
 
 def load_model_weights(model, path: str) -> dict:
-    """Load any accepted checkpoint into ``model`` (strict), returning what was described."""
+    """Load any accepted checkpoint into ``model`` (strict), returning its contents (``checkpoint_contents``)."""
     sd = to_authors_layout(safe_load(path), path, model.model_name)
     if model.head_kind.recognise(sd) is not None:  # other heads' keys go, e.g. a leftover ImageNet fc
         others = tuple(h.prefix for h in HEAD_KINDS.values() if h.name != model.head_type)
@@ -241,4 +241,4 @@ def load_model_weights(model, path: str) -> dict:
         raise CheckpointError(f"{path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
                               "that saved it diverged; load an earlier checkpoint")
     model.load_state_dict(sd, strict=True)
-    return describe(sd, model.model_name, model.head_type)
+    return checkpoint_contents(sd, model.model_name, model.head_type)

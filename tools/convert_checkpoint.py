@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.entry import ScriptParser  # noqa: E402
 
 from pipeline.backbones import get_backbone  # noqa: E402
-from pipeline.checkpoint import describe, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
+from pipeline.checkpoint import checkpoint_contents, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
 from pipeline.errors import CheckpointError  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 from utils.fileio import OutputError, save_torch_atomic  # noqa: E402
@@ -37,7 +37,7 @@ def convert(load_from: str, to: str) -> object:
     found = find_record(load_from)
     record = found[1] if found else {}
     sd = to_authors_layout(safe_load(load_from), load_from, record.get("model"))
-    info = describe(sd, expected_model=record.get("model"))
+    info = checkpoint_contents(sd, expected_model=record.get("model"))
     if info["model"] is None:
         raise CheckpointError(f"{load_from}: its backbone is not one this code knows; cannot convert it")
     if info["head"] is None:

@@ -72,14 +72,14 @@ def _listed(entries) -> str:
     return ", ".join(f"{x['class']} ({x['score']:.3f})" for x in entries)
 
 
-def describe(rec: dict) -> str:
+def prediction_line(rec: dict) -> str:
     text = f"{rec['image']}: " + (_listed(rec["labels"]) or "(nothing above threshold)")
     if "top" in rec:
         text += f"; top {len(rec['top'])}: {_listed(rec['top'])}"
     return text
 
 
-def describe_thresholds(path: Optional[str], cut: Sequence[float]) -> str:
+def thresholds_line(path: Optional[str], cut: Sequence[float]) -> str:
     """The header line that says which thresholds the labels use."""
     if path:
         return f"labels: score >= each class's threshold from {path} ({min(cut):.3f} to {max(cut):.3f})"

@@ -147,6 +147,9 @@ def run_header(args, p: Parts, folder: str) -> str:
     ]
     if "*" in options:
         rows.insert(4, ("", f"* = changed from --recipe {args.recipe} by a flag or by the dataset's defaults"))
+    if args.config:
+        typed = ", ".join(f"--{k}" for k in args.config_changes) or "none"
+        rows.insert(0, ("config", f"the options of {args.config}; typed now: {typed}"))
     lines = []
     for label, text in rows:
         glued = ", ".join(item.replace(" ", "\u00a0") for item in text.split(", "))  # no break inside an item

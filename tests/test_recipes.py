@@ -228,3 +228,22 @@ def test_an_ema_decay_outside_zero_to_one_is_refused():
             get_args(["--ema", bad])
     with pytest.raises(SystemExit):
         get_args(["--ema", "fast"])
+
+
+def test_config_repeats_a_recorded_run_and_typed_flags_win(tmp_path):
+    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    first = tmp_path / "a"
+    r = run_py("main.py", *train_argv(files, first, "--total_epoch", "1", "--lr", "0.03", "--loss", "focal"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_py("main.py", "--config", first / "args.json", "--seed", "3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"config     the options of {first / 'args.json'}; typed now: --seed" in r.stdout
+    a = json.loads((first / "args.json").read_text())
+    b = json.loads((tmp_path / "a_2" / "args.json").read_text())  # a new run beside it: never into it
+    differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert differ == {"seed", "run_id", "config", "config_changes", "record_names"}
+    assert (b["lr"], b["loss"], b["total_epoch"], b["seed"]) == (0.03, "focal", 1, 3)
+    r = run_py("main.py", "--config", tmp_path / "data", "--seed", "3")
+    assert r.returncode == 1 and "--config" in r.stderr and "no args.json there" in r.stderr
+    r = run_py("main.py", "--config", first, "--resume", first)
+    assert r.returncode == 1 and "use one" in r.stderr

@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS, get_head
 from pipeline.recipes import RECIPES
 from pipeline.runtime import AMP_CHOICES, NORMALIZE_HELP, default_normalize, normalization
-from utils.run_record import check_flags, find_record, record_defaults
+from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
 AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
@@ -166,9 +166,27 @@ def typed_flags(argv: Sequence[str]) -> Set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
+# record entries --config does not repeat: the run's identity and bookkeeping
+NOT_REPEATED = {"config", "config_changes", "resume", "run_id", "runtime", "record_version", "resume_changes",
+                "record_path", "record_names", "class_names"}
+
+
+def read_config(path: str) -> dict:
+    """--config: a run folder's record (its args.json, or the folder) whose options a new run repeats."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(path) and os.path.basename(path) != RECORD_FILE:
+        raise ConfigError(f"--config {path}: name a run folder or its {RECORD_FILE}")
+    if not os.path.isfile(os.path.join(folder, RECORD_FILE)):
+        raise ConfigError(f"--config {path}: no {RECORD_FILE} there")
+    record = read_record(folder)
+    if record is None:
+        raise ConfigError(f"--config {path}: not the record of a run of main.py")
+    return record
+
+
 def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json", "--recipe"):
+    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json", "--recipe", "--config"):
         pre.add_argument(flag, default=None)
     pre.add_argument("--no_record", action="store_true")
     known, _ = pre.parse_known_args(argv)
@@ -184,7 +202,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     typed = typed_flags(argv)
     known = {a.dest for a in p._actions}
     found = find_record(pre.load_from) if pre.load_from and "load_from" in known and not pre.no_record else None
-    record = found[1] if found else {}
+    config = read_config(pre.config) if pre.config and "config" in known else None
+    record = found[1] if found else (config or {})
     dataset = pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
     spec = DATASETS.get(dataset)
     defaults = {}
@@ -192,7 +211,7 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         defaults = dict(dataset=dataset, model=spec.model, img_size=spec.img_size, batch_size=spec.batch_size,
                         decay_every=spec.decay_every)
         if train:
-            recipe = RECIPES.get(pre.recipe or "paper")  # an unknown name: argparse's choices report it
+            recipe = RECIPES.get(pre.recipe or record.get("recipe") or "paper")  # unknown: argparse reports it
             if recipe is not None:
                 defaults.update(recipe.values)
                 defaults.update(spec.recipe_overrides.get(recipe.name, {}))
@@ -205,9 +224,14 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
             defaults.update(img_size=backbone.img_size, batch_size=backbone.batch_size)
     if found:
         defaults.update(record_defaults(record, typed))
+    if config:  # a recorded run's every option, below the flags typed now
+        defaults.update({k: v for k, v in config.items() if k not in NOT_REPEATED})
     p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
     args = p.parse_args(argv)
     args.record_path, args.record_names = (found[0], record.get("class_names")) if found else (None, None)
+    if config:
+        args.record_names = config.get("class_names")
+        args.config_changes = sorted(typed & known - {"config"})
     args = resolve(args)
     if found:
         check_flags(args, typed, found[0], record)

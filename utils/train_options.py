@@ -132,6 +132,9 @@ def add_run_args(g) -> None:
     g.add_argument("--output_dir", default=None, help="run folder (default checkpoint/<model>)")
     g.add_argument("--report", default=None, metavar="DIR",
                    help="after the last evaluation, write the HTML evaluation report into DIR (see val.py --report)")
+    g.add_argument("--config", default=None, metavar="RUN",
+                   help="start a new run with a recorded run's options (its folder or args.json); flags typed now "
+                        "win and the header lists them")
     g.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                    help="continue an interrupted run: its folder or train_state.pth (default: --output_dir)")
     g.add_argument("--tensorboard", action="store_true",
@@ -146,6 +149,8 @@ def get_args(argv=None) -> argparse.Namespace:
     if args.cutmix:
         check_source(args.cutmix, "--cutmix")
     typed = given_flags(argv)
+    if args.config and args.resume:
+        raise ConfigError("--config starts a new run from a recorded one; --resume continues a run: use one")
     for flag, (option, choice) in APPLIES_TO.items():
         if flag in typed and getattr(args, option) != choice:
             raise ConfigError(f"--{flag} applies to --{option} {choice}, but this run uses --{option} "

@@ -89,7 +89,7 @@ def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
     """A typed model option that contradicts the record stops with both values named; so does a typed
     --dataset whose classes are not the record's (in demo.py and export.py it would only rename the
     model's outputs; in val.py and the sweep its data would not fit the model)."""
-    spec = DATASETS.get(getattr(args, "dataset", None))
+    spec = DATASETS.get(args.dataset)  # (every script that reads a record has --dataset)
     names = record.get("class_names")
     if "dataset" in typed and spec is not None and spec.classes and names and list(spec.classes) != list(names):
         raise ConfigError(f"--dataset {args.dataset} has {len(spec.classes)} classes ({_some(spec.classes)}) but the "

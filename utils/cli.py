@@ -130,8 +130,8 @@ def describe_inference(args, runtime=None, threads=None) -> str:
     text = f"{args.load_from} ({source}): {describe_model(args)}"
     if runtime is not None:
         text += f"; {runtime.describe()}"
-    if threads is not None:
-        text += f", {threads.describe()}"
+        if threads is not None:
+            text += f", {threads.describe()}"
         if runtime.amp != "off":
             text += (f"; {runtime.amp} autocast opted in: scores differ slightly from float32, the published "
                      "numbers' precision")

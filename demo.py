@@ -17,7 +17,8 @@ import torch
 from pipeline.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
-from utils.cli import add_checkpoint_args, add_model_args, add_runtime_args, new_parser, parse_args, run_main
+from utils.cli import new_parser, parse_args, run_main
+from utils.options import add_options
 from utils.inference import open_session
 from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
 from utils.visualize import save_heatmaps
@@ -25,21 +26,7 @@ from utils.visualize import save_heatmaps
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Predict labels (and heatmaps) for images.")
-    add_model_args(p)
-    add_runtime_args(p)
-    add_checkpoint_args(p)
-    p.add_argument("--img_dir", required=True, nargs="+", help="image folders and/or image files")
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--thresholds", default=None, metavar="FILE",
-                   help="per-class thresholds (thresholds.json from val.py --report) instead of --threshold")
-    p.add_argument("--topk", type=int, default=None, help="also list the K highest-scoring classes, whatever the threshold, in a column of their own "
-                        "(the labels stay those above the threshold)")
-    p.add_argument("--output", default=None, help="write predictions to PATH.json or PATH.csv")
-    p.add_argument("--heatmaps", default=None, metavar="OUT_DIR", help="write attention heatmaps here")
-    p.add_argument("--heatmap_classes", default=None, help="comma-separated class names (default: predicted)")
-    p.add_argument("--heatmap_head", type=int, default=0, help="which CSRA head's map to draw (0: T = 1)")
-    p.add_argument("--batch_size", type=int, default=16, help="images per forward pass (the dataset's)")
-    p.add_argument("--num_workers", type=int, default=0, help="image-decoding worker processes")
+    add_options(p, "D")
     return p
 
 

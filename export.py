@@ -19,22 +19,16 @@ import shutil
 import tempfile
 
 from pipeline.errors import ConfigError
-from pipeline.export import FORMATS, TOLERANCE, ExportError, export
+from pipeline.export import TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
-from utils.cli import (add_checkpoint_args, add_model_args, describe_inference, model_kwargs, new_parser, parse_args,
-                       run_main)
+from utils.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
+from utils.options import add_options
 from utils.fileio import OutputError, atomic_write, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.")
-    add_model_args(p)
-    add_checkpoint_args(p)
-    p.add_argument("--format", required=True, choices=list(FORMATS))
-    p.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
-    p.add_argument("--with_maps", action="store_true", help="also output one head's heatmaps (N, C, h, w)")
-    p.add_argument("--heatmap_head", type=int, default=0, help="the head whose maps are output (0: T = 1)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_options(p, "E")
     return p
 
 

@@ -75,7 +75,7 @@ class Parts:
 
 def load_data(args) -> Tuple[MultiLabelDataset, MultiLabelDataset, str]:
     ensure_demo_data(args)
-    train_json, test_json = dataset_files(args)
+    train_json, test_json = dataset_files(args, train=True)
     train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True), partial_labels=args.partial_labels)
     args.num_cls = args.num_cls or train_set.num_classes
     if train_set.table.unknown and not args.partial_labels:  # OpenImages-style: unlisted classes are unknown

@@ -16,8 +16,8 @@ from engine import predict, thumbnails_by_row
 from pipeline.dataset import MultiLabelDataset, read_json
 from pipeline.errors import ConfigError, DataError
 from utils import distributed as du
-from utils.cli import (add_data_args, add_model_args, add_record_flag, add_runtime_args, dataset_files,
-                       dataset_kwargs, describe_model, finish_class_names, new_parser, parse_args, run_main)
+from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_class_names, new_parser, parse_args, run_main
+from utils.options import add_options
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
@@ -26,30 +26,7 @@ from utils.evaluation.report import load_scores_binary, save_scores, threshold_a
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Validate a CSRA checkpoint.")
-    add_model_args(p)
-    add_data_args(p)
-    add_runtime_args(p)
-    p.add_argument("--load_from", default=None, help="checkpoint: authors', model-zoo, DataParallel or ours "
-                   "(ours: the model options come from the run record beside it)")
-    add_record_flag(p)
-    p.add_argument("--save_scores", default=None, metavar="PATH",
-                   help="write per-image scores with their paths and the metrics as JSON; as .npy (memory-mappable, "
-                        "with the paths and labels beside it) when PATH ends in .npy or the matrix holds over 10M "
-                        "scores")
-    p.add_argument("--voc_submission", default=None, metavar="DIR",
-                   help="write VOC evaluation-server files comp2_cls_test_<class>.txt into DIR")
-    p.add_argument("--pr_convention", default="ours", choices=["ours", "authors"],
-                   help="ours: OP counts the true number of predictions; authors: a class with no prediction "
-                        "counts as one predicted in OP too, as the authors' evaluator does")
-    p.add_argument("--report", default=None, metavar="DIR",
-                   help="write an HTML report (figures, per-class table, thresholds.json, worst mistakes with "
-                        "their heatmaps) into DIR")
-    p.add_argument("--report_classes", type=int, default=10,
-                   help="show the worst mistakes of this many classes, lowest AP first")
-    p.add_argument("--from_scores", default=None, metavar="SCORES",
-                   help="the metrics (and with --report the report) from a --save_scores file (.json, or .npy: "
-                        "memory-mapped) instead of running a model")
-    p.add_argument("--test_aug", nargs="*", default=None, help="ignored: accepted so the authors' scripts run")
+    add_options(p, "V")
     return p
 
 

@@ -12,7 +12,8 @@ from pipeline.csra import check_temperatures
 from pipeline.errors import CheckpointError, ConfigError
 from pipeline.model import CSRANet
 from pipeline.runtime import legacy_normalize
-from utils.cli import add_model_args, new_parser, parse_args
+from utils.cli import new_parser, parse_args
+from utils.options import add_options
 
 
 @pytest.fixture
@@ -55,8 +56,7 @@ def test_one_table_entry_is_enough_for_a_new_backbone(tmp_path, convnext_registe
 
 def _parser():
     p = new_parser("test")
-    add_model_args(p)
-    p.add_argument("--dataset", default="voc07")
+    add_options(p, "V")  # the model options and --dataset, as val.py has them
     return p
 
 

@@ -34,9 +34,9 @@ from pipeline.pretrained import create_model, imagenet_view  # noqa: E402
 from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.cli import (add_data_args, add_model_args, add_pretrained_arg, add_record_flag,  # noqa: E402
-                       add_runtime_args, dataset_files, dataset_kwargs, finish_class_names, new_parser, parse_args,
+from utils.cli import (dataset_files, dataset_kwargs, finish_class_names, new_parser, parse_args,  # noqa: E402
                        run_main, typed_flags)
+from utils.options import add_options  # noqa: E402
 from utils.inference import open_session  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.threads import ThreadGovernor  # noqa: E402
@@ -84,22 +84,7 @@ def classifier_hits(model, spec: Backbone, dataset, lams, runtime: Runtime, batc
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser(__doc__.splitlines()[0])
-    add_model_args(p)
-    add_data_args(p)
-    add_runtime_args(p)
-    p.add_argument("--load_from", default=None, help="a checkpoint trained with --head gap (scored by mAP)")
-    add_record_flag(p)
-    g = p.add_argument_group("an ImageNet classifier as it is (instead of --load_from)")
-    g.add_argument("--img_dir", default=None, metavar="FOLDER",
-                   help="single-label images, one sub-folder per class (the ImageNet validation layout); with "
-                        "--model and --pretrained; --img_size defaults to the weights' own evaluation size")
-    add_pretrained_arg(g, "; its classifier is kept and scored")
-    g.add_argument("--class_index", default=None, metavar="FILE",
-                   help="map folder names to outputs with an imagenet_class_index.json-style file "
-                        "({\"0\": [\"n01440764\", \"tench\"], ...}); default: sorted folder names are outputs 0..N-1")
-    p.add_argument("--lams", default="0,0.02,0.05,0.1,0.2,0.5",
-                   help="comma-separated lam values (0, the plain model, and the paper's fixed lam are always in)")
-    p.set_defaults(head="gap")
+    add_options(p, "S")
     return p
 
 

@@ -1,7 +1,8 @@
-"""Command-line options shared by the entry scripts, their defaults, and the one-line error wrapper.
+"""Parsing the entry scripts' command lines: the defaults in force, the values' checks and the options
+that follow from others (the options themselves are the table in ``utils.options``).
 
 Defaults live in five places, applied in this order, the user's flags last:
-literal values on the ``add_argument`` lines; the dataset's row of ``pipeline.dataset.DATASETS``
+literal values in the option table; the dataset's row of ``pipeline.dataset.DATASETS``
 (classes, input size, batch, decay period, normalisation, default backbone); for main.py the
 ``--recipe`` (``pipeline.recipes``), the dataset's changes to it and its other training overrides;
 the backbone's row of ``pipeline.backbones.BACKBONES`` (ViTs dictate 224 px and batch 64); the run
@@ -10,22 +11,21 @@ record beside ``--load_from`` (``utils.run_record``: the model as it was trained
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from typing import List, Optional, Sequence, Set, Tuple
 
-from pipeline.backbones import BACKBONES, get_backbone
+from pipeline.backbones import get_backbone
 from pipeline.classes import load_class_names
 from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
-from pipeline.heads import HEAD_KINDS, get_head
+from pipeline.heads import get_head
 from pipeline.recipes import RECIPES
-from pipeline.runtime import AMP_CHOICES, NORMALIZE_HELP, default_normalize, normalization
+from pipeline.runtime import default_normalize, normalization
+from utils.options import BY_NAME, CHECKS, PRE_PARSED, complete
 from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
-AUG_CHOICES = ["randomflip", "resizedcrop", "resize"]
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
 
 
@@ -44,74 +44,6 @@ def new_parser(description: str) -> argparse.ArgumentParser:
     return ScriptParser(description=description, formatter_class=HelpFormatter)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet101",
-                   help=f"backbone: {', '.join(BACKBONES)} (--dataset demo: small_cnn)")
-    g.add_argument("--head", default="csra", choices=list(HEAD_KINDS),
-                   help="csra, or gap: the baseline global-average-pooling + linear head (the head table: "
-                        "pipeline/heads.py)")
-    g.add_argument("--num_heads", type=int, default=1, help="CSRA heads: 1, 2, 4, 6 or 8")
-    g.add_argument("--lam", type=float, default=None,
-                   help="; ".join(f"{k.name}: {k.lam_help} (default {k.default_lam:g})"
-                                  for k in HEAD_KINDS.values() if k.lam_help))
-    g.add_argument("--num_cls", type=int, default=None,
-                   help="number of classes (default: the --classes file's, else the dataset's, else the JSON's)")
-    g.add_argument("--img_size", type=int, default=448, help="input size (the dataset's: 448 VOC/COCO/custom, "
-                   "224 WIDER, 64 demo; ViTs 224)")
-    g.add_argument("--normalize", default=None,
-                   help=f"input normalisation of pixels in [0, 1]: {NORMALIZE_HELP} (default: the checkpoint's "
-                        "record; else for the authors' backbones (ResNet-18..152, ViTs, small_cnn) their rule by "
-                        "dataset: half for WIDER, unit for the others; for every other backbone its weights' own: "
-                        "imagenet for torchvision's, the pretrained configuration's for timm's)")
-
-
-def add_data_args(p: argparse.ArgumentParser, batch: bool = True, workers: bool = True) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="voc07, voc12, coco, wider, openimages, nuswide, demo (the built-in generated dataset), or "
-                        "custom (your own files: the default when --train_json/--test_json are given without "
-                        "--dataset)")
-    g.add_argument("--test_json", default=None, help="evaluate this prepared JSON instead of the dataset's")
-    g.add_argument("--classes", default=None, help="class-names file (.txt one per line, or .json list)")
-    g.add_argument("--data_root", default=None,
-                   help="re-root every img_path: replace the folder part before the dataset's own layout")
-    g.add_argument("--skip_bad_images", action="store_true",
-                   help="skip missing/corrupt images with a counted warning (default: stop with an error)")
-    if batch:
-        g.add_argument("--batch_size", type=int, default=16,
-                       help="batch per process (the dataset's: 16 VOC/COCO, 64 WIDER, 32 demo; ViTs 64)")
-    if workers:
-        g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1),
-                       help="data-loading worker processes (--dataset demo: 0)")
-    g.add_argument("--fast_decode", action="store_true",
-                   help="also at evaluation, decode JPEGs much larger than --img_size at a reduced scale (faster; "
-                        "pixels differ slightly from a full decode; training always does this)")
-    g.add_argument("--cache_images", action="store_true",
-                   help="decode each image once and keep it in memory (small datasets, with --num_workers 0; "
-                        "--dataset demo: on)")
-
-
-def add_runtime_args(p: argparse.ArgumentParser, inference: bool = True) -> None:
-    """--amp and --no_channels_last. Inference (val, demo, the sweep) runs in float32 by default, as the
-    published numbers were computed; training picks the fastest precision the machine computes."""
-    g = p.add_argument_group("runtime")
-    if inference:
-        g.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
-                       help="precision: off = float32 (the published numbers' precision); bf16/fp16 opt into "
-                            "autocast (faster on GPUs; scores move by up to a few 0.01); auto = bf16 where the "
-                            "GPU or CPU computes it natively")
-    else:
-        g.add_argument("--amp", default="auto", choices=list(AMP_CHOICES),
-                       help="training precision: auto = bf16 autocast where the GPU or CPU computes it natively "
-                            "(AVX512-BF16/AMX), fp16 with loss scaling on older GPUs, else float32; off = float32")
-    g.add_argument("--no_channels_last", action="store_true",
-                   help="keep the NCHW memory format (channels-last is the default on every device)")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for the model (default: the CPUs this process may use, less those other "
-                        "processes keep busy; re-fitted while training; OMP_NUM_THREADS also fixes it)")
-
-
 def plural(n: int, one: str, many: Optional[str] = None) -> str:
     """'1 head', '6 heads'."""
     return f"{n} {one if n == 1 else (many or one + 's')}"
@@ -125,7 +57,7 @@ def describe_model(args) -> str:
 
 def describe_inference(args, runtime=None, threads=None) -> str:
     """The header of a script that loads a checkpoint: what was loaded, from which description, how it runs."""
-    source = f"described by its run record {args.record_path}" if getattr(args, "record_path", None) else \
+    source = f"described by its run record {args.record_path}" if args.record_path else \
         "described by flags"
     text = f"{args.load_from} ({source}): {describe_model(args)}"
     if runtime is not None:
@@ -136,28 +68,6 @@ def describe_inference(args, runtime=None, threads=None) -> str:
             text += (f"; {runtime.amp} autocast opted in: scores differ slightly from float32, the published "
                      "numbers' precision")
     return text
-
-
-def add_pretrained_arg(g, note: str = "") -> None:
-    g.add_argument("--pretrained", default="imagenet", metavar="imagenet|none|PATH",
-                   help="backbone weights: the provider's ImageNet weights (torchvision's, or timm's default for "
-                        "timm/<name>), none, or a local .pth/.pt/.safetensors file in the provider's own layout "
-                        "('module.' and state_dict/model wrappers accepted)" + note)
-
-
-def add_record_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no_record", action="store_true",
-                   help="ignore the run record (args.json) beside --load_from: describe the model by flags only")
-
-
-def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
-    """The checkpoint and what describes it, for the scripts that read no dataset JSON (demo, export)."""
-    p.add_argument("--dataset", default="voc07", choices=sorted(DATASETS),
-                   help="sets the class names, size and normalisation of a checkpoint without a run record")
-    p.add_argument("--classes", default=None, help="class-names file for a custom dataset")
-    p.add_argument("--load_from", required=True,
-                   help="checkpoint (trained here: the model options come from the run record beside it)")
-    add_record_flag(p)
 
 
 def typed_flags(argv: Sequence[str]) -> Set[str]:
@@ -185,10 +95,13 @@ def read_config(path: str) -> dict:
 
 
 def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The options that decide other options' defaults (``PRE_PARSED`` in the table), read first."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--dataset", "--model", "--load_from", "--train_json", "--test_json", "--recipe", "--config"):
-        pre.add_argument(flag, default=None)
-    pre.add_argument("--no_record", action="store_true")
+    for name in PRE_PARSED:
+        if BY_NAME[name].kwargs.get("action") == "store_true":
+            pre.add_argument(f"--{name}", action="store_true")
+        else:
+            pre.add_argument(f"--{name}", default=None)
     known, _ = pre.parse_known_args(argv)
     return known
 
@@ -227,60 +140,24 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     if config:  # a recorded run's every option, below the flags typed now
         defaults.update({k: v for k, v in config.items() if k not in NOT_REPEATED})
     p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
-    args = p.parse_args(argv)
+    args = complete(p.parse_args(argv))
     args.record_path, args.record_names = (found[0], record.get("class_names")) if found else (None, None)
+    args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:
         args.record_names = config.get("class_names")
-        args.config_changes = sorted(typed & known - {"config"})
     args = resolve(args)
     if found:
         check_flags(args, typed, found[0], record)
     return args
 
 
-def _positive(v) -> bool:
-    return v > 0
-
-
-# flag -> (check, what it must be); a flag a script does not have is skipped
-CHECKS = {
-    "img_size": (_positive, "a positive integer"),
-    "batch_size": (_positive, "a positive integer"),
-    "num_cls": (_positive, "a positive integer"),
-    "num_workers": (lambda v: v >= 0, "0 or more"),
-    "threads": (_positive, "a positive integer"),
-    "total_epoch": (_positive, "a positive integer"),
-    "eval_every": (_positive, "a positive integer"),
-    "state_every": (lambda v: v >= 0, "0 or more"),
-    "print_freq": (_positive, "a positive integer"),
-    "decay_every": (_positive, "a positive integer"),
-    "warmup_epoch": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    "lr": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
-    "head_lr_mult": (lambda v: math.isfinite(v) and v > 0, "a positive number"),
-    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "w_d": (lambda v: math.isfinite(v) and v >= 0, "a number >= 0"),
-    "ema": (lambda v: 0 < v < 1, "in (0, 1), e.g. 0.9997"),
-    "lam": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "topk": (_positive, "a positive integer"),
-    "heatmap_head": (lambda v: v >= 0, "0 or more"),
-    "seed": (lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)"),
-    "report_classes": (lambda v: v >= 0, "0 or more"),
-    "gamma_pos": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    "gamma_neg": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
-    "asl_clip": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "cutout": (lambda v: 0 <= v <= 1, "a fraction of the image side in [0, 1]"),
-    "onecycle_peak": (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"),
-}
-
-
 def check_values(args: argparse.Namespace) -> None:
     """One line for the first flag whose value cannot work."""
     for flag, (ok, what) in CHECKS.items():
-        value = getattr(args, flag, None)
+        value = getattr(args, flag)
         if value is not None and not ok(value):
             raise ConfigError(f"--{flag} must be {what} (got {value})")
-    topk, num_cls = getattr(args, "topk", None), getattr(args, "num_cls", None)
+    topk, num_cls = args.topk, args.num_cls
     if topk is not None and num_cls is not None and topk > num_cls:
         raise ConfigError(f"--topk is {topk} but there are only {num_cls} classes")
 
@@ -292,7 +169,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if args.lam is None:
         args.lam = get_head(args.head).default_lam
     spec = DATASETS[args.dataset]
-    if getattr(args, "normalize", "unit") is None:
+    if args.normalize is None:
         args.normalize = default_normalize(args.model, spec.normalize)
     elif hasattr(args, "normalize"):
         normalization(args.normalize)  # a bad value is one line here
@@ -311,7 +188,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _custom_json(args) -> Optional[str]:
-    return getattr(args, "test_json", None) or getattr(args, "train_json", None)
+    return args.test_json or args.train_json
 
 
 def names_beside(json_path: str) -> Optional[Tuple[str, List[str]]]:
@@ -328,10 +205,10 @@ def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
     """The first steps of the one rule for class names, every entry script: --classes; else the
     checkpoint's run record; else a class file beside the JSON; else the --dataset's names when the
     data are the dataset's own. (None, '') when only the label count can decide (finish_class_names)."""
-    class_file = getattr(args, "classes", None)
+    class_file = args.classes
     if class_file:
         return load_class_names(class_file), class_file
-    if getattr(args, "record_names", None):
+    if args.record_names:
         return list(args.record_names), args.record_path
     spec = DATASETS[args.dataset]
     custom = _custom_json(args) or (None if spec.classes else spec.test_json or spec.train_json)
@@ -366,18 +243,19 @@ def model_kwargs(args: argparse.Namespace) -> dict:
 def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
     """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
     transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop,
-                               randaugment=getattr(args, "randaugment", False), cutout=getattr(args, "cutout", 0.0))
+                               randaugment=args.randaugment, cutout=args.cutout)
     return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
-                skip_bad_images=args.skip_bad_images, cache_images=getattr(args, "cache_images", False),
-                fast_decode=True if train else getattr(args, "fast_decode", False))
+                skip_bad_images=args.skip_bad_images, cache_images=args.cache_images,
+                fast_decode=True if train else args.fast_decode)
 
 
-def dataset_files(args: argparse.Namespace):
-    """(train JSON, test JSON): the flags', else the dataset's."""
+def dataset_files(args: argparse.Namespace, train: bool = False):
+    """(train file, test file): the flags', else the dataset's; both needed for training, the test file
+    otherwise."""
     spec = DATASETS[args.dataset]
-    train_json = getattr(args, "train_json", None) or spec.train_json
-    test_json = getattr(args, "test_json", None) or spec.test_json
-    needed = ("train_json", "test_json") if hasattr(args, "train_json") else ("test_json",)
+    train_json = args.train_json or spec.train_json
+    test_json = args.test_json or spec.test_json
+    needed = ("train_json", "test_json") if train else ("test_json",)
     missing = [f"--{k}" for k, v in zip(("train_json", "test_json"), (train_json, test_json)) if k in needed and not v]
     if missing:
         raise ConfigError(f"--dataset {args.dataset}: name your prepared files with {' and '.join(missing)}")

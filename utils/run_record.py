@@ -19,13 +19,12 @@ from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS
 from pipeline.jsonfile import read_json
 from pipeline.runtime import legacy_normalize
+from utils.options import DATA_OPTIONS, MODEL_OPTIONS
 
 RECORD_FILE = "args.json"
-# what a record fixes; a typed flag with another value is an error (lam not for a training-free head
-# such as GAP: its lam is the evaluation's choice of the mean + lam * max rule)
-MODEL_OPTIONS = ("model", "head", "num_heads", "num_cls", "lam", "img_size", "normalize")
-# what a record only suggests (a typed flag wins): where the run's data was
-DATA_OPTIONS = ("dataset", "test_json", "data_root")
+# a record fixes the options marked "model" in the option table, and suggests those marked "data" (where the
+# run's data was; a typed flag wins); lam not for a training-free head such as GAP: its lam is the
+# evaluation's choice of the mean + lam * max rule
 REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")
 
 

@@ -17,6 +17,7 @@ from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
 from pipeline.runtime import bf16_is_emulated, precision_name
 from utils.fileio import save_torch_atomic
+from utils.options import RUN_DEFINING, SAFE_TO_CHANGE  # noqa: F401  (main's resume rules)
 from utils.run_record import RECORD_FILE, read_record
 
 FORMAT = "csra-train-state"
@@ -84,17 +85,6 @@ def check_state_identity(state: dict, path: str, recorded: dict, args_path: str)
 
 # --- which run --resume continues, and with which options --------------------------------
 STATE_FILE = "train_state.pth"
-# options that define a run: a resumed run keeps its recorded values
-RUN_DEFINING = ("model", "head", "num_heads", "num_cls", "lam", "dataset", "train_json", "test_json", "classes",
-                "data_root", "img_size", "batch_size", "lr", "head_lr_mult", "momentum", "w_d", "warmup_epoch",
-                "decay_every", "seed", "pretrained", "cutmix", "ema", "amp", "no_channels_last", "normalize",
-                "loss", "gamma_pos", "gamma_neg", "asl_clip", "partial_labels", "recipe", "optimizer", "scheduler",
-                "no_decay_norm_bias", "onecycle_peak", "randaugment", "cutout")
-# options that may change on resume (total_epoch only upwards); they are applied and recorded
-SAFE_TO_CHANGE = ("total_epoch", "num_workers", "print_freq", "eval_every", "state_every", "eval_amp", "tensorboard",
-                  "threads")
-
-
 def read_recorded_args(folder: str) -> dict:
     """The record of a run folder that --resume continues (utils.run_record.read_record); an error when
     the folder holds none of main.py's."""

@@ -18,24 +18,14 @@ from pipeline.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.cli import new_parser, parse_args, run_main
-from utils.options import add_options
 from utils.inference import open_session
 from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
 from utils.visualize import save_heatmaps
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Predict labels (and heatmaps) for images.")
-    add_options(p, "D")
-    return p
-
-
 def get_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    args = parse_args(p, argv)
-    if args.output and not args.output.endswith((".json", ".csv")):
-        p.error("--output must end in .json or .csv")
-    return args
+    return parse_args(new_parser("Predict labels (and heatmaps) for images.", "D"), argv, usage_error=lambda a: None
+                      if not a.output or a.output.endswith((".json", ".csv")) else "--output must end in .json or .csv")
 
 
 def chosen_classes(args, names, scores, cut) -> list:

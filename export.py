@@ -22,14 +22,11 @@ from pipeline.errors import ConfigError
 from pipeline.export import TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
 from utils.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
-from utils.options import add_options
 from utils.fileio import OutputError, atomic_write, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.")
-    add_options(p, "E")
-    return p
+    return new_parser("Export a CSRA model to ONNX or TorchScript, with a parity check.", "E")
 
 
 def run(args) -> dict:

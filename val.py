@@ -17,25 +17,15 @@ from pipeline.dataset import MultiLabelDataset, read_json
 from pipeline.errors import ConfigError, DataError
 from utils import distributed as du
 from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_class_names, new_parser, parse_args, run_main
-from utils.options import add_options
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
 from utils.evaluation.report import load_scores_binary, save_scores, threshold_advice, write_voc_submission
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Validate a CSRA checkpoint.")
-    add_options(p, "V")
-    return p
-
-
 def get_args(argv=None) -> argparse.Namespace:
-    p = build_parser()
-    args = parse_args(p, argv)
-    if not args.load_from and not args.from_scores:
-        p.error("--load_from is required (or --from_scores)")
-    return args
+    return parse_args(new_parser("Validate a CSRA checkpoint.", "V"), argv, usage_error=lambda a: None if
+                      a.load_from or a.from_scores else "--load_from is required (or --from_scores)")
 
 
 def report_from_scores(args) -> dict:

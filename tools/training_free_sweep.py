@@ -36,7 +36,6 @@ from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.cli import (dataset_files, dataset_kwargs, finish_class_names, new_parser, parse_args,  # noqa: E402
                        run_main, typed_flags)
-from utils.options import add_options  # noqa: E402
 from utils.inference import open_session  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.threads import ThreadGovernor  # noqa: E402
@@ -83,9 +82,7 @@ def classifier_hits(model, spec: Backbone, dataset, lams, runtime: Runtime, batc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser(__doc__.splitlines()[0])
-    add_options(p, "S")
-    return p
+    return new_parser(__doc__.splitlines()[0], "S")
 
 
 def parse_lams(text: str, fixed: float):

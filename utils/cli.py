@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Sequence, Set, Tuple
+from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from pipeline.backbones import get_backbone
 from pipeline.classes import load_class_names
@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.heads import get_head
 from pipeline.recipes import RECIPES
 from pipeline.runtime import default_normalize, normalization
-from utils.options import BY_NAME, CHECKS, PRE_PARSED, complete
+from utils.options import BY_NAME, CHECKS, PRE_PARSED, add_options, complete
 from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
@@ -38,10 +38,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def new_parser(description: str) -> argparse.ArgumentParser:
-    """The parser of a script with the shared flags (``utils.entry.ScriptParser``: no abbreviations,
-    one-line errors)."""
-    return ScriptParser(description=description, formatter_class=HelpFormatter)
+def new_parser(description: str, script: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser of a script (``utils.entry.ScriptParser``: no abbreviations, one-line errors), with the
+    options the table gives ``script`` (a letter of ``utils.options.SCRIPTS``)."""
+    p = ScriptParser(description=description, formatter_class=HelpFormatter)
+    if script is not None:
+        add_options(p, script)
+    return p
 
 
 def plural(n: int, one: str, many: Optional[str] = None) -> str:
@@ -106,7 +109,8 @@ def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
     return known
 
 
-def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, train: bool = False) -> argparse.Namespace:
+def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, train: bool = False,
+               usage_error: Optional[Callable[[argparse.Namespace], Optional[str]]] = None) -> argparse.Namespace:
     """Parse with the defaults in force (also in --help): the checkpoint's run record (see
     utils.run_record), then the dataset's row, then the backbone's; then fill the options whose
     default depends on other options (--lam, --num_cls, class names)."""
@@ -141,6 +145,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         defaults.update({k: v for k, v in config.items() if k not in NOT_REPEATED})
     p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
     args = complete(p.parse_args(argv))
+    if usage_error is not None and usage_error(args):  # a script's own rule between its flags
+        p.error(usage_error(args))
     args.record_path, args.record_names = (found[0], record.get("class_names")) if found else (None, None)
     args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:

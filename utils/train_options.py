@@ -10,7 +10,7 @@ from pipeline.losses import resolved_options
 from pipeline.pretrained import check_source
 from pipeline.recipes import APPLIES_TO
 from utils.cli import new_parser, parse_args, typed_flags
-from utils.options import NEGATIONS, add_options
+from utils.options import NEGATIONS
 
 
 def given_flags(argv) -> set:
@@ -19,9 +19,7 @@ def given_flags(argv) -> set:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Train CSRA.")
-    add_options(p, "T")
-    return p
+    return new_parser("Train CSRA.", "T")
 
 
 def get_args(argv=None) -> argparse.Namespace:

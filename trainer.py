@@ -27,7 +27,7 @@ from utils import distributed as du
 from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_class_names, model_kwargs, plural
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import report_targets, write_report
-from utils.evaluation.report import threshold_advice
+from utils.evaluation.report import global_sweep, threshold_advice
 from utils.fileio import save_torch_atomic
 from utils.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
 from utils.progress import RunClock, say
@@ -310,11 +310,13 @@ class Trainer:
         report, scores, targets, paths, indices = self.last_report
         best_path = self.run.file(BEST_FILE)
         print(format_report(report, args.class_names, per_class=True))
-        if not hasattr(targets, "table"):  # (not at OpenImages size)
-            print(threshold_advice(scores, targets, f"{args.report}/thresholds.json" if args.report else
+        sweep = global_sweep(scores, targets)
+        if sweep is not None:
+            print(threshold_advice(sweep, f"{args.report}/thresholds.json" if args.report else
                                    f"val.py --load_from {best_path} --report DIR writes them"))
         if args.report:
             out = write_report(args.report, scores, report_targets(targets), paths, args.class_names, report,
+                               sweep=sweep,
                                info={"model": describe_model(args), "checkpoint": f"{self.run.path} (last epoch)",
                                      "data": p.test_json},
                                thumbnails=lambda req: thumbnails_by_row(p.model, p.test_set, p.eval_runtime, indices,

@@ -20,7 +20,8 @@ from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_clas
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
-from utils.evaluation.report import load_scores_binary, save_scores, threshold_advice, write_voc_submission
+from utils.evaluation.report import (global_sweep, load_scores_binary, save_scores, threshold_advice,
+                                     write_voc_submission)
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -81,16 +82,17 @@ def validate(args) -> dict:
         if dataset.has_labels:
             report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
             print(format_report(report, names))
-            if not hasattr(targets, "table"):  # (at OpenImages size the sweep's dense masks are not made)
-                print(threshold_advice(scores, targets, f"{args.report}/thresholds.json" if args.report else
-                                       "add --report DIR, which writes DIR/thresholds.json", args.pr_convention))
+            sweep = global_sweep(scores, targets, args.pr_convention)
+            if sweep is not None:
+                print(threshold_advice(sweep, f"{args.report}/thresholds.json" if args.report else
+                                       "add --report DIR, which writes DIR/thresholds.json"))
             metrics = report_to_dict(report, names)
             result["report"] = report
             if args.report:
                 out = write_report(
                     args.report, scores, report_targets(targets), paths, names, report,
                     report_classes=args.report_classes,
-                    pr_convention=args.pr_convention,
+                    pr_convention=args.pr_convention, sweep=sweep,
                     info={"model": describe_model(args),
                           "checkpoint": args.load_from, "data": test_json},
                     thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, indices, req))

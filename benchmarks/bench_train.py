@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -138,6 +139,15 @@ def timed_steps(step, batches: Batches, seconds: float, governor=None) -> float:
     return done / (time.perf_counter() - t0)
 
 
+@dataclass
+class Policy:
+    """A thread policy in contended_table: its governor, its model's step, its best quiet speed."""
+    label: str
+    governor: object
+    step: Callable
+    quiet: float = 0.0
+
+
 def contended_table(configs: str, seconds: float, device: torch.device, busy: int) -> None:
     """Each thread policy timed quietly, then while ``busy`` busy-loop processes share the cores, in one
     run: the default (utils.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
@@ -165,27 +175,25 @@ def contended_table(configs: str, seconds: float, device: torch.device, busy: in
                 governor = ThreadGovernor(requested)
                 step = our_step(auto.prepare_model(new_model(name, size, 80, device), train=True), auto)
                 timed_steps(step, batches[:1], 0.5)  # warm-up
-                policies.append([label, governor, step, 0.0, 0.0])
+                policies.append(Policy(label, governor, step))
             for _ in range(ROUNDS):
-                for row in policies:
-                    row[1].apply()
-                    row[3] = max(row[3], timed_steps(row[2], batches, seconds / 3, row[1]))
-            for row in policies:
-                label, governor, step = row[:3]
-                governor.apply()
+                for pol in policies:
+                    pol.governor.apply()
+                    pol.quiet = max(pol.quiet, timed_steps(pol.step, batches, seconds / 3, pol.governor))
+            for pol in policies:
+                pol.governor.apply()
                 procs = [subprocess.Popen([sys.executable, "-c", BUSY.format(seconds=600)]) for _ in range(busy)]
                 try:
-                    timed_steps(step, batches, 2 * CHECK_SECONDS, governor)  # the load arrives mid-run
-                    row[4] = timed_steps(step, batches, seconds, governor)
+                    timed_steps(pol.step, batches, 2 * CHECK_SECONDS, pol.governor)  # the load arrives mid-run
+                    loaded = timed_steps(pol.step, batches, seconds, pol.governor)
                 finally:
                     for proc in procs:
                         proc.kill()
                         proc.wait()
-                quiet, loaded, default_quiet = row[3], row[4], policies[0][3]
-                shown = f"{label}: {governor.choice.threads} at the end"
-                print(f"{f'{name} {size} px b{batch}':22s}{shown:36s}{quiet:12.1f}{loaded:11.1f}{loaded / quiet:7.2f}"
-                      f"{loaded / default_quiet:18.2f}", flush=True)
-            print(f"quiet speed of the default / every CPU fixed: {policies[0][3] / policies[2][3]:.2f}")
+                shown = f"{pol.label}: {pol.governor.choice.threads} at the end"
+                print(f"{f'{name} {size} px b{batch}':22s}{shown:36s}{pol.quiet:12.1f}{loaded:11.1f}"
+                      f"{loaded / pol.quiet:7.2f}{loaded / policies[0].quiet:18.2f}", flush=True)
+            print(f"quiet speed of the default / every CPU fixed: {policies[0].quiet / policies[2].quiet:.2f}")
     finally:
         if saved is not None:
             os.environ["OMP_NUM_THREADS"] = saved

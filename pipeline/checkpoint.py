@@ -149,22 +149,27 @@ def from_zoo_layout(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def unwrap_state_dict(obj: object, path: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """The tensors of a loaded file: inside ``model`` / ``state_dict`` wrappers (training states, DeiT/MAE,
+    the toolbox, timm's train.py), without DataParallel's ``module.`` prefix."""
+    while isinstance(obj, Mapping):
+        inner = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return strip_prefix(sd, "module.")
+
+
 def to_authors_layout(obj: object, path: str = "checkpoint", model_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Return a flat state dict in the authors' key layout from any accepted layout. Timm-style ViT names
     are the authors' ViT (renamed to torchvision's) unless ``model_name`` is a timm model, whose own
     keys they are."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
-    if isinstance(obj.get("model"), Mapping):
-        sd = obj["model"]
-    elif "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
-        sd = obj["state_dict"]
-    else:
-        sd = obj
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise CheckpointError(f"{path}: holds no tensors")
-    sd = strip_prefix(sd, "module.")
+    sd = unwrap_state_dict(obj, path)
     refuse_biased_vit_heads(sd, path)
     if is_timm_vit(sd) and not (model_name or "").startswith(TIMM_PREFIX):  # the authors' ViT checkpoints
         sd = rename_vit(sd, "to_torchvision")

@@ -8,6 +8,7 @@ normalisation happen on the device (``pipeline.runtime.to_model_input``).
 """
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from pipeline.images import crop_box, read_rgb
 from pipeline.jsonfile import read_json  # noqa: F401  (re-exported: callers import it from here)
 from pipeline.labels import DENSE_LIMIT, LabelTable, TableRows
 from pipeline.records import (PARTIAL_TRAIN_LABELS, TEST_LABELS, TRAIN_LABELS, load_records,  # noqa: F401
-                              load_table, reroot, resolve_relative)
+                              load_table, relative_base, reroot)
 from pipeline.transforms import ImageTransform, cut_out, make_randaugment  # noqa: F401  (re-exported)
 
 
@@ -62,12 +63,12 @@ class MultiLabelDataset(Dataset):
         self.json_path = json_path
         allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
         table = load_table(json_path, num_classes, require_labels, allowed)
-        paths = None
+        base = None if data_root else relative_base(table.path(0), json_path)
         if data_root:
-            paths = reroot(table.paths(), data_root, json_path)
-        elif resolve_relative([table.path(0)], json_path) is not None:  # checked on the first path alone
-            paths = resolve_relative(table.paths(), json_path)
-        self.table = table if paths is None else table.with_paths(paths)
+            table = table.with_paths(reroot(table.paths(), data_root, json_path))
+        elif base is not None:
+            table = table.with_paths([p if os.path.isabs(p) else os.path.join(base, p) for p in table.paths()])
+        self.table = table
         self.records = Records(self.table)
         self.has_labels = self.table.has_labels
         self.num_classes = num_classes or self.table.num_classes

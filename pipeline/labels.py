@@ -33,8 +33,8 @@ from pipeline.errors import DataError
 FORMAT = "csra-sparse-labels"
 VERSION = 1
 UNLISTED = ("negative", "unknown")
-UNKNOWN = -1  # a training target's "unknown" (the --partial_labels convention)
-EVAL_UNKNOWN = -99  # the evaluator's "unknown": left out of AP and of the P/R counts
+UNKNOWN = -1  # a training target's "unknown" (the --partial_labels convention; pipeline.losses reads it here)
+EVAL_UNKNOWN = -99  # the evaluator's "unknown": left out of AP and of the P/R counts (utils.evaluation.metrics)
 
 
 def is_sparse_file(path: str) -> bool:
@@ -85,15 +85,20 @@ class LabelTable:
         row[self.classes[a:b]] = self.values[a:b]
         return row
 
+    def entries(self, rows: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position among ``rows``, class, value) of every listed label of those records (all when None)."""
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        counts = self.offsets[rows + 1] - self.offsets[rows]
+        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        at = np.repeat(self.offsets[rows], counts) + within
+        return np.repeat(np.arange(len(rows)), counts), self.classes[at], self.values[at]
+
     def dense(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
         """The (N, C) int8 matrix of training targets (of ``rows`` only, when given)."""
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
-        out = np.full((len(rows), self.num_classes), self.default, dtype=np.int8)
-        counts = self.offsets[rows + 1] - self.offsets[rows]
-        starts = np.repeat(self.offsets[rows], counts)
-        within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        entries = starts + within
-        out[np.repeat(np.arange(len(rows)), counts), self.classes[entries]] = self.values[entries]
+        n = len(self) if rows is None else len(rows)
+        out = np.full((n, self.num_classes), self.default, dtype=np.int8)
+        r, c, v = self.entries(rows)
+        out[r, c] = v
         return out
 
     def eval_targets(self, rows: Optional[np.ndarray] = None) -> np.ndarray:
@@ -107,9 +112,6 @@ class LabelTable:
     def with_paths(self, paths: Sequence[str]) -> "LabelTable":
         blob, offsets = pack_paths(paths)
         return replace(self, path_blob=blob, path_offsets=offsets)
-
-    def positives_per_class(self) -> np.ndarray:
-        return np.bincount(self.classes[self.values == 1], minlength=self.num_classes or 0)
 
 
 def pack_paths(paths: Iterable[str]) -> Tuple[bytes, np.ndarray]:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
+from pipeline.labels import UNKNOWN  # a training target of -1 with --partial_labels
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-UNKNOWN = -1  # a training target of -1 with --partial_labels
 
 
 def masked_mean(per_entry: torch.Tensor, known: Optional[torch.Tensor]) -> torch.Tensor:

@@ -10,14 +10,14 @@ line naming the first few. Nothing is copied partially: a load is exact or refus
 from __future__ import annotations
 
 import os
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Tuple
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from pipeline.backbones import Backbone, Normalization
-from pipeline.checkpoint import safe_load, strip_prefix
+from pipeline.checkpoint import safe_load, unwrap_state_dict
 from pipeline.errors import CheckpointError, ConfigError, PretrainedWeightsError
 
 SOURCES = ("imagenet", "none")
@@ -58,17 +58,10 @@ def read_weight_file(path: str, flag: str = "--pretrained") -> Dict[str, torch.T
             obj = safe_load(path)
         except CheckpointError as e:
             raise PretrainedWeightsError(f"{flag} {e}") from None
-    while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping):
-        raise PretrainedWeightsError(f"{flag} {path}: not a state dict (found {type(obj).__name__})")
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise PretrainedWeightsError(f"{flag} {path}: holds no tensors")
-    return strip_prefix(sd, "module.")
+    try:
+        return unwrap_state_dict(obj, path)
+    except CheckpointError as e:
+        raise PretrainedWeightsError(f"{flag} {e}") from None
 
 
 def _is_classifier(key: str, spec: Backbone) -> bool:

@@ -84,14 +84,13 @@ def reroot(paths: List[str], data_root: str, json_path: str = "") -> List[str]:
     return [os.path.join(data_root, *_split(p)[drop:]) for p in paths]
 
 
-def resolve_relative(paths: List[str], json_path: str) -> Optional[List[str]]:
-    """Relative paths are taken from the working directory (the authors' convention); when that fails
-    for the first but works from the JSON file's folder, all are taken from there (None: unchanged)."""
-    first = paths[0]
+def relative_base(first: str, json_path: str) -> Optional[str]:
+    """Relative paths are taken from the working directory (the authors' convention); when that fails for
+    the first path but works from the prepared file's folder, that folder (else None: paths as they are)."""
     base = os.path.dirname(os.path.abspath(json_path))
     if os.path.isabs(first) or os.path.exists(first) or not os.path.exists(os.path.join(base, first)):
         return None
-    return [p if os.path.isabs(p) else os.path.join(base, p) for p in paths]
+    return base
 
 
 def load_table(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True,

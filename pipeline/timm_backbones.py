@@ -76,11 +76,16 @@ def _layout(model: nn.Module, size: int) -> Tuple[str, int, Tuple[str, ...]]:
     return layout, int(width), parts
 
 
+def _patch_size(m: nn.Module) -> Tuple[int, int]:
+    patch = m.patch_embed.patch_size
+    return tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+
+
 def _patch_grid(m: nn.Module, x: torch.Tensor) -> Tuple[int, int]:
     pe = m.patch_embed
     if hasattr(pe, "dynamic_feat_size"):
         return tuple(pe.dynamic_feat_size(x.shape[-2:]))
-    ph, pw = pe.patch_size if isinstance(pe.patch_size, (tuple, list)) else (pe.patch_size,) * 2
+    ph, pw = _patch_size(m)
     return x.shape[-2] // ph, x.shape[-1] // pw
 
 
@@ -127,8 +132,7 @@ def _pos_resizer(model: nn.Module) -> Dict[str, Callable[[torch.Tensor, int], to
         return {}
     from timm.layers import resample_abs_pos_embed
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 0)
-    patch = model.patch_embed.patch_size
-    ph, pw = patch if isinstance(patch, (tuple, list)) else (patch, patch)
+    ph, pw = _patch_size(model)
 
     def fit(pos: torch.Tensor, img_size: int) -> torch.Tensor:
         grid = (img_size // ph, img_size // pw)

@@ -13,6 +13,17 @@ SHARED_SAMPLES = os.path.join(ROOT, "..", "shared", "data", "voc_samples")
 
 
 @pytest.fixture(autouse=True)
+def _same_thread_count():
+    """Each test starts with the process's thread count: a run made in-process sets torch's count
+    (utils.threads), and float sums in later tests depend on it."""
+    import torch
+
+    count = torch.get_num_threads()
+    yield
+    torch.set_num_threads(count)
+
+
+@pytest.fixture(autouse=True)
 def _no_network(monkeypatch, tmp_path):
     """Tests never download: any attempt fails loudly; torch's hub cache points at a temp folder."""
     import torch.hub

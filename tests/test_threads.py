@@ -115,3 +115,13 @@ def test_main_prints_and_records_the_threads(tmp_path):
     entry = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert entry["threads"] == 1 and "thread_changes" not in entry
     assert json.loads((tmp_path / "run" / "args.json").read_text())["threads"] == 1
+
+
+def test_the_other_torchrun_processes_of_the_node_are_not_load(fake_load, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes, a budget of 2 CPUs each (the fixture's)
+    fake_load += [2.0]  # the sibling process busy on its own 2 CPUs
+    g = T.ThreadGovernor(probe_seconds=0)
+    assert g.choice.threads == 2
+    fake_load += [2.1, 3.8]  # the sibling, then the sibling and two busy processes
+    assert g.after_step() is None and g.choice.threads == 2
+    assert g.after_step() == "threads 2 -> 1: other processes keep 1.8 of 2 CPUs busy"

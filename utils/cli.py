@@ -177,7 +177,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     spec = DATASETS[args.dataset]
     if args.normalize is None:
         args.normalize = default_normalize(args.model, spec.normalize)
-    elif hasattr(args, "normalize"):
+    else:
         normalization(args.normalize)  # a bad value is one line here
     names, source = class_names_known_now(args)
     if args.num_cls is None and names is not None:

@@ -20,7 +20,7 @@ from pipeline.dataset_table import DATASETS
 from pipeline.heads import HEAD_KINDS
 from pipeline.losses import LOSSES
 from pipeline.optim import OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS
-from pipeline.recipes import RECIPES, TRAINING_OPTIONS, describe_options, show_option
+from pipeline.recipes import RECIPES, SWITCHES, TRAINING_OPTIONS, describe_options, show_option
 from pipeline.runtime import AMP_CHOICES, NORMALIZE_HELP
 
 SCRIPTS = "TVDES"  # main.py, val.py, demo.py, export.py, the sweep
@@ -84,8 +84,10 @@ def ema_decay(text: str):
 
 # --- help written from the tables --------------------------------------------------------------------
 def _value(key: str, value) -> str:
-    return show_option(key, value).split(" ", 1)[-1] if key not in ("no_decay_norm_bias", "randaugment") else \
-        ("on" if value else "off")
+    """How a help note shows an option's value: a switch as on/off, others as show_option does."""
+    if key in SWITCHES:
+        return "on" if value else "off"
+    return show_option(key, value).split(" ", 1)[1]
 
 
 def recipe_note(key: str) -> str:

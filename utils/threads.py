@@ -59,6 +59,11 @@ def allowed_cpus() -> List[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def node_processes() -> int:
+    """The training processes of this node (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+
+
 def cpu_budget() -> Tuple[int, str]:
     """(CPUs this process may use, why): the affinity mask, a cgroup quota, the torchrun processes of this node."""
     cpus = len(allowed_cpus())
@@ -66,7 +71,7 @@ def cpu_budget() -> Tuple[int, str]:
     quota = cgroup_quota()
     if quota is not None and quota < budget:
         budget, why = max(1, math.floor(quota)), why + f", cgroup quota {quota:g}"
-    share = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    share = node_processes()
     if share > 1:
         budget, why = max(1, budget // share), why + f" shared by {share} processes"
     return budget, why
@@ -123,11 +128,14 @@ def fits(budget: int, others: float) -> int:
 
 
 class ThreadGovernor:
-    """Sets torch's intra-op threads at start and, with ``watch``, while training (``after_step``)."""
+    """Sets torch's intra-op threads at start and, when the caller reports its steps, while training
+    (``after_step``). The node's other torchrun processes are not "other" load: the budget is already
+    their share, so the cores their budgets hold are taken off what the meter sees."""
 
     def __init__(self, requested: Optional[int] = None, probe_seconds: float = 0.2):
         self.meter = LoadMeter()
         budget, why = cpu_budget()
+        self.siblings = (node_processes() - 1) * budget  # cores this node's other training processes may use
         user_env = os.environ.get("OMP_NUM_THREADS")
         if requested is not None:
             if requested < 1:
@@ -137,13 +145,17 @@ class ThreadGovernor:
             self.choice = ThreadChoice(torch.get_num_threads(), budget, f"OMP_NUM_THREADS={user_env}", fixed=True)
         else:
             time.sleep(probe_seconds)  # what others do while this process waits
-            others = self.meter.others()
+            others = self.others()
             threads = fits(budget, others)
             load = "quiet" if others < REDUCE_AT else f"other processes keep {others:.1f} busy"
             self.choice = ThreadChoice(threads, budget, f"{why}, {load}", fixed=False)
         torch.set_num_threads(self.choice.threads)
         self.next_check = time.monotonic() + CHECK_SECONDS
         self.wait = 0
+
+    def others(self) -> float:
+        """Busy cores of processes outside this run since the last reading."""
+        return max(0.0, self.meter.others() - self.siblings)
 
     def apply(self) -> None:
         """Set torch's threads to this governor's choice (torch's count is one per process)."""
@@ -154,7 +166,7 @@ class ThreadGovernor:
         if self.choice.fixed or time.monotonic() < self.next_check:
             return None
         self.next_check = time.monotonic() + CHECK_SECONDS
-        others = self.meter.others()
+        others = self.others()
         if self.wait:
             self.wait -= 1
             return None

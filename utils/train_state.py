@@ -17,7 +17,7 @@ from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
 from pipeline.runtime import bf16_is_emulated, precision_name
 from utils.fileio import save_torch_atomic
-from utils.options import RUN_DEFINING, SAFE_TO_CHANGE  # noqa: F401  (main's resume rules)
+from utils.options import RUN_DEFINING, SAFE_TO_CHANGE
 from utils.run_record import RECORD_FILE, read_record
 
 FORMAT = "csra-train-state"

@@ -84,14 +84,19 @@ def overlay(img: Image.Image, heat: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(out).astype(np.uint8))
 
 
+def scale_colours(levels: np.ndarray) -> np.ndarray:
+    """(L, 3) uint8: each attention level's colour over white at the opacity ``overlay`` gives it (what a
+    colour scale shows)."""
+    alpha = MAX_ALPHA * levels[:, None]
+    return (((1 - alpha) + alpha * colormaps[COLOURS](levels)[:, :3]) * 255).astype(np.uint8)
+
+
 def colour_scale(height: int, width: int = SCALE_WIDTH) -> Image.Image:
     """A vertical colour scale, 'high' at the top, as the overlays draw it (with the contour's level)."""
     panel = Image.new("RGB", (width, height), "white")
     top, bottom, bar_w = 24, height - 8, 18
-    level = np.linspace(1, 0, bottom - top)[:, None]
-    alpha = MAX_ALPHA * level  # each level's colour over white, at the opacity the overlay gives it
-    blend = (1 - alpha) + alpha * colormaps[COLOURS](level[:, 0])[:, :3]
-    panel.paste(Image.fromarray(np.repeat((blend * 255).astype(np.uint8)[:, None], bar_w, axis=1)), (8, top))
+    ramp = scale_colours(np.linspace(1, 0, bottom - top))
+    panel.paste(Image.fromarray(np.repeat(ramp[:, None], bar_w, axis=1)), (8, top))
     draw = ImageDraw.Draw(panel)
     small = font(13)
     draw.text((4, 4), "attention", fill="black", font=small)

@@ -71,7 +71,9 @@ class ClassAnalysis:
 
 
 def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: float = 0.5,
-            pr_convention: str = "ours") -> ClassAnalysis:
+            pr_convention: str = "ours", sweep: Optional[Dict[str, np.ndarray]] = None) -> ClassAnalysis:
+    """Per-class counts, PR curves, best-F1 thresholds and the global-threshold sweep (``sweep``: when the
+    caller has it already)."""
     scores = np.asarray(scores, dtype=np.float64)
     pos, neg, pr_valid, _ = masks(np.asarray(targets))
     tp, n_pred, n_gt = class_counts(scores >= threshold, pos, pr_valid)
@@ -86,7 +88,7 @@ def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: 
     curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(C)]
     return ClassAnalysis(ap=ap, positives=pos.sum(0), predicted=n_pred, tp=tp, precision=p, recall=r, f1=f1,
                          best_threshold=np.array([b[0] for b in best]), best_f1=np.array([b[1] for b in best]),
-                         curves=curves, sweep=threshold_sweep(scores, targets, pr_convention))
+                         curves=curves, sweep=sweep or threshold_sweep(scores, targets, pr_convention))
 
 
 SWEEP_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)

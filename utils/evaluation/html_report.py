@@ -15,13 +15,13 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.labels import DENSE_LIMIT
+from pipeline.labels import DENSE_LIMIT, TableRows
 from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
 from utils.evaluation.metrics import UNKNOWN, Report, masks
 from utils.evaluation.report import KEYS, class_name
 from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic, write_json_atomic
-from utils.visualize import COLOURS, MAX_ALPHA, fit_thumbnail
+from utils.visualize import fit_thumbnail, scale_colours
 
 THUMB = 160
 # (image index, class index) -> thumbnail with that class's heatmap; called once with every request
@@ -38,7 +38,7 @@ th{background:#eee}td.name,th.name{text-align:left;white-space:nowrap}
 def report_targets(targets):
     """The target matrix the report's analysis reads; at OpenImages size (a table's rows) one line says the
     report is not drawn."""
-    if not hasattr(targets, "table"):
+    if not isinstance(targets, TableRows):
         return targets
     n, c = targets.shape
     raise ConfigError(f"--report: {n} images x {c} classes is beyond what the report draws ({DENSE_LIMIT:,} labels); "
@@ -174,12 +174,9 @@ def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
 def colour_bar(width: int = 240, height: int = 14) -> Image.Image:
     """The heatmaps' colour scale as utils.visualize.overlay draws it (each level's colour over white at
     the opacity the overlay gives it), labelled low to high."""
-    from matplotlib import colormaps
     from PIL import ImageDraw
 
-    level = np.linspace(0, 1, width)[:, None]
-    alpha = MAX_ALPHA * level
-    ramp = (((1 - alpha) + alpha * colormaps[COLOURS](level[:, 0])[:, :3]) * 255).astype(np.uint8)
+    ramp = scale_colours(np.linspace(0, 1, width))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left, right = "low", "high attention"
     lw, rw = (int(probe.textlength(t)) + 8 for t in (left, right))
@@ -208,12 +205,13 @@ def _plain_thumbnail(path: str) -> Optional[Image.Image]:
 def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: Sequence[str],
                  class_names: Optional[Sequence[str]], report: Report, *, info: Dict[str, str],
                  thumbnails: Optional[Thumbnailer] = None, report_classes: Optional[int] = 10,
-                 pr_convention: str = "ours") -> Dict[str, object]:
-    """Write index.html, the figures and thresholds.json into ``out_dir``; return paths and timings."""
+                 pr_convention: str = "ours", sweep: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, object]:
+    """Write index.html, the figures and thresholds.json into ``out_dir``; return paths and timings.
+    ``sweep``: the global-threshold sweep (``analysis.threshold_sweep``) when the caller has it already."""
     t0 = time.perf_counter()
     make_folder(out_dir)
     names = [class_name(class_names, c) for c in range(scores.shape[1])]
-    a, figured, subset = draw_figures(out_dir, scores, targets, names, report, info, pr_convention)
+    a, figured, subset = draw_figures(out_dir, scores, targets, names, report, info, pr_convention, sweep)
     t_figures = time.perf_counter() - t0
     shown = worst_classes(report.ap, report_classes)
     sections, requests = mistake_sections(out_dir, scores, targets, paths, names, report, shown, thumbnails)
@@ -226,9 +224,10 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
             "seconds_total": time.perf_counter() - t0, "thumbnail_images": len(requests)}
 
 
-def draw_figures(out_dir, scores, targets, names, report, info, pr_convention) -> Tuple[ClassAnalysis, List[int], str]:
+def draw_figures(out_dir, scores, targets, names, report, info, pr_convention,
+                 sweep=None) -> Tuple[ClassAnalysis, List[int], str]:
     """The per-class analysis, the three figures and thresholds.json; (analysis, classes shown, note)."""
-    a = analyse(scores, targets, report.ap, pr_convention=pr_convention)
+    a = analyse(scores, targets, report.ap, pr_convention=pr_convention, sweep=sweep)
     figured, subset = figure_classes(report.ap)
     draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
     draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)

@@ -20,9 +20,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from pipeline.errors import CSRAError
+from pipeline.labels import EVAL_UNKNOWN as UNKNOWN
 
 IGNORE = 99
-UNKNOWN = -99  # pipeline.labels.EVAL_UNKNOWN
 
 
 class MetricsError(CSRAError, ValueError):
@@ -145,6 +145,18 @@ def pr_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, convent
     }
 
 
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """(N, k) each row's k highest-scoring columns by k arg-max passes on a copy (each pass returns the first
+    of tied maxima, so among ties the lower index comes first, as a stable descending sort)."""
+    work = np.array(scores, dtype=np.float64 if scores.dtype == np.float64 else np.float32)
+    rows = np.arange(len(work))
+    out = np.empty((len(work), k), dtype=np.int64)
+    for j in range(k):
+        out[:, j] = work.argmax(axis=1)
+        work[rows, out[:, j]] = -np.inf  # below every finite score: the next pass takes the next one
+    return out
+
+
 def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """True at each row's k highest scores; among scores tied at the k-th place, the lower class
     indices are kept (as a stable descending sort would). No sort: k arg-max passes (each returns the
@@ -154,13 +166,8 @@ def top_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(scores.shape, dtype=bool)
     if k <= 4 and n and np.isfinite(scores.min()):
-        work = np.array(scores, dtype=np.float64 if scores.dtype == np.float64 else np.float32)
         mask = np.zeros(scores.shape, dtype=bool)
-        rows = np.arange(n)
-        for _ in range(k):
-            best = work.argmax(axis=1)
-            mask[rows, best] = True
-            work[rows, best] = -np.inf  # below every finite score: the next pass takes the next one
+        mask[np.arange(n)[:, None], top_k_indices(scores, k)] = True
         return mask
     kth = np.partition(scores, c - k, axis=1)[:, c - k:c - k + 1]  # each row's k-th largest value
     mask = scores >= kth

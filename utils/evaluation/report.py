@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pipeline.classes import load_class_names
 from pipeline.errors import DataError
 from pipeline.labels import TableRows, header_classes_file, read_sparse, write_sparse
 from utils.evaluation.analysis import best_global_threshold, threshold_sweep
@@ -47,10 +48,16 @@ def format_report(report: Report, class_names: Optional[Sequence[str]] = None, p
     return "\n".join(lines)
 
 
-def threshold_advice(scores: np.ndarray, targets: np.ndarray, how_to_report: str, pr_convention: str = "ours") -> str:
-    """Two lines: the best single threshold for every class (by CF1) against the table's 0.5, and where
+def global_sweep(scores: np.ndarray, targets, pr_convention: str = "ours") -> Optional[Dict[str, np.ndarray]]:
+    """CF1 and OF1 for one threshold used for every class (``analysis.threshold_sweep``), once for the advice
+    and the report; None at OpenImages size (a table's rows: the sweep's dense masks are not made)."""
+    return None if isinstance(targets, TableRows) else threshold_sweep(scores, targets, pr_convention)
+
+
+def threshold_advice(sweep: Dict[str, np.ndarray], how_to_report: str) -> str:
+    """Three lines: the best single threshold for every class (by CF1) against the table's 0.5, and where
     per-class thresholds come from (``how_to_report``: the command, or the report already written)."""
-    t, cf1, at_half = best_global_threshold(threshold_sweep(scores, targets, pr_convention))
+    t, cf1, at_half = best_global_threshold(sweep)
     first = (f"best single threshold for every class: {t:.2f} (CF1 {cf1:.2f}; {at_half:.2f} at 0.5, the table's)"
              if t != 0.5 else f"best single threshold for every class: 0.5, the table's (CF1 {cf1:.2f})")
     return (f"{first}\nper-class thresholds for demo.py --thresholds: {how_to_report}\n"
@@ -97,9 +104,7 @@ def save_scores_binary(path, paths, scores, targets, class_names, metrics) -> Li
         np.save(f, np.asarray(scores, dtype=np.float32))
     with atomic_write(files["classes"]) as f:
         f.write("".join(n + "\n" for n in names))
-    rows = sparse_rows(targets, len(paths))
-    unknown = bool(getattr(getattr(targets, "table", None), "unknown", False)) or (
-        targets is not None and not hasattr(targets, "table") and bool((np.asarray(targets) == UNKNOWN).any()))
+    rows, unknown = sparse_rows(targets, len(paths))
     with atomic_write(files["labels"]) as f:
         write_sparse(files["labels"], ((p, pos, neg) for p, (pos, neg) in zip(paths, rows)), scores.shape[1],
                      "unknown" if unknown else "negative", os.path.basename(files["classes"]), write=f.write)
@@ -108,16 +113,18 @@ def save_scores_binary(path, paths, scores, targets, class_names, metrics) -> Li
 
 
 def sparse_rows(targets, n: int):
-    """(positives, negatives) per image from a target matrix or a table's rows (none: no labels)."""
+    """((positives, negatives) per image, whether unlisted classes are unknown) from a target matrix or a
+    table's rows (none: no labels)."""
     if targets is None:
-        return [([], [])] * n
-    if hasattr(targets, "records"):
-        return targets.records()
+        return [([], [])] * n, False
+    if isinstance(targets, TableRows):
+        return targets.records(), targets.table.unknown
     t = np.asarray(targets)
     if not np.isin(np.unique(t), (1, 0, UNKNOWN)).all():
         raise DataError("--save_scores: the binary form (.npy) holds positives, negatives and unknown labels; these "
                         "labels use VOC's or WIDER's conventions (-1, 99): save them as .json")
-    return ((np.flatnonzero(row == 1).tolist(), np.flatnonzero(row == 0).tolist()) for row in t)
+    rows = ((np.flatnonzero(row == 1).tolist(), np.flatnonzero(row == 0).tolist()) for row in t)
+    return rows, bool((t == UNKNOWN).any())
 
 
 def load_scores_binary(path: str):
@@ -129,8 +136,8 @@ def load_scores_binary(path: str):
     scores = np.load(files["scores"], mmap_mode="r")
     table, header = read_sparse(files["labels"], scores.shape[1] if scores.ndim == 2 else None)
     classes_file = header_classes_file(files["labels"], header)
-    names = [ln.strip() for ln in open(classes_file, encoding="utf-8") if ln.strip()] if classes_file and \
-        os.path.isfile(classes_file) else [f"class_{i}" for i in range(table.num_classes)]
+    names = load_class_names(classes_file) if classes_file and os.path.isfile(classes_file) else \
+        [f"class_{i}" for i in range(table.num_classes)]
     if scores.shape[0] != len(table):
         raise DataError(f"{files['scores']}: {scores.shape[0]} rows, {files['labels']} {len(table)} records")
     return scores, TableRows(table), table.paths(), names
@@ -145,7 +152,7 @@ def _save_scores_json(path: str, paths: List[str], scores: np.ndarray, targets,
         "metrics": metrics,
     }
     if targets is not None:
-        if hasattr(targets, "dense"):
+        if isinstance(targets, TableRows):
             targets = targets.dense()
         for image, t in zip(obj["images"], targets):
             image["target"] = [int(v) for v in t]

@@ -10,27 +10,18 @@ and the label arrays. The matrix may be a read-only memory map (``np.load(..., m
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
 from pipeline.labels import LabelTable
-from utils.evaluation.metrics import MetricsError, PR_CONVENTIONS, Report, pr_from_counts
+from utils.evaluation.metrics import MetricsError, PR_CONVENTIONS, Report, pr_from_counts, top_k_indices
 
 BLOCK_BYTES = 64 << 20  # rows are read in blocks of about this size
 
 
 def _rows_per_block(c: int) -> int:
     return max(1, BLOCK_BYTES // (4 * max(c, 1)))
-
-
-def _known_entries(table: LabelTable, rows: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row in the score matrix, class, value) of every listed label of the evaluated records."""
-    rows = np.arange(len(table)) if rows is None else np.asarray(rows)
-    counts = table.offsets[rows + 1] - table.offsets[rows]
-    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    entries = np.repeat(table.offsets[rows], counts) + within
-    return np.repeat(np.arange(len(rows)), counts), table.classes[entries].astype(np.int64), table.values[entries]
 
 
 def _check(scores: np.ndarray, table: LabelTable, n: int) -> None:
@@ -41,18 +32,12 @@ def _check(scores: np.ndarray, table: LabelTable, n: int) -> None:
 
 
 def top3(scores: np.ndarray) -> np.ndarray:
-    """(N, 3) each row's three highest-scoring classes (among ties the lowest index first, as the dense
-    evaluator's arg-max passes), read block by block."""
+    """(N, 3) each row's three highest-scoring classes (``metrics.top_k_indices``), block by block."""
     n, c = scores.shape
     out = np.empty((n, min(3, c)), dtype=np.int64)
     step = _rows_per_block(c)
     for a in range(0, n, step):
-        work = np.array(scores[a:a + step], dtype=np.float32 if scores.dtype != np.float64 else np.float64)
-        r = np.arange(len(work))
-        for k in range(out.shape[1]):
-            best = work.argmax(axis=1)
-            out[a:a + step, k] = best
-            work[r, best] = -np.inf
+        out[a:a + step] = top_k_indices(scores[a:a + step], out.shape[1])
     return out
 
 
@@ -65,11 +50,11 @@ def column_counts_at_least(scores: np.ndarray, threshold: float) -> np.ndarray:
     return counts
 
 
-def average_precision_sparse(scores: np.ndarray, r: np.ndarray, c: np.ndarray, v: np.ndarray,
+def average_precision_sparse(scores: np.ndarray, s: np.ndarray, c: np.ndarray, v: np.ndarray,
                              unknown: bool) -> np.ndarray:
-    """Per class: AP over its positives and its negatives (the listed ones, or every other row)."""
+    """Per class: AP over its positives and its negatives (the listed ones, or every other row of
+    ``scores``); ``s`` holds the listed entries' scores, ``c`` their classes, ``v`` their labels."""
     C = scores.shape[1]
-    s = np.asarray(scores[r, c], dtype=np.float64 if scores.dtype == np.float64 else np.float32)
     order = np.lexsort((s, c))  # by class, then by score
     c_sorted, s_sorted, v_sorted = c[order], s[order], v[order]
     bounds = np.searchsorted(c_sorted, np.arange(C + 1))
@@ -116,11 +101,12 @@ def evaluate_table(scores: np.ndarray, table: LabelTable, rows: Optional[np.ndar
     n = len(table) if rows is None else len(rows)
     _check(scores, table, n)
     C = table.num_classes
-    r, c, v = _known_entries(table, rows)
-    s = np.asarray(scores[r, c])
+    r, c, v = table.entries(rows)
+    c = c.astype(np.int64)
+    s = np.asarray(scores[r, c])  # the listed entries' scores, gathered once
     if not np.isfinite(s).all():
         raise MetricsError("NaN or infinite scores")
-    ap = average_precision_sparse(scores, r, c, v, table.unknown)
+    ap = average_precision_sparse(scores, s, c, v, table.unknown)
     defined = ~np.isnan(ap)
     m = float(100 * ap[defined].mean()) if defined.any() else float("nan")
     pos = v == 1
@@ -135,12 +121,9 @@ def evaluate_table(scores: np.ndarray, table: LabelTable, rows: Optional[np.ndar
     tc = best.ravel()
     keep = np.asarray(scores[tr, tc]) >= threshold
     tr, tc = tr[keep], tc[keep]
-    keys = tr * C + tc
-    known = np.sort(r * C + c)
-    positives = np.sort((r * C + c)[pos])
-    in_pos = _member(keys, positives)
-    tp3 = np.bincount(tc[in_pos], minlength=C).astype(np.float64)
-    counted = _member(keys, known) if table.unknown else np.ones(len(keys), dtype=bool)
+    keys, listed = tr * C + tc, r * C + c
+    tp3 = np.bincount(tc[_member(keys, np.sort(listed[pos]))], minlength=C).astype(np.float64)
+    counted = _member(keys, np.sort(listed)) if table.unknown else np.ones(len(keys), dtype=bool)
     n_pred3 = np.bincount(tc[counted], minlength=C).astype(np.float64)
     top = pr_from_counts(tp3, n_pred3, n_gt, pr_convention)
     return Report(ap=ap, map=m, undefined_classes=[int(i) for i in np.flatnonzero(~defined)], overall=overall,

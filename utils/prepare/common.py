@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from pipeline.errors import CSRAError
 from utils.entry import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
@@ -35,6 +35,16 @@ def refuse_overwrite(paths, force: bool) -> None:
 
 def add_force_flag(p) -> None:
     p.add_argument("--force", action="store_true", help="overwrite prepared files that already exist")
+
+
+def dataset_parser(description: str, data_help: str, out_dir: Optional[str], out_help: Optional[str] = None):
+    """The parser of a script that prepares a downloaded dataset: --data_path, --out_dir, --force."""
+    from utils.entry import ScriptParser
+    p = ScriptParser(description=description)
+    p.add_argument("--data_path", required=True, help=data_help)
+    p.add_argument("--out_dir", default=out_dir, help=out_help)
+    add_force_flag(p)
+    return p
 
 
 def summarize(path: str, records: List[dict], class_names: Sequence[str]) -> str:

@@ -20,9 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.dataset import read_json  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
 
@@ -89,12 +88,9 @@ def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, f
 
 
 def main(argv=None) -> None:
-    p = ScriptParser(description=__doc__)
-    p.add_argument("--data_path", required=True, help="folder holding annotations/ and images/")
+    p = dataset_parser(__doc__, "folder holding annotations/ and images/", "data/coco")
     p.add_argument("--year", default="2014", choices=["2014", "2017"])
-    p.add_argument("--out_dir", default="data/coco")
     p.add_argument("--keep_empty", action="store_true", help="keep images without annotations (all-negative)")
-    add_force_flag(p)
     a = p.parse_args(argv)
     prepare(a.data_path, a.year, a.out_dir, a.keep_empty, a.force)
 

@@ -22,10 +22,9 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from utils.entry import ScriptParser  # noqa: E402
 from utils.fileio import atomic_write  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names)
 from pipeline.labels import write_sparse  # noqa: E402
 
@@ -96,11 +95,9 @@ def prepare(data_path: str, out_dir: str, image_dir: str = None, force: bool = F
 
 
 def main(argv=None) -> None:
-    p = ScriptParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_path", required=True, help="the folder holding Concepts81.txt, ImageList/, Groundtruth/")
+    p = dataset_parser(__doc__.splitlines()[0], "the folder holding Concepts81.txt, ImageList/, Groundtruth/",
+                       "data/nuswide")
     p.add_argument("--image_dir", default=None, help="the images (default: DATA_PATH/Flickr)")
-    p.add_argument("--out_dir", default="data/nuswide")
-    add_force_flag(p)
     a = p.parse_args(argv)
     prepare(a.data_path, a.out_dir, a.image_dir, a.force)
 

@@ -26,10 +26,9 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from utils.entry import ScriptParser  # noqa: E402
 from utils.fileio import atomic_write  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names)
 from pipeline.labels import write_sparse  # noqa: E402
 
@@ -117,11 +116,8 @@ def prepare(data_path: str, out_dir: str, force: bool = False, quiet: bool = Fal
 
 
 def main(argv=None) -> None:
-    p = ScriptParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_path", required=True, help="the folder holding the OpenImages V6 files")
-    p.add_argument("--out_dir", default="data/openimages")
-    add_force_flag(p)
-    a = p.parse_args(argv)
+    a = dataset_parser(__doc__.splitlines()[0], "the folder holding the OpenImages V6 files",
+                       "data/openimages").parse_args(argv)
     prepare(a.data_path, a.out_dir, a.force)
 
 

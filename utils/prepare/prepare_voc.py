@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
@@ -97,11 +96,8 @@ def prepare(data_path: str, year: str, out_dir: str, force: bool = False) -> Dic
 
 
 def main(argv=None) -> None:
-    p = ScriptParser(description=__doc__)
-    p.add_argument("--data_path", required=True, help="the VOCdevkit folder")
+    p = dataset_parser(__doc__, "the VOCdevkit folder", None, "default data/voc07 or data/voc12")
     p.add_argument("--year", default="2007", choices=["2007", "2012"])
-    p.add_argument("--out_dir", default=None, help="default data/voc07 or data/voc12")
-    add_force_flag(p)
     a = p.parse_args(argv)
     prepare(a.data_path, a.year, a.out_dir or ("data/voc07" if a.year == "2007" else "data/voc12"), a.force)
 

@@ -18,9 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
 
 UNSPECIFIED_TEST = 99
@@ -99,11 +98,8 @@ def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]
 
 
 def main(argv=None) -> None:
-    p = ScriptParser(description=__doc__)
-    p.add_argument("--data_path", required=True, help="the WIDER_ATTRIBUTE folder (Annotations/ or Anno/, Image/)")
-    p.add_argument("--out_dir", default="data/wider")
-    add_force_flag(p)
-    a = p.parse_args(argv)
+    a = dataset_parser(__doc__, "the WIDER_ATTRIBUTE folder (Annotations/ or Anno/, Image/)", "data/wider").parse_args(
+        argv)
     prepare(a.data_path, a.out_dir, a.force)
 
 

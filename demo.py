@@ -14,10 +14,12 @@ import sys
 
 import torch
 
+from engine import score_batches
 from pipeline.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.cli import new_parser, parse_args, run_main
+from utils.config import Config
 from utils.inference import open_session
 from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
 from utils.visualize import save_heatmaps
@@ -83,9 +85,10 @@ def run(args) -> list:
     files, skipped = find_images(args.img_dir)
     for s in skipped:
         print(f"warning: skipped {s}: not an image file", file=sys.stderr)
-    session = open_session(args)
+    cfg = Config.from_args(args)
+    session = open_session(cfg, args.load_from)
     model, runtime = session.model, session.runtime
-    names = args.class_names
+    names = list(cfg.class_names)
     if session.warning:
         print(session.warning, file=sys.stderr)
     print(session.header, file=sys.stderr)
@@ -99,18 +102,15 @@ def run(args) -> list:
     cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
     print(thresholds_line(args.thresholds, cut), file=sys.stderr)
     stems = unique_stems(files)
-    loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(args.img_size, train=False)),
-                                         batch_size=args.batch_size, num_workers=args.num_workers,
+    loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(cfg.model.img_size, train=False)),
+                                         batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                                          collate_fn=collate_files)
     results = []
-    for images, indices, errors in loader:
+    for (_, indices, errors), out in score_batches(loader, runtime, model.forward_with_maps):
         for e in errors:
             print(f"warning: skipped {e}", file=sys.stderr)
-        if images is None:
+        if out is None:
             continue
-        x = runtime.to_input(images)
-        with torch.no_grad(), runtime.autocast():
-            out = model.forward_with_maps(x)
         probs = torch.sigmoid(out.logits.float()).cpu()
         for i, index in enumerate(indices):
             f = files[index]

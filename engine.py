@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -148,6 +148,30 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             "lr": [g["lr"] for g in optimizer.param_groups]}
 
 
+def loader_images(item) -> Optional[torch.Tensor]:
+    """The images of one ``make_loader`` item, ``(batch or None, images skipped)``."""
+    batch, _ = item
+    return None if batch is None else batch[0]
+
+
+def score_batches(batches: Iterable, runtime: Runtime, forward: Callable[[torch.Tensor], object], *,
+                  images: Callable[[object], Optional[torch.Tensor]] = lambda item: item[0]
+                  ) -> Iterator[Tuple[object, object]]:
+    """The one scoring loop (evaluation, val.py, demo.py, the sweep, the report's heatmaps): for each item
+    of ``batches``, its images (``images(item)``: uint8, or None when none could be read) made the model's
+    input and passed through ``forward`` without gradients, in the runtime's precision. Yields
+    ``(item, output)``, output None for an item without images. What the caller does with an output
+    runs outside autocast (the sweep's mean and max stay float32)."""
+    for item in batches:
+        x = images(item)
+        if x is None:
+            yield item, None
+            continue
+        with torch.no_grad(), runtime.autocast():
+            out = forward(runtime.to_input(x))
+        yield item, out
+
+
 @torch.no_grad()
 def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
             desc: str = "eval", return_indices: bool = False):
@@ -162,14 +186,11 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     loader = make_loader(dataset, batch_size, num_workers, shard, runtime.device)
     idx_parts, score_parts, paths = [], [], []
     skipped = 0
-    for batch, n_skipped in bar(loader, desc=desc):
+    for (batch, n_skipped), logits in score_batches(bar(loader, desc=desc), runtime, model, images=loader_images):
         skipped += n_skipped
-        if batch is None:
+        if logits is None:
             continue
-        images, _, batch_paths, indices = batch
-        x = runtime.to_input(images)
-        with runtime.autocast():
-            logits = model(x)
+        _, _, batch_paths, indices = batch
         score_parts.append(torch.sigmoid(logits.float()).cpu().numpy())
         idx_parts.append(indices.numpy())
         paths.extend(batch_paths)
@@ -194,7 +215,6 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     return (scores, targets, all_paths, indices) if return_indices else (scores, targets, all_paths)
 
 
-@torch.no_grad()
 def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, size: int = 160, head: int = 0,
                          batch_size: int = 16):
     """Thumbnails of dataset images with a class's attention heatmap overlaid, from one forward pass
@@ -205,14 +225,16 @@ def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, 
     model.eval()
     out = {}
     indices = sorted(requests)
-    for start in range(0, len(indices), batch_size):
-        items = [(i, dataset[i]) for i in indices[start:start + batch_size]]
-        items = [(i, item) for i, item in items if item is not None]
-        if not items:
+
+    def readable(start: int) -> list:
+        chosen = [(i, dataset[i]) for i in indices[start:start + batch_size]]
+        return [(i, item) for i, item in chosen if item is not None]
+
+    batches = (readable(start) for start in range(0, len(indices), batch_size))
+    for items, maps in score_batches(batches, runtime, model.forward_with_maps,
+                                     images=lambda items: torch.stack([it[0] for _, it in items]) if items else None):
+        if maps is None:
             continue
-        x = runtime.to_input(torch.stack([item[0] for _, item in items]))
-        with runtime.autocast():
-            maps = model.forward_with_maps(x)
         for j, (i, _) in enumerate(items):
             img = fit_thumbnail(dataset.load_image(i), size)
             for c in requests[i]:

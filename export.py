@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.export import TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
 from utils.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
+from utils.config import Config
 from utils.fileio import OutputError, atomic_write, make_folder
 
 
@@ -34,9 +35,10 @@ def run(args) -> dict:
         raise OutputError(f"{args.out}: exists; pass --force to replace it")
     if args.num_cls is None:
         raise ConfigError("--num_cls (or --classes) is needed to build the model")
-    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    print(describe_inference(args))
-    names = args.class_names
+    cfg = Config.from_args(args)
+    model, _ = load_for_inference(args.load_from, **model_kwargs(cfg.model))
+    print(describe_inference(cfg, args.load_from))
+    names = list(cfg.class_names)
     make_folder(os.path.dirname(os.path.abspath(args.out)))
     # exported in a private temporary folder, then copied into place atomically: the exporters' own
     # file writers abort the process on a full disk, and a failed export must leave nothing behind
@@ -44,14 +46,15 @@ def run(args) -> dict:
         tmp = os.path.join(work, "model.onnx" if args.format == "onnx" else "model.pt")
         try:
             diffs = export(model, names, args.format, tmp, with_maps=args.with_maps, head=args.heatmap_head,
-                           normalize=args.normalize)
+                           normalize=cfg.model.normalize)
         except ExportError as e:
             raise ExportError(f"{args.out}: {e}") from None
         with open(tmp, "rb") as src, atomic_write(args.out, "wb") as dst:
             shutil.copyfileobj(src, dst)
     shown = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-    print(f"wrote {args.out} ({args.format}, {args.model}, {args.head} head, {args.num_cls} classes, "
-          f"{args.img_size} px, input normalisation {args.normalize}); "
+    m = cfg.model
+    print(f"wrote {args.out} ({args.format}, {m.model}, {m.head} head, {m.num_cls} classes, "
+          f"{m.img_size} px, input normalisation {m.normalize}); "
           f"parity with PyTorch: max |difference| {shown} (limit {TOLERANCE:.0e})")
     return diffs
 

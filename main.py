@@ -17,6 +17,7 @@ import torch
 from trainer import HEADER_WIDTH, Trainer, build  # noqa: F401  (HEADER_WIDTH: the tests read it here)
 from utils import distributed as du
 from utils.cli import resolve, run_main
+from utils.config import Config
 from utils.run_folder import claim_new, open_for_resume
 from utils.train_options import get_args, given_flags
 
@@ -52,16 +53,17 @@ def train(args, given=frozenset(), hint: Optional[ResumeHint] = None) -> dict:
     device = du.init_distributed()
     run, state_path, state = open_for_resume(args, given, resolve) if args.resume else (None, None, None)
     try:
-        torch.manual_seed(args.seed)
-        parts = build(args, device, state)
+        cfg = Config.from_args(args)  # the options in force, frozen: the Namespace is not read after this
+        torch.manual_seed(cfg.run.seed)
+        parts = build(cfg, device, state)
         if run is None:
-            run = claim_new(args)
+            run = claim_new(cfg.run.output_dir, cfg.model.model)
             state_path = run.state_path
             if du.is_main():
-                run.write_record(dict(vars(args), runtime=parts.runtime.as_dict()))
+                run.write_record(dict(parts.config.record(), run_id=run.run_id, runtime=parts.runtime.as_dict()))
         if hint is not None:
             hint.folder = run.path
-        return Trainer(args, parts, run, state, state_path).fit()
+        return Trainer(parts, run, state, state_path).fit()
     finally:
         if run is not None:
             run.release()

@@ -24,7 +24,8 @@ from pipeline.optim import make_optimizer, make_schedule, param_groups
 from pipeline.recipes import RECIPES, TRAINING_OPTIONS, describe_options
 from pipeline.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
 from utils import distributed as du
-from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_class_names, model_kwargs, plural
+from utils.cli import dataset_files, dataset_kwargs, describe_model, model_kwargs, plural, with_label_count
+from utils.config import Config
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import report_targets, write_report
 from utils.evaluation.report import global_sweep, threshold_advice
@@ -42,10 +43,10 @@ class DivergedError(CSRAError):
     """Training diverged: non-finite loss, weights or scores. Nothing diverged was saved."""
 
 
-def ensure_demo_data(args) -> None:
-    if args.dataset != "demo" or args.train_json or args.test_json:
+def ensure_demo_data(cfg: Config) -> None:
+    if cfg.data.dataset != "demo" or cfg.training.train_json or cfg.data.test_json:
         return
-    spec = DATASETS[args.dataset]
+    spec = DATASETS[cfg.data.dataset]
     if not (os.path.isfile(spec.train_json) and os.path.isfile(spec.test_json)):
         if du.is_main():
             from utils.prepare.prepare_demo import generate_demo
@@ -56,7 +57,8 @@ def ensure_demo_data(args) -> None:
 
 @dataclass
 class Parts:
-    """What a run trains with, built once from its options."""
+    """What a run trains with, built once from its options (``config``: as the training data completed them)."""
+    config: Config
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -73,83 +75,85 @@ class Parts:
     lr_fn: Callable[[int], float]
 
 
-def load_data(args) -> Tuple[MultiLabelDataset, MultiLabelDataset, str]:
-    ensure_demo_data(args)
-    train_json, test_json = dataset_files(args, train=True)
-    train_set = MultiLabelDataset(train_json, **dataset_kwargs(args, train=True), partial_labels=args.partial_labels)
-    args.num_cls = args.num_cls or train_set.num_classes
-    if train_set.table.unknown and not args.partial_labels:  # OpenImages-style: unlisted classes are unknown
-        args.partial_labels = True
+def load_data(cfg: Config) -> Tuple[MultiLabelDataset, MultiLabelDataset, str, Config]:
+    """The training and test sets, and the config as the training data complete it."""
+    ensure_demo_data(cfg)
+    train_json, test_json = dataset_files(cfg, train=True)
+    partial = cfg.training.partial_labels
+    train_set = MultiLabelDataset(train_json, **dataset_kwargs(cfg, train=True), partial_labels=partial)
+    if train_set.table.unknown and not partial:  # OpenImages-style: unlisted classes are unknown
+        partial = True
         if du.is_main():
             print(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
-    finish_class_names(args, args.num_cls)
-    test_set = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=False)
+    cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial)
+    test_set = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
         print(f"note: {test_json} has no labels (e.g. VOC2012 test): training without evaluation; "
               "use val.py --voc_submission on the saved epochs")
-    return train_set, test_set, test_json
+    return train_set, test_set, test_json, cfg
 
 
-def build(args, device: torch.device, state: Optional[dict]) -> Parts:
+def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     """Data, runtime, model, optimiser, loss, EMA and schedule from the run's options."""
-    train_set, test_set, test_json = load_data(args)
-    runtime = resolve_runtime(device, args.model, args.amp, not args.no_channels_last, args.normalize)
-    eval_runtime = resolve_runtime(device, args.model, args.eval_amp, runtime.channels_last, args.normalize)
-    governor = ThreadGovernor(args.threads)
+    train_set, test_set, test_json, cfg = load_data(cfg)
+    m, rt, t = cfg.model, cfg.runtime, cfg.training
+    runtime = resolve_runtime(device, m.model, rt.amp, not rt.no_channels_last, m.normalize)
+    eval_runtime = resolve_runtime(device, m.model, rt.eval_amp, runtime.channels_last, m.normalize)
+    governor = ThreadGovernor(rt.threads)
     if runtime_warning(runtime) and du.is_main():
         print(runtime_warning(runtime))
     if state is not None and du.is_main():
-        note = precision_change_note(state["runtime"], runtime, args.amp)
+        note = precision_change_note(state["runtime"], runtime, rt.amp)
         if note:
             print(note)
-    model = runtime.prepare_model(CSRANet(**model_kwargs(args), pretrained=args.pretrained, cutmix=args.cutmix),
-                                  train=True)
-    head_lr_mult = args.head_lr_mult if model.head_kind.head_lr_mult else 1.0
-    groups = param_groups(model, args.lr, head_lr_mult, args.w_d, args.no_decay_norm_bias)
-    optimizer = make_optimizer(args.optimizer, groups, args.lr, args.momentum, args.w_d)
-    criterion = make_criterion(args.loss, args.gamma_pos, args.gamma_neg, args.asl_clip, args.partial_labels)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True) if args.ema else None
-    sampler = SeededShardSampler(len(train_set), args.seed, du.rank(), du.world_size())
-    iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / args.batch_size)
-    lr_fn = make_schedule(args.scheduler, iters_per_epoch=iters_per_epoch, total_epochs=args.total_epoch,
-                          warmup_epochs=args.warmup_epoch, decay_every=args.decay_every,
-                          onecycle_peak=args.onecycle_peak)
-    return Parts(model, optimizer, runtime.grad_scaler(), criterion, ema, runtime, eval_runtime, governor, train_set,
-                 test_set, test_json, sampler, iters_per_epoch, lr_fn)
+    model = runtime.prepare_model(CSRANet(**model_kwargs(m), pretrained=t.pretrained, cutmix=t.cutmix), train=True)
+    head_lr_mult = t.head_lr_mult if model.head_kind.head_lr_mult else 1.0
+    groups = param_groups(model, t.lr, head_lr_mult, t.w_d, t.no_decay_norm_bias)
+    optimizer = make_optimizer(t.optimizer, groups, t.lr, t.momentum, t.w_d)
+    criterion = make_criterion(t.loss, t.gamma_pos, t.gamma_neg, t.asl_clip, t.partial_labels)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+    sampler = SeededShardSampler(len(train_set), cfg.run.seed, du.rank(), du.world_size())
+    iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / cfg.data.batch_size)
+    lr_fn = make_schedule(t.scheduler, iters_per_epoch=iters_per_epoch, total_epochs=t.total_epoch,
+                          warmup_epochs=t.warmup_epoch, decay_every=t.decay_every, onecycle_peak=t.onecycle_peak)
+    return Parts(cfg, model, optimizer, runtime.grad_scaler(), criterion, ema, runtime, eval_runtime, governor,
+                 train_set, test_set, test_json, sampler, iters_per_epoch, lr_fn)
 
 
 # --- the start-up header -------------------------------------------------------------------------------
-def describe_in_force(args) -> str:
+def describe_in_force(cfg: Config) -> str:
     """The training options in force; those that differ from the recipe's are marked with '*'."""
-    return describe_options({k: getattr(args, k) for k in TRAINING_OPTIONS}, RECIPES[args.recipe].values)
+    flat = cfg.record()
+    return describe_options({k: flat[k] for k in TRAINING_OPTIONS}, RECIPES[cfg.training.recipe].values)
 
 
-def weights_in_use(args) -> str:
-    source = args.cutmix or args.pretrained
+def weights_in_use(training) -> str:
+    source = training.cutmix or training.pretrained
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
 
 
-def run_header(args, p: Parts, folder: str) -> str:
+def run_header(p: Parts, folder: str) -> str:
     """The start-up block: one topic a line, none wider than HEADER_WIDTH (lists break between items)."""
     import textwrap
-    options = describe_in_force(args)
+    cfg = p.config
+    options = describe_in_force(cfg)
     threads = p.governor.choice
     rows = [
-        ("model", f"{describe_model(args)}, {weights_in_use(args)}"),
-        ("data", f"{len(p.train_set)} training images ({args.dataset})" + (", partial labels" if args.partial_labels
-                                                                            else "")),
+        ("model", f"{describe_model(cfg.model)}, {weights_in_use(cfg.training)}"),
+        ("data", f"{len(p.train_set)} training images ({cfg.data.dataset})" +
+                 (", partial labels" if cfg.training.partial_labels else "")),
         ("test data", p.test_json),
-        ("recipe", f"{args.recipe}: {options}"),
+        ("recipe", f"{cfg.training.recipe}: {options}"),
         ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; evaluation in "
                     f"{precision_name(p.eval_runtime.amp)}"),
         ("threads", threads.describe() + ("" if threads.fixed else "; fitted to the load while training")),
         ("run folder", folder),
     ]
     if "*" in options:
-        rows.insert(4, ("", f"* = changed from --recipe {args.recipe} by a flag or by the dataset's defaults"))
-    if args.config:
-        typed = ", ".join(f"--{k}" for k in args.config_changes) or "none"
-        rows.insert(0, ("config", f"the options of {args.config}; typed now: {typed}"))
+        rows.insert(4, ("", f"* = changed from --recipe {cfg.training.recipe} by a flag or by the dataset's defaults"))
+    if cfg.run.config:
+        typed = ", ".join(f"--{k}" for k in cfg.config_changes) or "none"
+        rows.insert(0, ("config", f"the options of {cfg.run.config}; typed now: {typed}"))
     lines = []
     for label, text in rows:
         glued = ", ".join(item.replace(" ", "\u00a0") for item in text.split(", "))  # no break inside an item
@@ -163,8 +167,8 @@ def run_header(args, p: Parts, folder: str) -> str:
 class Trainer:
     """The epoch loop of one run in ``run`` (its folder), resumed from ``state`` when given."""
 
-    def __init__(self, args, p: Parts, run: RunFolder, state: Optional[dict], state_path: str):
-        self.args, self.p, self.run, self.state_path = args, p, run, state_path
+    def __init__(self, p: Parts, run: RunFolder, state: Optional[dict], state_path: str):
+        self.cfg, self.p, self.run, self.state_path = p.config, p, run, state_path
         self.start_epoch, self.start_iter = 0, 0
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
         if state is not None:
@@ -181,7 +185,7 @@ class Trainer:
             return
         sinks = [EpochLog(self.run.file(LOG_FILE), self.start_epoch),
                  StepsCsv(self.run.file(STEPS_FILE), self.start_epoch * self.p.iters_per_epoch + self.start_iter)]
-        if self.args.tensorboard:
+        if self.cfg.run.tensorboard:
             sinks.append(TensorBoard(self.run.path))
         self.logs = Loggers(sinks)
 
@@ -191,7 +195,7 @@ class Trainer:
             device = self.p.runtime.device
             model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
-        return torch.compile(model) if self.args.compile else model  # checkpoints still come from p.model
+        return torch.compile(model) if self.cfg.run.compile else model  # checkpoints still come from p.model
 
     def ensure_finite(self, when: str) -> None:
         """Refuse to save a diverged state: every weight and buffer must be finite."""
@@ -205,22 +209,22 @@ class Trainer:
             self.ensure_finite(f"at epoch {epoch + 1}, iteration {it}")
         self.logs.flush()  # every step up to the state is on disk before the state is
         if du.is_main():
-            p, args = self.p, self.args
+            p = self.p
             save_train_state(self.state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema,
-                             epoch=epoch, it=it, best=self.best, args=vars(args), run_id=args.run_id,
+                             epoch=epoch, it=it, best=self.best, args=self.cfg.record(), run_id=self.run.run_id,
                              runtime=p.runtime.as_dict())
 
     def fit(self) -> dict:
-        args, p = self.args, self.p
+        cfg, p = self.cfg, self.p
         train_model = self.training_model()
-        loader = make_loader(p.train_set, args.batch_size, args.num_workers, p.sampler, p.runtime.device)
+        loader = make_loader(p.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
-        self.clock = RunClock(self.start_epoch, args.total_epoch, p.iters_per_epoch, self.start_iter)
+        self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter)
         self.first_step = self.start_iter
         if du.is_main():
-            print(run_header(args, p, self.run.path))
+            print(run_header(p, self.run.path))
         try:
-            for epoch in range(self.start_epoch, args.total_epoch):
+            for epoch in range(self.start_epoch, cfg.training.total_epoch):
                 self.train_epoch(train_model, loader, epoch)
         finally:
             self.logs.close()
@@ -230,7 +234,7 @@ class Trainer:
         return {"folder": self.run.path, "best": self.best}
 
     def on_step(self, epoch: int, it: int, loss: Optional[float]) -> None:
-        args, p = self.args, self.p
+        p = self.p
         global_step = epoch * p.iters_per_epoch + it
         self.logs.step(global_step, epoch + 1, it, loss, [g["lr"] for g in p.optimizer.param_groups[:2]])
         eta = self.clock.after_step(global_step - self.start_epoch * p.iters_per_epoch - self.first_step)
@@ -239,30 +243,32 @@ class Trainer:
             for line in (eta, change):
                 if line:
                     say(line)
-        if args.state_every and it % args.state_every == 0 and it < p.iters_per_epoch:
+        every = self.cfg.run.state_every
+        if every and it % every == 0 and it < p.iters_per_epoch:
             self.save_state(epoch, it)
 
     def train_epoch(self, train_model: nn.Module, loader, epoch: int) -> None:
-        args, p = self.args, self.p
-        p.sampler.set_epoch(epoch, self.start_iter * args.batch_size)
+        cfg, p = self.cfg, self.p
+        total = cfg.training.total_epoch
+        p.sampler.set_epoch(epoch, self.start_iter * cfg.data.batch_size)
         try:
             stats = train_one_epoch(train_model, loader, p.optimizer, p.runtime, criterion=p.criterion, epoch=epoch,
                                     start_iter=self.start_iter, iters_per_epoch=p.iters_per_epoch, lr_fn=p.lr_fn,
-                                    scaler=p.scaler, ema=p.ema, print_freq=args.print_freq,
+                                    scaler=p.scaler, ema=p.ema, print_freq=cfg.run.print_freq,
                                     on_step=lambda it, loss: self.on_step(epoch, it, loss),
-                                    total_epochs=args.total_epoch, seed=args.seed)
+                                    total_epochs=total, seed=cfg.run.seed)
         except NonFiniteLossError as e:
             raise DivergedError(f"{e}; {self.run.last_good()}") from None
         self.ensure_finite(f"after epoch {epoch + 1}")
         self.start_iter = 0
         entry = {"epoch": epoch + 1,
                  **{k: stats[k] for k in ("train_loss", "images_per_s", "train_seconds", "skipped_images")},
-                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": args.loss, "amp": p.runtime.amp,
+                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": cfg.training.loss, "amp": p.runtime.amp,
                  "channels_last": p.runtime.channels_last, "threads": p.governor.choice.threads}
         changes = p.governor.take_changes()
         if changes:
             entry["thread_changes"] = changes
-        due = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.total_epoch
+        due = (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == total
         if due and p.test_set.has_labels:
             entry.update(self.evaluate(epoch))
         if du.is_main():
@@ -280,11 +286,11 @@ class Trainer:
     def evaluate(self, epoch: int) -> dict:
         """Evaluate the model (and its EMA); whenever one beats the best, those exact weights become
         best.pth. Returns the log fields."""
-        args, p = self.args, self.p
+        data, p = self.cfg.data, self.p
         fields = {}
         for source, net in self.candidates():
-            scores, targets, paths, indices = predict(net, p.test_set, p.eval_runtime, batch_size=args.batch_size,
-                                                      num_workers=args.num_workers, desc=f"eval {source}",
+            scores, targets, paths, indices = predict(net, p.test_set, p.eval_runtime, batch_size=data.batch_size,
+                                                      num_workers=data.num_workers, desc=f"eval {source}",
                                                       return_indices=True)
             if not np.isfinite(scores).all():
                 raise DivergedError(f"the model diverged: its {source} scores on the test set are NaN or infinite "
@@ -306,18 +312,19 @@ class Trainer:
 
     def finish(self) -> None:
         """After the last epoch: the full report, the threshold advice, the HTML report, the best."""
-        args, p = self.args, self.p
+        cfg, p = self.cfg, self.p
+        report_dir, names = cfg.run.report, list(cfg.class_names)
         report, scores, targets, paths, indices = self.last_report
         best_path = self.run.file(BEST_FILE)
-        print(format_report(report, args.class_names, per_class=True))
+        print(format_report(report, names, per_class=True))
         sweep = global_sweep(scores, targets)
         if sweep is not None:
-            print(threshold_advice(sweep, f"{args.report}/thresholds.json" if args.report else
+            print(threshold_advice(sweep, f"{report_dir}/thresholds.json" if report_dir else
                                    f"val.py --load_from {best_path} --report DIR writes them"))
-        if args.report:
-            out = write_report(args.report, scores, report_targets(targets), paths, args.class_names, report,
+        if report_dir:
+            out = write_report(report_dir, scores, report_targets(targets), paths, names, report,
                                sweep=sweep,
-                               info={"model": describe_model(args), "checkpoint": f"{self.run.path} (last epoch)",
+                               info={"model": describe_model(cfg.model), "checkpoint": f"{self.run.path} (last epoch)",
                                      "data": p.test_json},
                                thumbnails=lambda req: thumbnails_by_row(p.model, p.test_set, p.eval_runtime, indices,
                                                                         req))

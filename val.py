@@ -16,7 +16,9 @@ from engine import predict, thumbnails_by_row
 from pipeline.dataset import MultiLabelDataset, read_json
 from pipeline.errors import ConfigError, DataError
 from utils import distributed as du
-from utils.cli import dataset_files, dataset_kwargs, describe_model, finish_class_names, new_parser, parse_args, run_main
+from utils.cli import (dataset_files, dataset_kwargs, describe_model, new_parser, parse_args, run_main,
+                       with_label_count)
+from utils.config import Config
 from utils.evaluation import evaluate, format_report, report_to_dict
 from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
@@ -59,25 +61,26 @@ def report_from_scores(args) -> dict:
 def validate(args) -> dict:
     if args.from_scores:
         return report_from_scores(args)
-    _, test_json = dataset_files(args)
+    cfg = Config.from_args(args)
+    _, test_json = dataset_files(cfg)
     writes_only = bool(args.voc_submission or args.save_scores)
-    dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False), require_labels=not writes_only)
-    args.num_cls = args.num_cls or dataset.num_classes
-    if args.num_cls is None:
+    dataset = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=not writes_only)
+    num_cls = cfg.model.num_cls or dataset.num_classes
+    if num_cls is None:
         raise ConfigError(f"{test_json} has no labels to count the classes from: pass --classes FILE or --num_cls N "
                           "(or --load_from a checkpoint with its run record)")
-    finish_class_names(args, args.num_cls)
-    session = open_session(args)
+    cfg = with_label_count(cfg, num_cls)
+    session = open_session(cfg, args.load_from)
     model, runtime = session.model, session.runtime
     if du.is_main():
         if session.warning:
             print(session.warning)
         print(f"{session.header}; {len(dataset)} images from {test_json}")
-    scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=args.batch_size,
-                                              num_workers=args.num_workers, return_indices=True)
+    scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=cfg.data.batch_size,
+                                              num_workers=cfg.data.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}
     if du.is_main():
-        names = args.class_names
+        names = list(cfg.class_names)
         metrics = None
         if dataset.has_labels:
             report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)
@@ -93,7 +96,7 @@ def validate(args) -> dict:
                     args.report, scores, report_targets(targets), paths, names, report,
                     report_classes=args.report_classes,
                     pr_convention=args.pr_convention, sweep=sweep,
-                    info={"model": describe_model(args),
+                    info={"model": describe_model(cfg.model),
                           "checkpoint": args.load_from, "data": test_json},
                     thumbnails=lambda req: thumbnails_by_row(model, dataset, runtime, indices, req))
                 print(f"wrote {out['index']}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import main as train_main
-from engine import predict, train_step
+from engine import predict, score_batches, train_step
 from helpers import tiny_demo, train_argv
 from pipeline.csra import MultiHeadCSRA
 from pipeline.dataset import ImageTransform, MultiLabelDataset
@@ -99,6 +99,27 @@ def test_fp16_training_end_to_end_with_scaler_state(tmp_path):
     args = json.load(open(out / "args.json"))
     assert args["runtime"]["amp"] == "fp16"
     assert json.loads((out / "log.jsonl").read_text().splitlines()[0])["amp"] == "fp16"
+
+
+def test_the_scoring_loop_runs_only_the_forward_in_the_precision():
+    """score_batches: the forward under autocast and without gradients; what the caller does with its output
+    outside both (the sweep's mean and max stay float32); an item without images yields None, in order."""
+    runtime = Runtime(torch.device("cpu"), "bf16", False, (0.0,) * 3, (1.0,) * 3)
+    layer = torch.nn.Linear(3, 2)
+    seen = []
+
+    def forward(x):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.is_grad_enabled(), x.dtype))
+        return layer(x.mean(dim=(2, 3)))
+
+    batches = [("a", torch.zeros(2, 3, 4, 4, dtype=torch.uint8)), ("b", None),
+               ("c", torch.full((1, 3, 4, 4), 255, dtype=torch.uint8))]
+    got = []
+    for (name, _), out in score_batches(batches, runtime, forward, images=lambda item: item[1]):
+        got.append((name, None if out is None else (out.dtype, out.requires_grad, tuple(out.shape))))
+        assert not torch.is_autocast_enabled("cpu") and torch.is_grad_enabled()
+    assert seen == [(True, False, torch.float32)] * 2
+    assert got == [("a", (torch.bfloat16, False, (2, 2))), ("b", None), ("c", (torch.bfloat16, False, (1, 2)))]
 
 
 def test_runtime_decision():

@@ -24,7 +24,7 @@ import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine import make_loader  # noqa: E402
+from engine import loader_images, make_loader, score_batches  # noqa: E402
 from pipeline.backbones import Backbone, get_backbone  # noqa: E402
 from pipeline.dataset import MultiLabelDataset  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
@@ -34,8 +34,9 @@ from pipeline.pretrained import create_model, imagenet_view  # noqa: E402
 from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
-from utils.cli import (dataset_files, dataset_kwargs, finish_class_names, new_parser, parse_args,  # noqa: E402
-                       run_main, typed_flags)
+from utils.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,  # noqa: E402
+                       with_label_count)
+from utils.config import Config  # noqa: E402
 from utils.inference import open_session  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.threads import ThreadGovernor  # noqa: E402
@@ -51,15 +52,14 @@ def sweep_scores(model, dataset, lams, runtime: Runtime, batch_size: int, num_wo
     model.eval()
     parts = {lam: [] for lam in lams}
     loader = make_loader(dataset, batch_size, num_workers, list(range(len(dataset))), runtime.device)
-    with torch.no_grad():
-        for batch, _ in bar(loader, desc="sweep"):
-            if batch is None:
-                continue
-            with runtime.autocast():
-                features = model.forward_features(runtime.to_input(batch[0]))
+    for _, features in score_batches(bar(loader, desc="sweep"), runtime, model.forward_features,
+                                     images=loader_images):
+        if features is None:
+            continue
+        with torch.no_grad():
             y_mean, y_max = model.head.spatial_mean_and_max(features)
-            for lam in lams:
-                parts[lam].append(torch.sigmoid(y_mean + lam * y_max).cpu().numpy())
+        for lam in lams:
+            parts[lam].append(torch.sigmoid(y_mean + lam * y_max).cpu().numpy())
     return {lam: np.concatenate(p) for lam, p in parts.items()}
 
 
@@ -68,16 +68,14 @@ def classifier_hits(model, spec: Backbone, dataset, lams, runtime: Runtime, batc
     classifier applied at each location, from one pass."""
     hits = {lam: [0, 0] for lam in lams}
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    with torch.no_grad():
-        for images, labels in bar(loader, desc="sweep"):
-            with runtime.autocast():
-                own, local = spec.classify(model, runtime.to_input(images))
-            own, peak = own.float().cpu(), local.float().amax(dim=2).cpu()
-            k = min(5, own.shape[1])
-            for lam in lams:
-                top = (own + lam * peak).topk(k, dim=1).indices
-                hits[lam][0] += int((top[:, 0] == labels).sum())
-                hits[lam][1] += int((top == labels[:, None]).any(dim=1).sum())
+    for (_, labels), (own, local) in score_batches(bar(loader, desc="sweep"), runtime,
+                                                   lambda x: spec.classify(model, x)):
+        own, peak = own.float().cpu(), local.float().amax(dim=2).cpu()
+        k = min(5, own.shape[1])
+        for lam in lams:
+            top = (own + lam * peak).topk(k, dim=1).indices
+            hits[lam][0] += int((top[:, 0] == labels).sum())
+            hits[lam][1] += int((top == labels[:, None]).any(dim=1).sum())
     return hits
 
 
@@ -107,22 +105,23 @@ def print_table(title: str, columns, rows: dict, fixed: float) -> None:
 
 
 def checkpoint_sweep(args) -> dict:
-    kind = get_head(args.head)
+    cfg = Config.from_args(args)
+    kind = get_head(cfg.model.head)
     if not kind.training_free:
-        source = f"its run record {args.record_path}" if args.record_path else f"--head {kind.name}"
+        source = f"its run record {cfg.record_path}" if cfg.record_path else f"--head {kind.name}"
         raise ConfigError(f"{args.load_from}: checkpoint has {kind.display} ({source}); the training-free sweep "
                           "needs a GAP head")
-    fixed = paper_lam(get_backbone(args.model))
+    fixed = paper_lam(get_backbone(cfg.model.model))
     lams = parse_lams(args.lams, fixed)
-    _, test_json = dataset_files(args)
-    dataset = MultiLabelDataset(test_json, **dataset_kwargs(args, train=False))
-    args.num_cls = args.num_cls or dataset.num_classes
-    finish_class_names(args, args.num_cls)
-    session = open_session(args)
+    _, test_json = dataset_files(cfg)
+    dataset = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False))
+    cfg = with_label_count(cfg, cfg.model.num_cls or dataset.num_classes)
+    session = open_session(cfg, args.load_from)
     for line in (session.warning, session.header):
         if line:
             print(line)
-    scores = sweep_scores(session.model, dataset, lams, session.runtime, args.batch_size, args.num_workers)
+    scores = sweep_scores(session.model, dataset, lams, session.runtime, cfg.data.batch_size,
+                          cfg.data.num_workers)
     targets = dataset.targets()
     results = {lam: evaluate(s, targets) for lam, s in scores.items()}
     print_table(f"training-free CSRA on {args.load_from} ({len(dataset)} images of {test_json})",
@@ -132,26 +131,29 @@ def checkpoint_sweep(args) -> dict:
 
 
 def classifier_sweep(args, typed) -> dict:
-    spec = get_backbone(args.model)
+    cfg = Config.from_args(args)
+    spec = get_backbone(cfg.model.model)
     if spec.classify is None:
         raise ConfigError(f"--model {spec.name} has no ImageNet classifier to score")
     size, normalisation = imagenet_view(spec)
-    size = args.img_size if "img_size" in typed else size
-    normalize = args.normalize if "normalize" in typed else normalization_name(normalisation)
+    size = cfg.model.img_size if "img_size" in typed else size
+    normalize = cfg.model.normalize if "normalize" in typed else normalization_name(normalisation)
     fixed = paper_lam(spec)
     lams = parse_lams(args.lams, fixed)
     dataset = ImageFolderSet(args.img_dir, size, args.class_index)
-    runtime = resolve_runtime(du.init_distributed(), spec.name, args.amp, not args.no_channels_last, normalize)
-    threads = ThreadGovernor(args.threads).choice
-    model = create_model(spec, size, args.pretrained, keep_classifier=True).eval()
+    runtime = resolve_runtime(du.init_distributed(), spec.name, cfg.runtime.amp, not cfg.runtime.no_channels_last,
+                              normalize)
+    threads = ThreadGovernor(cfg.runtime.threads).choice
+    pretrained = cfg.training.pretrained
+    model = create_model(spec, size, pretrained, keep_classifier=True).eval()
     model = runtime.prepare_model(model)
-    print(f"{spec.name} ({spec.display}) with --pretrained {args.pretrained}, its own classifier; {size} px (shorter "
+    print(f"{spec.name} ({spec.display}) with --pretrained {pretrained}, its own classifier; {size} px (shorter "
           f"side {int(size / 0.875)}, centre crop); {runtime.describe()}, {threads.describe()}; {len(dataset)} images in "
           f"{len(dataset.folders)} class folders of {args.img_dir}")
     if not args.class_index:
         print(f"note: the {len(dataset.folders)} sorted folder names are outputs 0..{len(dataset.folders) - 1} (as "
               "torchvision's ImageFolder numbers them); pass --class_index FILE if they are other outputs")
-    hits = classifier_hits(model, spec, dataset, lams, runtime, args.batch_size, args.num_workers)
+    hits = classifier_hits(model, spec, dataset, lams, runtime, cfg.data.batch_size, cfg.data.num_workers)
     results = {lam: (100.0 * h1 / len(dataset), 100.0 * h5 / len(dataset)) for lam, (h1, h5) in hits.items()}
     print_table(f"training-free CSRA on {spec.name}'s ImageNet classifier ({len(dataset)} images of {args.img_dir})",
                 ("top-1", "top-5"), results, fixed)

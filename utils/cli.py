@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.heads import get_head
 from pipeline.recipes import RECIPES
 from pipeline.runtime import default_normalize, normalization
+from utils.config import Config, ModelConfig
 from utils.options import BY_NAME, CHECKS, PRE_PARSED, add_options, complete
 from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
@@ -52,17 +53,17 @@ def plural(n: int, one: str, many: Optional[str] = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
-def describe_model(args) -> str:
+def describe_model(model: ModelConfig) -> str:
     """'resnet101, csra head (1 head, lam 0.1), 20 classes, 448 px'."""
-    heads = get_head(args.head).describe(args.num_heads, args.lam)
-    return f"{args.model}, {args.head} head ({heads}), {plural(args.num_cls, 'class', 'classes')}, {args.img_size} px"
+    heads = get_head(model.head).describe(model.num_heads, model.lam)
+    return (f"{model.model}, {model.head} head ({heads}), {plural(model.num_cls, 'class', 'classes')}, "
+            f"{model.img_size} px")
 
 
-def describe_inference(args, runtime=None, threads=None) -> str:
+def describe_inference(cfg: Config, load_from: str, runtime=None, threads=None) -> str:
     """The header of a script that loads a checkpoint: what was loaded, from which description, how it runs."""
-    source = f"described by its run record {args.record_path}" if args.record_path else \
-        "described by flags"
-    text = f"{args.load_from} ({source}): {describe_model(args)}"
+    source = f"described by its run record {cfg.record_path}" if cfg.record_path else "described by flags"
+    text = f"{load_from} ({source}): {describe_model(cfg.model)}"
     if runtime is not None:
         text += f"; {runtime.describe()}"
         if threads is not None:
@@ -226,43 +227,55 @@ def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
     return (list(spec.classes), args.dataset) if spec.classes else (None, "")
 
 
-def finish_class_names(args, num_cls: int) -> List[str]:
-    """The last steps of the rule, once the label count is known: the --dataset's names when their
-    number matches, else class_<i> with a one-line warning."""
+def default_class_names(dataset: str, num_cls: int) -> List[str]:
+    """The last step of the rule, once the label count is known: the --dataset's names when their number
+    matches, else class_<i> with a one-line warning."""
+    spec = DATASETS[dataset]
+    if spec.classes and len(spec.classes) == num_cls:
+        return list(spec.classes)
+    print(f"warning: no class names for these {num_cls} classes (pass --classes FILE, or put "
+          f"{CLASS_FILES[0]} beside the JSON); calling them class_0 ... class_{num_cls - 1}", file=sys.stderr)
+    return [f"class_{i}" for i in range(num_cls)]
+
+
+def finish_class_names(args: argparse.Namespace, num_cls: int) -> List[str]:
+    """Class names on a command line being resolved, once the label count is known."""
     if args.class_names is None:
-        spec = DATASETS[args.dataset]
-        if spec.classes and len(spec.classes) == num_cls:
-            args.class_names = list(spec.classes)
-        else:
-            args.class_names = [f"class_{i}" for i in range(num_cls)]
-            print(f"warning: no class names for these {num_cls} classes (pass --classes FILE, or put "
-                  f"{CLASS_FILES[0]} beside the JSON); calling them class_0 ... class_{num_cls - 1}", file=sys.stderr)
+        args.class_names = default_class_names(args.dataset, num_cls)
     return args.class_names
 
 
-def model_kwargs(args: argparse.Namespace) -> dict:
+def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None) -> Config:
+    """``cfg`` once the data have given the label count: the class names follow from it where no rule
+    named them before."""
+    names = cfg.class_names or default_class_names(cfg.data.dataset, num_cls)
+    return cfg.with_data(num_cls, names, cfg.training.partial_labels if partial_labels is None else partial_labels)
+
+
+def model_kwargs(model: ModelConfig) -> dict:
     """The model options as keyword arguments of ``CSRANet`` / ``load_for_inference``."""
-    return dict(model_name=args.model, num_classes=args.num_cls, head=args.head, num_heads=args.num_heads,
-                lam=args.lam, img_size=args.img_size)
+    return dict(model_name=model.model, num_classes=model.num_cls, head=model.head, num_heads=model.num_heads,
+                lam=model.lam, img_size=model.img_size)
 
 
-def dataset_kwargs(args: argparse.Namespace, train: bool) -> dict:
+def dataset_kwargs(cfg: Config, train: bool) -> dict:
     """The data options as keyword arguments of ``MultiLabelDataset`` (the transform included)."""
-    transform = ImageTransform(args.img_size, train=train, crop=DATASETS[args.dataset].crop,
-                               randaugment=args.randaugment, cutout=args.cutout)
-    return dict(transform=transform, num_classes=args.num_cls, data_root=args.data_root,
-                skip_bad_images=args.skip_bad_images, cache_images=args.cache_images,
-                fast_decode=True if train else args.fast_decode)
+    data = cfg.data
+    transform = ImageTransform(cfg.model.img_size, train=train, crop=DATASETS[data.dataset].crop,
+                               randaugment=cfg.training.randaugment, cutout=cfg.training.cutout)
+    return dict(transform=transform, num_classes=cfg.model.num_cls, data_root=data.data_root,
+                skip_bad_images=data.skip_bad_images, cache_images=data.cache_images,
+                fast_decode=True if train else data.fast_decode)
 
 
-def dataset_files(args: argparse.Namespace, train: bool = False):
+def dataset_files(cfg: Config, train: bool = False) -> Tuple[Optional[str], str]:
     """(train file, test file): the flags', else the dataset's; both needed for training, the test file
     otherwise."""
-    spec = DATASETS[args.dataset]
-    train_json = args.train_json or spec.train_json
-    test_json = args.test_json or spec.test_json
+    spec = DATASETS[cfg.data.dataset]
+    train_json = cfg.training.train_json or spec.train_json
+    test_json = cfg.data.test_json or spec.test_json
     needed = ("train_json", "test_json") if train else ("test_json",)
     missing = [f"--{k}" for k, v in zip(("train_json", "test_json"), (train_json, test_json)) if k in needed and not v]
     if missing:
-        raise ConfigError(f"--dataset {args.dataset}: name your prepared files with {' and '.join(missing)}")
+        raise ConfigError(f"--dataset {cfg.data.dataset}: name your prepared files with {' and '.join(missing)}")
     return train_json, test_json

@@ -11,6 +11,7 @@ from pipeline.model import load_for_inference
 from pipeline.runtime import Runtime, resolve_runtime, runtime_warning
 from utils import distributed as du
 from utils.cli import describe_inference, model_kwargs
+from utils.config import Config
 from utils.threads import ThreadChoice, ThreadGovernor
 
 
@@ -23,9 +24,11 @@ class Session:
     warning: str         # a choice that runs but slowly here ('' if none)
 
 
-def open_session(args) -> Session:
-    runtime = resolve_runtime(du.init_distributed(), args.model, args.amp, not args.no_channels_last, args.normalize)
-    threads = ThreadGovernor(args.threads).choice
-    model, _ = load_for_inference(args.load_from, **model_kwargs(args))
-    return Session(runtime.prepare_model(model), runtime, threads, describe_inference(args, runtime, threads),
-                   runtime_warning(runtime))
+def open_session(cfg: Config, load_from: str) -> Session:
+    model_options, run_options = cfg.model, cfg.runtime
+    runtime = resolve_runtime(du.init_distributed(), model_options.model, run_options.amp,
+                              not run_options.no_channels_last, model_options.normalize)
+    threads = ThreadGovernor(run_options.threads).choice
+    model, _ = load_for_inference(load_from, **model_kwargs(model_options))
+    return Session(runtime.prepare_model(model), runtime, threads,
+                   describe_inference(cfg, load_from, runtime, threads), runtime_warning(runtime))

@@ -25,8 +25,9 @@ BEST_FILE = "best.pth"
 class RunFolder:
     """One run folder; ``with folder:`` holds its lock (rank 0 for every rank) until the block ends."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, run_id: Optional[str] = None):
         self.path = path
+        self.run_id = run_id  # a training state carries it: it resumes only this run (None: a run from before ids)
         self._lock: Optional[RunLock] = None
 
     def file(self, name: str) -> str:
@@ -77,17 +78,17 @@ class RunFolder:
             json.dump(dict(record, record_version=RECORD_VERSION), f, indent=1, default=str)
 
 
-def run_base(args) -> str:
+def run_base(output_dir: Optional[str], model: str) -> str:
     """checkpoint/<model> or --output_dir, without a trailing slash (so no run is nested in another)."""
-    return os.path.normpath(args.output_dir or os.path.join("checkpoint", args.model))
+    return os.path.normpath(output_dir or os.path.join("checkpoint", model))
 
 
-def new_run_path(args) -> str:
+def new_run_path(output_dir: Optional[str], model: str) -> str:
     """A fresh folder for a new run: an existing run is never overwritten; a new one gets a suffix."""
-    base = run_base(args)
+    base = run_base(output_dir, model)
     folder, n = base, 1
     while os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
-        if not os.path.isdir(folder) and n == 1 and args.output_dir:
+        if not os.path.isdir(folder) and n == 1 and output_dir:
             raise OutputError(f"--output_dir {folder}: is a file, not a folder")
         n += 1
         folder = f"{base}_{n}"
@@ -96,14 +97,15 @@ def new_run_path(args) -> str:
     return folder
 
 
-def claim_new(args) -> RunFolder:
+def claim_new(output_dir: Optional[str], model: str) -> RunFolder:
     """A fresh run folder, locked by rank 0 and named to every rank; a folder another new run took a moment
-    earlier is skipped. Gives the run its id (a training state must carry it to resume this run)."""
-    args.run_id = uuid.uuid4().hex
+    earlier is skipped. Gives the run its id, the same on every rank (a training state must carry it to
+    resume this run)."""
+    run_id = du.broadcast_object(uuid.uuid4().hex)
     run = None
     if du.is_main():
         while True:
-            run = RunFolder(new_run_path(args))
+            run = RunFolder(new_run_path(output_dir, model), run_id)
             make_folder(run.path)
             try:
                 run.lock()
@@ -111,14 +113,14 @@ def claim_new(args) -> RunFolder:
             except RunLockedError:
                 continue
     path = du.broadcast_object(run.path if run is not None else None)
-    return run if run is not None else RunFolder(path)
+    return run if run is not None else RunFolder(path, run_id)
 
 
 def resume_target(args) -> Tuple[str, str]:
     """(run folder, training-state file) --resume continues: the named folder or state file, else the
     one unfinished run."""
     if args.resume == "auto":
-        folder = find_unfinished_run(run_base(args))
+        folder = find_unfinished_run(run_base(args.output_dir, args.model))
     elif os.path.isdir(args.resume):
         folder = args.resume
     else:
@@ -150,6 +152,7 @@ def _check_and_restore(run: RunFolder, path: str, args, given, resolve) -> dict:
         raise CheckpointError(f"--resume: no training state at {path}")
     state = load_train_state(path)
     recorded = run.read_record()
+    run.run_id = recorded.get("run_id")
     check_state_identity(state, path, recorded, run.file(RECORD_FILE))
     if state.get("runtime") is None:  # a state from before states recorded their runtime
         state["runtime"] = recorded.get("runtime")

@@ -98,6 +98,6 @@ def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
     for key in MODEL_OPTIONS:
         if key == "lam" and kind is not None and kind.training_free:
             continue
-        if key in typed and key in record and not _same(key, getattr(args, key, None), record[key]):
+        if key in typed and key in record and not _same(key, getattr(args, key), record[key]):
             raise ConfigError(f"--{key} is {getattr(args, key)} but the checkpoint's run record {path} says "
                               f"{record[key]}; drop the flag, or pass --no_record to describe the model by flags")

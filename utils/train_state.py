@@ -153,7 +153,7 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
     for key in RUN_DEFINING:
         if key not in recorded:
             continue
-        now, then = _as_recorded(getattr(args, key, None)), recorded[key]
+        now, then = _as_recorded(getattr(args, key)), recorded[key]
         if key == "amp" and then == "auto" and key in given and now != then:
             changes.append(f"--amp auto -> {now}")  # 'auto' never fixed the precision: each machine picks its own
             continue
@@ -161,7 +161,6 @@ def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
             raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
                                   "drop the flag to continue it, or start a new run")
         setattr(args, key, then)
-    args.run_id = recorded.get("run_id")  # None for a run from before run ids
     for key in SAFE_TO_CHANGE:
         if key not in recorded:
             continue

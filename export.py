@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 
-from pipeline.errors import ConfigError
 from pipeline.export import TOLERANCE, ExportError, export
 from pipeline.model import load_for_inference
 from utils.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
@@ -33,8 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> dict:
     if os.path.exists(args.out) and not args.force:
         raise OutputError(f"{args.out}: exists; pass --force to replace it")
-    if args.num_cls is None:
-        raise ConfigError("--num_cls (or --classes) is needed to build the model")
     cfg = Config.from_args(args)
     model, _ = load_for_inference(args.load_from, **model_kwargs(cfg.model))
     print(describe_inference(cfg, args.load_from))

@@ -109,11 +109,14 @@ class CSRANet(nn.Module):
                 sd[key] = fit(sd[key], self.img_size)
 
 
-def load_for_inference(path: str, *, model_name: str, num_classes: int, head: str = "csra", num_heads: int = 1,
-                       lam: float = 0.1, img_size: int = 448):
+def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int], head: str = "csra",
+                       num_heads: int = 1, lam: float = 0.1, img_size: int = 448):
     """Build the model a checkpoint needs (no ImageNet download: the checkpoint supplies every weight),
     load it, apply ``lam`` (also the GAP head's training-free rule), and put it in eval mode.
     Returns (model, what the checkpoint holds)."""
+    if num_classes is None:
+        raise ConfigError(f"{path}: the number of classes is unknown (no run record beside it, and neither "
+                          "--num_cls nor --classes): pass --num_cls N or --classes FILE")
     model = CSRANet(model_name, num_classes, head=head, num_heads=num_heads, lam=lam, img_size=img_size,
                     pretrained="none")
     info = load_model_weights(model, path)

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 import demo as demo_main
+import export as export_main
 import main as train_main
 import val as val_main
 from conftest import ROOT
@@ -372,6 +373,12 @@ def test_demo_inputs(tmp_path, files):
                                                          "--heatmaps", str(tmp_path / "maps"), "--num_workers", "1"]))
     grids = sorted(n for n in os.listdir(tmp_path / "maps") if n.endswith("_grid.png"))
     assert grids == ["a_same_grid.png", "b_same_grid.png"] and len(results) == 2
+    # described by flags, with nothing that counts the classes: one line naming the flags (was a TypeError)
+    unknown = ["--load_from", str(out / "best.pth"), "--no_record", "--dataset", "custom", "--model", "small_cnn"]
+    msg = one_line_exit(demo_main.main, unknown + ["--img_dir", str(tmp_path / "a")])
+    assert "best.pth: the number of classes is unknown" in msg and "--num_cls N or --classes FILE" in msg
+    msg = one_line_exit(export_main.main, unknown + ["--format", "torchscript", "--out", str(tmp_path / "m.pt")])
+    assert "the number of classes is unknown" in msg and not (tmp_path / "m.pt").exists()
 
 
 # --- 12: Ctrl-C ------------------------------------------------------------------------------------

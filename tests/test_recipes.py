@@ -243,6 +243,9 @@ def test_config_repeats_a_recorded_run_and_typed_flags_win(tmp_path):
     differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
     assert differ == {"seed", "run_id", "config", "config_changes", "record_names"}
     assert (b["lr"], b["loss"], b["total_epoch"], b["seed"]) == (0.03, "focal", 1, 3)
+    r = run_py("main.py", "--config", first, "--head", "gap", "--total_epoch", "1")  # lam is CSRA's 0.1 there
+    assert r.returncode == 0 and "gap head (plain)" in r.stdout, r.stderr[-2000:]
+    assert json.loads((tmp_path / "a_3" / "args.json").read_text())["lam"] == 0.0
     r = run_py("main.py", "--config", tmp_path / "data", "--seed", "3")
     assert r.returncode == 1 and "--config" in r.stderr and "no args.json there" in r.stderr
     r = run_py("main.py", "--config", first, "--resume", first)

@@ -152,6 +152,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:
         args.record_names = config.get("class_names")
+        if "lam" not in typed and args.head != config.get("head"):
+            args.lam = None  # lam means something else for another head: that head's default, not the record's
     args = resolve(args)
     if found:
         check_flags(args, typed, found[0], record)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields, make_dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, get_type_hints
 
 from utils.options import OPTIONS, Option
 
@@ -23,7 +23,8 @@ def field_type(o: Option) -> Any:
     if "nargs" in kw and kw["nargs"] != "?":
         return Optional[Tuple[str, ...]]
     kind = kw.get("type", str)
-    kind = kind if kind in (int, float) else (float if kind is not str and callable(kind) else str)
+    if kind not in (int, float, str):  # a parsing function: the type it returns
+        return get_type_hints(kind)["return"]
     return kind if kw.get("default") is not None else Optional[kind]
 
 

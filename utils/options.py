@@ -72,7 +72,7 @@ NUMBER_AT_LEAST_0: Check = (lambda v: math.isfinite(v) and v >= 0, "a number >= 
 FINITE_AT_LEAST_0: Check = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
-def ema_decay(text: str):
+def ema_decay(text: str) -> Optional[float]:
     """--ema DECAY, or none to turn a recipe's EMA off (0 is not 'off': a decay must be in (0, 1))."""
     if text.lower() in ("none", "off"):
         return None

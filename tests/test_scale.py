@@ -235,6 +235,39 @@ def test_prepare_openimages_on_its_own_layout(tmp_path):
         "validation-annotations-human-imagelabels.csv: line 2: Confidence must be 0 or 1 (got '0.5')")
 
 
+def test_prepare_openimages_streams_a_sorted_file_and_reads_another_whole(tmp_path, monkeypatch, capsys):
+    """OpenImages ships its files sorted by ImageID: written as read, one image in memory; the same labels in
+    another order give the same file, through the in-memory path (with a note)."""
+    rng = np.random.default_rng(0)
+    rows = [(f"{i:04x}", lab, conf) for i in range(300) for lab in ("/m/dog", "/m/cat", "/m/car", "/m/old")
+            for conf in "01" if rng.random() < 0.3]
+    head = "ImageID,Source,LabelName,Confidence\n"
+    written = {}
+    for order, kept in (("sorted", rows), ("shuffled", [rows[i] for i in rng.permutation(len(rows))])):
+        root = tmp_path / order
+        write_openimages(root)
+        (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
+            head + "".join(f"{i},verification,{lab},{c}\n" for i, lab, c in kept))
+        if order == "sorted":  # the whole-file path must not be taken: it would hold every image at once
+            monkeypatch.setattr(prepare_openimages, "sorted_records", None)
+        else:
+            monkeypatch.undo()
+        capsys.readouterr()
+        prepare_openimages.prepare(str(root), str(root / "out"), quiet=False)
+        note = capsys.readouterr().out
+        assert ("not sorted by ImageID" in note) == (order == "shuffled"), note
+        written[order] = [json.loads(ln) for ln in (root / "out" / "train_openimages.jsonl").read_text().splitlines()]
+    strip = lambda recs: [dict(r, img_path=os.path.basename(r["img_path"])) if "img_path" in r else r  # noqa: E731
+                          for r in recs]
+    assert strip(written["sorted"]) == strip(written["shuffled"])
+    want = {}  # by hand: positives win over negatives; /m/old is not trainable
+    for i, lab, c in rows:
+        if lab != "/m/old":
+            want.setdefault(i, (set(), set()))[int(c) == 0].add(["/m/dog", "/m/cat", "/m/car"].index(lab))
+    assert strip(written["sorted"][1:]) == [{"img_path": f"{i}.jpg", "positives": sorted(p), "negatives": sorted(n - p)}
+                                            for i, (p, n) in sorted(want.items())]
+
+
 def write_nuswide(root):
     (root / "ImageList").mkdir(parents=True)
     (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)

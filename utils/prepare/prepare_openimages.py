@@ -16,13 +16,16 @@ files' header says so: training leaves them out of the loss, evaluation out of t
 classes outside the trainable list are dropped and counted. Classes follow the trainable list's order;
 images are written in ImageID order. Writes {train,validation,test}_openimages.jsonl and classes.txt
 (display names), the ASL / ML-Decoder protocol: train on train, report on test.
+
+OpenImages ships its annotation files sorted by ImageID: such a file is written as it is read, one image's
+labels in memory at a time (the V6 train file: ~9M images). A file in another order is read whole first.
 """
 from __future__ import annotations
 
 import csv
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -36,6 +39,7 @@ SPLITS = {"train": "oidv6-train-annotations-human-imagelabels.csv",
           "validation": "validation-annotations-human-imagelabels.csv",
           "test": "test-annotations-human-imagelabels.csv"}
 COLUMNS = ("ImageID", "Source", "LabelName", "Confidence")
+Record = Tuple[str, List[int], List[int]]  # (image path, positive classes, negative classes)
 
 
 def read_trainable(data_path: str) -> Tuple[List[str], List[str]]:
@@ -62,11 +66,13 @@ def read_trainable(data_path: str) -> Tuple[List[str], List[str]]:
     return labels, [display[lab] for lab in labels]
 
 
-def read_labels(path: str, index: Dict[str, int], desc: str) -> Tuple[Dict[str, Tuple[set, set]], int]:
-    """ImageID -> (positive, negative class indices) of one annotation file, and the number of labels of
-    classes outside the trainable list (dropped)."""
-    images: Dict[str, Tuple[set, set]] = {}
-    dropped = 0
+class NotSorted(Exception):
+    """An annotation file whose ImageIDs are not in order (it cannot be written as it is read)."""
+
+
+def label_rows(path: str, index: Dict[str, int], desc: str, tally: Dict[str, int]) -> Iterator[Tuple[str, int, bool]]:
+    """(ImageID, class index, positive) of each label of a trainable class in one annotation file, checked;
+    labels of other classes are dropped and counted in ``tally["dropped"]``."""
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -80,15 +86,60 @@ def read_labels(path: str, index: Dict[str, int], desc: str) -> Tuple[Dict[str, 
                 raise PrepareError(f"{path}: line {n}: Confidence must be 0 or 1 (got {row[3]!r})")
             c = index.get(label)
             if c is None:
-                dropped += 1
+                tally["dropped"] += 1
                 continue
-            pos, neg = images.setdefault(image, (set(), set()))
-            (pos if confidence.startswith("1") else neg).add(c)
-    for image, (pos, neg) in images.items():
-        both = pos & neg
-        if both:  # verified both ways: the positive wins (humans saw the object)
-            neg -= both
-    return images, dropped
+            yield image, c, confidence.startswith("1")
+
+
+def image_record(image_dir: str, image: str, pos: Set[int], neg: Set[int], tally: Dict[str, int]) -> Record:
+    neg = neg - pos  # verified both ways: the positive wins (humans saw the object)
+    tally["positives"] += len(pos)
+    tally["negatives"] += len(neg)
+    return os.path.join(image_dir, f"{image}.jpg"), sorted(pos), sorted(neg)
+
+
+def streamed_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str, tally: Dict[str, int]) -> Iterator[Record]:
+    """The records of a file sorted by ImageID (as OpenImages ships them), one image held at a time;
+    NotSorted at the first ImageID below the one before."""
+    current, pos, neg = None, set(), set()
+    for image, c, positive in rows:
+        if image != current:
+            if current is not None:
+                if image < current:
+                    raise NotSorted(image)
+                yield image_record(image_dir, current, pos, neg, tally)
+            current, pos, neg = image, set(), set()
+        (pos if positive else neg).add(c)
+    if current is not None:
+        yield image_record(image_dir, current, pos, neg, tally)
+
+
+def sorted_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str, tally: Dict[str, int]) -> Iterator[Record]:
+    """The records of a file in any order: every image's labels in memory, then in ImageID order."""
+    images: Dict[str, Tuple[Set[int], Set[int]]] = {}
+    for image, c, positive in rows:
+        pos, neg = images.setdefault(image, (set(), set()))
+        (pos if positive else neg).add(c)
+    for image, (pos, neg) in sorted(images.items()):
+        yield image_record(image_dir, image, pos, neg, tally)
+
+
+def write_split(path: str, out: str, image_dir: str, index: Dict[str, int], num_classes: int, desc: str,
+                quiet: bool) -> Tuple[int, Dict[str, int]]:
+    """One split's file and its counts; a file sorted by ImageID streams, another is read into memory first."""
+    def write(records) -> Tuple[int, Dict[str, int]]:
+        tally = {"dropped": 0, "positives": 0, "negatives": 0}
+        with atomic_write(out) as f:
+            n = write_sparse(out, records(label_rows(path, index, desc, tally), image_dir, tally), num_classes,
+                             "unknown", CLASS_FILE, write=f.write)
+        return n, tally
+
+    try:
+        return write(streamed_records)
+    except NotSorted as e:
+        if not quiet:
+            print(f"note: {path} is not sorted by ImageID ({e} comes after a larger one): reading it whole first")
+    return write(sorted_records)
 
 
 def prepare(data_path: str, out_dir: str, force: bool = False, quiet: bool = False) -> Dict[str, str]:
@@ -100,17 +151,13 @@ def prepare(data_path: str, out_dir: str, force: bool = False, quiet: bool = Fal
     os.makedirs(out_dir, exist_ok=True)
     for split, name in SPLITS.items():
         path = require_file(os.path.join(data_path, name))
-        images, dropped = read_labels(path, index, f"{split} labels")
-        image_dir = os.path.join(data_path, split)
-        records = ((os.path.join(image_dir, f"{image}.jpg"), sorted(pos), sorted(neg))
-                   for image, (pos, neg) in sorted(images.items()))
-        with atomic_write(outputs[split]) as f:
-            n = write_sparse(outputs[split], records, len(labels), "unknown", CLASS_FILE, write=f.write)
+        n, tally = write_split(path, outputs[split], os.path.join(data_path, split), index, len(labels),
+                               f"{split} labels", quiet)
         if not quiet:
-            positives = sum(len(p) for p, _ in images.values())
-            negatives = sum(len(q) for _, q in images.values())
-            print(f"wrote {outputs[split]}: {n} images, {positives} positive and {negatives} negative labels"
-                  + (f"; {dropped} labels of classes outside the trainable list dropped" if dropped else ""))
+            dropped = tally["dropped"]
+            print(f"wrote {outputs[split]}: {n} images, {tally['positives']} positive and {tally['negatives']} "
+                  "negative labels" + (f"; {dropped} labels of classes outside the trainable list dropped"
+                                       if dropped else ""))
     write_class_names(out_dir, display, quiet)
     return outputs
 

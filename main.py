@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from trainer import HEADER_WIDTH, Trainer, build  # noqa: F401  (HEADER_WIDTH: the tests read it here)
+from trainer import Trainer, build
 from utils import distributed as du
 from utils.cli import resolve, run_main
 from utils.config import Config

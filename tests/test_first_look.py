@@ -17,6 +17,7 @@ import pytest
 import main as train_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
+from trainer import HEADER_WIDTH
 from utils import progress
 from utils.evaluation.html_report import write_report
 from utils.evaluation.metrics import evaluate
@@ -49,7 +50,7 @@ def test_the_header_is_a_short_block_that_explains_its_stars(tmp_path):
     r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1", "--lr", "0.02"))
     assert r.returncode == 0, r.stderr[-2000:]
     head = re.split(r"\n(?:ETA for the whole run|epoch 1/1)", r.stdout)[0].splitlines()
-    assert 5 <= len(head) <= 12 and all(len(ln) <= train_main.HEADER_WIDTH for ln in head), head
+    assert 5 <= len(head) <= 12 and all(len(ln) <= HEADER_WIDTH for ln in head), head
     assert [ln.split()[0] for ln in head if not ln.startswith(" ")] == ["model", "data", "test", "recipe", "runtime", "threads", "run"]
     assert any("lr 0.02*" in ln for ln in head)
     assert any("* = changed from --recipe paper by a flag or by the dataset's defaults" in ln for ln in head)

@@ -122,6 +122,26 @@ def test_the_scoring_loop_runs_only_the_forward_in_the_precision():
     assert got == [("a", (torch.bfloat16, False, (2, 2))), ("b", None), ("c", (torch.bfloat16, False, (1, 2)))]
 
 
+def test_channels_last_keeps_every_gradient_in_its_weights_layout():
+    """DDP copies (and warns about) a gradient whose strides differ from its weight's: after prepare_model in
+    channels-last, every gradient of a training step has its weight's strides (the CSRA head's 1x1 weights,
+    used as matrices, keep plain strides; the backbone's stay channels-last), and the step is unchanged."""
+    runtime = Runtime(torch.device("cpu"), "off", True, (0.0,) * 3, (1.0,) * 3)
+    torch.manual_seed(0)
+    model = runtime.prepare_model(CSRANet("small_cnn", 5, num_heads=4, img_size=32, pretrained="none"), train=True)
+    as_before = CSRANet("small_cnn", 5, num_heads=4, img_size=32, pretrained="none")
+    as_before = as_before.to(memory_format=torch.channels_last)
+    as_before.load_state_dict(model.state_dict())
+    x = runtime.to_input(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    for m in (model, as_before):
+        m.train()(x).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad.stride() != p.stride()] == []
+    assert any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in model.parameters())  # the backbone's 3x3 convolutions are still channels-last
+    assert [n for n, p in as_before.named_parameters() if p.grad.stride() != p.stride()]  # what DDP warned about
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), as_before.parameters()))
+
+
 def test_runtime_decision():
     auto = resolve_runtime(CPU, "resnet50", "auto")
     assert auto.amp == ("bf16" if cpu_has_native_bf16() else "off")

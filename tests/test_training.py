@@ -188,6 +188,7 @@ def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     r = run_py("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                "main.py", *train_argv(files, out, "--total_epoch", "1"))
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "Grad strides do not match bucket view strides" not in r.stderr  # channels-last head weights (runtime)
     logged = read_log(out)[0]["mAP"]
     single, _ = val_map(files, out / "best.pth")
     assert single == pytest.approx(logged, abs=0.006)

@@ -88,7 +88,7 @@ def run(args) -> list:
     cfg = Config.from_args(args)
     session = open_session(cfg, args.load_from)
     model, runtime = session.model, session.runtime
-    names = list(cfg.class_names)
+    names = session.class_names
     if session.warning:
         print(session.warning, file=sys.stderr)
     print(session.header, file=sys.stderr)

@@ -80,7 +80,7 @@ def validate(args) -> dict:
                                               num_workers=cfg.data.num_workers, return_indices=True)
     result = {"scores": scores, "paths": paths}
     if du.is_main():
-        names = list(cfg.class_names)
+        names = session.class_names
         metrics = None
         if dataset.has_labels:
             report = evaluate(scores, targets, paths=paths, pr_convention=args.pr_convention)

@@ -1,9 +1,10 @@
 """One inference session for the scripts that load a checkpoint (val.py, demo.py, the sweep): the device
 and precision, the threads, the model built from the checkpoint's description (its run record or the
-flags) in eval mode, and the header and warning the script prints."""
+flags) in eval mode, its class names, and the header and warning the script prints."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import List
 
 import torch.nn as nn
 
@@ -20,8 +21,9 @@ class Session:
     model: nn.Module
     runtime: Runtime
     threads: ThreadChoice
-    header: str          # what was loaded, from which description, how it runs
-    warning: str         # a choice that runs but slowly here ('' if none)
+    class_names: List[str]  # from the run record, --classes, the file beside the data, the dataset, or class_<i>
+    header: str             # what was loaded, from which description, how it runs
+    warning: str            # a choice that runs but slowly here ('' if none)
 
 
 def open_session(cfg: Config, load_from: str) -> Session:
@@ -30,5 +32,5 @@ def open_session(cfg: Config, load_from: str) -> Session:
                               not run_options.no_channels_last, model_options.normalize)
     threads = ThreadGovernor(run_options.threads).choice
     model, _ = load_for_inference(load_from, **model_kwargs(model_options))
-    return Session(runtime.prepare_model(model), runtime, threads,
+    return Session(runtime.prepare_model(model), runtime, threads, list(cfg.class_names),
                    describe_inference(cfg, load_from, runtime, threads), runtime_warning(runtime))

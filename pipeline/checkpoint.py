@@ -64,7 +64,6 @@ def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch
     return dict(sd)
 
 
-
 # The authors' ViT-CSRA names its weights as timm does: (their name, torchvision's name).
 VIT_NAMES = [
     ("cls_token", "class_token"),
@@ -165,7 +164,8 @@ def unwrap_state_dict(obj: object, path: str = "checkpoint") -> Dict[str, torch.
     return strip_prefix(sd, "module.")
 
 
-def to_authors_layout(obj: object, path: str = "checkpoint", model_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
+def to_authors_layout(obj: object, path: str = "checkpoint",
+                      model_name: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Return a flat state dict in the authors' key layout from any accepted layout. Timm-style ViT names
     are the authors' ViT (renamed to torchvision's) unless ``model_name`` is a timm model, whose own
     keys they are."""
@@ -179,7 +179,7 @@ def to_authors_layout(obj: object, path: str = "checkpoint", model_name: Optiona
 
 
 def checkpoint_contents(sd: Mapping[str, torch.Tensor], expected_model: Optional[str] = None,
-             expected_head: Optional[str] = None) -> dict:
+                        expected_head: Optional[str] = None) -> dict:
     """Backbone (by comparing keys and shapes with the backbone table), head kind (by the head table),
     head count and class count of a state dict in the authors' layout."""
     info: dict = {"model": identify(sd, first=expected_model), "head": None, "num_heads": 0, "num_classes": None}

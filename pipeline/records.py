@@ -45,7 +45,8 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): empty target list")
             bad = next((j for j, v in enumerate(t) if v not in allowed_labels), None)
             if bad is not None:
-                hint = " (-1 = unknown: pass --partial_labels)" if t[bad] == -1 and allowed_labels == TRAIN_LABELS else ""
+                unknown_allowed = t[bad] == -1 and allowed_labels == TRAIN_LABELS
+                hint = " (-1 = unknown: pass --partial_labels)" if unknown_allowed else ""
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): class {bad} has label {t[bad]}; "
                                 f"this file may hold {', '.join(map(str, allowed_labels))}{hint}")
             if expected_len is None:

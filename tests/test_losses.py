@@ -109,6 +109,7 @@ def test_masked_training_equals_hand_zeroed_loss_step_for_step():
     g = torch.Generator().manual_seed(2)
     batches = [(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g),
                 torch.randint(-1, 2, (4, 5), generator=g)) for _ in range(5)]
+
     class Float64Runtime(Runtime):  # float64 models: only the float32 loss rounds (~5e-8 apart after 5 steps);
         # in float32, one thread's convolution rounding on an AMX CPU drifted past the tolerance
         def to_input(self, images):

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple, get_type_hints
 
 from utils.options import OPTIONS, Option
 
+
 def field_type(o: Option) -> Any:
     """The Python type of an option's value, from its argparse settings."""
     kw = o.kwargs

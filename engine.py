@@ -172,7 +172,6 @@ def score_batches(batches: Iterable, runtime: Runtime, forward: Callable[[torch.
         yield item, out
 
 
-@torch.no_grad()
 def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
             desc: str = "eval", return_indices: bool = False):
     """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.

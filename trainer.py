@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -134,7 +135,6 @@ def weights_in_use(training) -> str:
 
 def run_header(p: Parts, folder: str) -> str:
     """The start-up block: one topic a line, none wider than HEADER_WIDTH (lists break between items)."""
-    import textwrap
     cfg = p.config
     options = describe_in_force(cfg)
     threads = p.governor.choice

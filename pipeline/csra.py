@@ -130,6 +130,17 @@ class CSRAHead(nn.Module):
         self.lam = float(lam)
         self.head = nn.Conv2d(in_dim, num_classes, kernel_size=1, bias=False)
 
+    def _apply(self, fn, recurse=True):
+        """After any conversion (``to(memory_format=torch.channels_last)`` included), the (K, d, 1, 1) weight
+        keeps its plain strides: this head uses it as a matrix (``normalised_scores``), so its gradient comes
+        back with plain strides, and DDP warns and copies at every step when a gradient's strides differ
+        from its weight's. For a 1x1 kernel both layouts are the same bytes."""
+        super()._apply(fn, recurse)
+        w = self.head.weight
+        if w.stride() != torch.empty(w.shape, device="meta").stride():
+            w.data = w.data.clone(memory_format=torch.contiguous_format)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = normalised_scores(x, self.head.weight).flatten(2).unsqueeze(1)
         finite = [] if math.isinf(self.T) else [self.T]

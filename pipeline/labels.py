@@ -24,7 +24,7 @@ import array
 import json
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 
@@ -224,24 +224,20 @@ def _check_classes(path: str, cls: np.ndarray, offsets: np.ndarray, c: int, line
                         "(positives and negatives hold each class at most once)")
 
 
-def write_sparse(path: str, records: Iterable[Tuple[str, Sequence[int], Sequence[int]]], num_classes: int,
-                 unlisted: str, classes_file: str = "classes.txt", write: Callable = None) -> int:
-    """Write (img_path, positives, negatives) records in the sparse format (through ``write``, an open text
-    file's write, when given); returns the number of records."""
-    def lines():
-        yield json.dumps({"format": FORMAT, "version": VERSION, "classes": classes_file, "num_classes": num_classes,
-                          "unlisted": unlisted}) + "\n"
-        for img, pos, neg in records:
-            yield json.dumps({"img_path": img, "positives": list(pos), "negatives": list(neg)},
-                             separators=(",", ":")) + "\n"
-    n = -1
-    if write is None:
-        with open(path, "w", encoding="utf-8") as f:
-            for n, line in enumerate(lines()):
-                f.write(line)
-    else:
-        for n, line in enumerate(lines()):
-            write(line)
+def write_sparse(out: Union[str, os.PathLike, TextIO], records: Iterable[Tuple[str, Sequence[int], Sequence[int]]],
+                 num_classes: int, unlisted: str, classes_file: str = "classes.txt") -> int:
+    """Write (img_path, positives, negatives) records in the sparse format to ``out``, a path or an open text
+    file (the preparation scripts pass ``utils.fileio.atomic_write``'s); returns the number of records."""
+    if isinstance(out, (str, os.PathLike)):
+        with open(out, "w", encoding="utf-8") as f:
+            return write_sparse(f, records, num_classes, unlisted, classes_file)
+    out.write(json.dumps({"format": FORMAT, "version": VERSION, "classes": classes_file, "num_classes": num_classes,
+                          "unlisted": unlisted}) + "\n")
+    n = 0
+    for img, pos, neg in records:
+        out.write(json.dumps({"img_path": img, "positives": list(pos), "negatives": list(neg)},
+                             separators=(",", ":")) + "\n")
+        n += 1
     return n
 
 

@@ -53,7 +53,6 @@ class Runtime:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-            plain_strides_for_the_head(model)
         return model
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,27 +65,6 @@ class Runtime:
     def as_dict(self) -> dict:
         return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
                 "normalize": self.normalize}
-
-
-def plain_strides_for_the_head(model: nn.Module) -> None:
-    """Give the head's 1x1 weights their plain strides back after ``to(memory_format=channels_last)``.
-    The CSRA head uses them as matrices (``weight.flatten(1)``), so their gradients come back with plain
-    strides; for a (K, d, 1, 1) tensor both layouts are the same bytes, but DDP compares strides and warned
-    "Grad strides do not match bucket view strides" (copying the gradient) at every step. Backbone
-    convolutions keep their channels-last weights: their gradients come back channels-last."""
-    head = getattr(model, "head", None)
-    for p in head.parameters() if isinstance(head, nn.Module) else ():
-        if p.dim() == 4 and p.is_contiguous() and p.stride() != plain_strides(p.shape):
-            p.data = p.data.clone(memory_format=torch.contiguous_format)
-
-
-def plain_strides(shape: Sequence[int]) -> Tuple[int, ...]:
-    """The strides of a tensor of this shape in row-major (NCHW) order."""
-    out, step = [], 1
-    for n in reversed(shape):
-        out.append(step)
-        step *= n
-    return tuple(reversed(out))
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,

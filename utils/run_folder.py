@@ -23,7 +23,7 @@ BEST_FILE = "best.pth"
 
 
 class RunFolder:
-    """One run folder; ``with folder:`` holds its lock (rank 0 for every rank) until the block ends."""
+    """One run folder: its files, its lock (rank 0 holds it for every rank until ``release``) and its record."""
 
     def __init__(self, path: str, run_id: Optional[str] = None):
         self.path = path
@@ -49,7 +49,7 @@ class RunFolder:
 
     # --- the lock ----------------------------------------------------------------------------------
     def lock(self) -> None:
-        """Rank 0 takes the folder's lock (the other ranks share it); ``release`` or the with-block ends it."""
+        """Rank 0 takes the folder's lock (the other ranks share it); ``release`` ends it."""
         if du.is_main():
             lock = RunLock(self.path)
             note = lock.acquire()
@@ -61,12 +61,6 @@ class RunFolder:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-    def __enter__(self) -> "RunFolder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     # --- the record --------------------------------------------------------------------------------
     def read_record(self) -> dict:
@@ -146,12 +140,12 @@ def open_for_resume(args, given, resolve) -> Tuple[RunFolder, str, dict]:
 def _check_and_restore(run: RunFolder, path: str, args, given, resolve) -> dict:
     """open_for_resume's checks and record update, with the folder locked."""
     folder = run.path
-    changes = reconcile_args(args, folder, given)
+    recorded = run.read_record()  # read once: the options come back from it, the state is checked against it
+    changes = reconcile_args(args, recorded, folder, given)
     resolve(args)
     if not os.path.isfile(path):
         raise CheckpointError(f"--resume: no training state at {path}")
     state = load_train_state(path)
-    recorded = run.read_record()
     run.run_id = recorded.get("run_id")
     check_state_identity(state, path, recorded, run.file(RECORD_FILE))
     if state.get("runtime") is None:  # a state from before states recorded their runtime

@@ -22,10 +22,7 @@ from pipeline.runtime import legacy_normalize
 from utils.options import DATA_OPTIONS, MODEL_OPTIONS
 
 RECORD_FILE = "args.json"
-# a record fixes the options marked "model" in the option table, and suggests those marked "data" (where the
-# run's data was; a typed flag wins); lam not for a training-free head such as GAP: its lam is the
-# evaluation's choice of the mean + lam * max rule
-REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")
+REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")  # without these it is not a record of main.py
 
 
 RECORD_VERSION = 2  # 1: before normalisation was recorded; 2: normalize recorded
@@ -60,8 +57,8 @@ def find_record(checkpoint: str) -> Optional[Tuple[str, dict]]:
 
 
 def record_defaults(record: dict, typed: Set[str]) -> dict:
-    """Parser defaults from a record: the model options always, the data options unless the user
-    named other data (a typed --dataset, --test_json or --data_root)."""
+    """Parser defaults from a record: the options the table marks "model" always (the record fixes them),
+    those marked "data" unless the user named other data (a typed --dataset, --test_json or --data_root)."""
     out = {k: record[k] for k in MODEL_OPTIONS if record.get(k) is not None}
     if not typed & set(DATA_OPTIONS):
         out.update({k: record[k] for k in DATA_OPTIONS if k in record})
@@ -97,7 +94,7 @@ def check_flags(args, typed: Set[str], path: str, record: dict) -> None:
     kind = HEAD_KINDS.get(record.get("head"))
     for key in MODEL_OPTIONS:
         if key == "lam" and kind is not None and kind.training_free:
-            continue
+            continue  # a training-free head's lam (GAP: mean + lam * max) is the evaluation's choice
         if key in typed and key in record and not _same(key, getattr(args, key), record[key]):
             raise ConfigError(f"--{key} is {getattr(args, key)} but the checkpoint's run record {path} says "
                               f"{record[key]}; drop the flag, or pass --no_record to describe the model by flags")

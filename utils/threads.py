@@ -149,7 +149,7 @@ class ThreadGovernor:
             threads = fits(budget, others)
             load = "quiet" if others < REDUCE_AT else f"other processes keep {others:.1f} busy"
             self.choice = ThreadChoice(threads, budget, f"{why}, {load}", fixed=False)
-        torch.set_num_threads(self.choice.threads)
+        self.apply()
         self.next_check = time.monotonic() + CHECK_SECONDS
         self.wait = 0
 

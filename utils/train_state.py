@@ -144,11 +144,10 @@ def _as_recorded(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def reconcile_args(args, folder: str, given: Set[str]) -> List[str]:
-    """Bring a resumed run's options back from its args.json. A run-defining option typed with another
-    value is an error naming both; a safe one is applied (total_epoch only upwards). Returns the
-    changes applied, for the record."""
-    recorded = read_recorded_args(folder)
+def reconcile_args(args, recorded: dict, folder: str, given: Set[str]) -> List[str]:
+    """Bring a resumed run's options back from its record (``recorded``, the args.json of ``folder``). A
+    run-defining option typed with another value is an error naming both; a safe one is applied
+    (total_epoch only upwards). Returns the changes applied, for the record."""
     changes = []
     for key in RUN_DEFINING:
         if key not in recorded:

@@ -106,8 +106,8 @@ def save_scores_binary(path, paths, scores, targets, class_names, metrics) -> Li
         f.write("".join(n + "\n" for n in names))
     rows, unknown = sparse_rows(targets, len(paths))
     with atomic_write(files["labels"]) as f:
-        write_sparse(files["labels"], ((p, pos, neg) for p, (pos, neg) in zip(paths, rows)), scores.shape[1],
-                     "unknown" if unknown else "negative", os.path.basename(files["classes"]), write=f.write)
+        write_sparse(f, ((p, pos, neg) for p, (pos, neg) in zip(paths, rows)), scores.shape[1],
+                     "unknown" if unknown else "negative", os.path.basename(files["classes"]))
     write_json_atomic({"classes": names, "metrics": metrics}, files["metrics"])
     return list(files.values())
 

@@ -86,7 +86,7 @@ def prepare(data_path: str, out_dir: str, image_dir: str = None, force: bool = F
         if not records:
             raise PrepareError(f"{image_dir}: none of the {split} list's images is there")
         with atomic_write(outputs[split]) as f:
-            n = write_sparse(outputs[split], records, len(concepts), "negative", CLASS_FILE, write=f.write)
+            n = write_sparse(f, records, len(concepts), "negative", CLASS_FILE)
         if not quiet:
             print(f"wrote {outputs[split]}: {n} images" + (f" ({missing} listed images missing from {image_dir}, "
                                                            "skipped)" if missing else ""))

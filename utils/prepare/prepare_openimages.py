@@ -130,8 +130,8 @@ def write_split(path: str, out: str, image_dir: str, index: Dict[str, int], num_
     def write(records) -> Tuple[int, Dict[str, int]]:
         tally = {"dropped": 0, "positives": 0, "negatives": 0}
         with atomic_write(out) as f:
-            n = write_sparse(out, records(label_rows(path, index, desc, tally), image_dir, tally), num_classes,
-                             "unknown", CLASS_FILE, write=f.write)
+            n = write_sparse(f, records(label_rows(path, index, desc, tally), image_dir, tally), num_classes,
+                             "unknown", CLASS_FILE)
         return n, tally
 
     try:

@@ -60,7 +60,9 @@ def train(args, given=frozenset(), hint: Optional[ResumeHint] = None) -> dict:
             run = claim_new(cfg.run.output_dir, cfg.model.model)
             state_path = run.state_path
             if du.is_main():
-                run.write_record(dict(parts.config.record(), run_id=run.run_id, runtime=parts.runtime.as_dict()))
+                run.write_record(dict(parts.config.record(), run_id=run.run_id, runtime=parts.runtime.as_dict(),
+                                      selection=parts.data.selection(),
+                                      **({"init": parts.init.record()} if parts.init else {})))
         if hint is not None:
             hint.folder = run.path
         return Trainer(parts, run, state, state_path).fit()

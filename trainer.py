@@ -4,6 +4,7 @@ saves, and the sinks and watchers that follow each step (``utils.loggers``, the 
 governor)."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import textwrap
@@ -17,23 +18,28 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from engine import (NonFiniteLossError, SeededShardSampler, make_loader, non_finite_entries, predict,
                     thumbnails_by_row, train_one_epoch)
+from pipeline.checkpoint import safe_load, to_authors_layout
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CSRAError
+from pipeline.finetune import InitSummary, init_from, read_class_map, shipped_pairs
 from pipeline.losses import make_criterion
 from pipeline.model import CSRANet
 from pipeline.optim import make_optimizer, make_schedule, param_groups
 from pipeline.recipes import RECIPES, TRAINING_OPTIONS, describe_options
 from pipeline.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
+from pipeline.splits import stratified_split
 from utils import distributed as du
-from utils.cli import dataset_files, dataset_kwargs, describe_model, model_kwargs, plural, with_label_count
+from utils.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs, plural,
+                       with_label_count)
 from utils.config import Config
 from utils.evaluation import evaluate, format_report
+from utils.evaluation.metrics import Report
 from utils.evaluation.html_report import report_targets, write_report
-from utils.evaluation.report import global_sweep, threshold_advice
+from utils.evaluation.report import global_sweep, threshold_advice, write_thresholds
 from utils.fileio import save_torch_atomic
 from utils.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
 from utils.progress import RunClock, say
-from utils.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, RunFolder
+from utils.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
 from utils.threads import ThreadGovernor
 from utils.train_state import precision_change_note, restore_train_state, save_train_state
 
@@ -47,13 +53,32 @@ class DivergedError(CSRAError):
 def ensure_demo_data(cfg: Config) -> None:
     if cfg.data.dataset != "demo" or cfg.training.train_json or cfg.data.test_json:
         return
-    spec = DATASETS[cfg.data.dataset]
-    if not (os.path.isfile(spec.train_json) and os.path.isfile(spec.test_json)):
-        if du.is_main():
-            from utils.prepare.prepare_demo import generate_demo
-            print(f"generating the demo dataset in {os.path.dirname(spec.train_json)} ...")
-            generate_demo(os.path.dirname(spec.train_json), quiet=True, force=True)  # no JSON: interrupted before
-        du.barrier()
+    if du.is_main():
+        from utils.prepare.prepare_demo import ensure_demo_files
+        ensure_demo_files(DATASETS["demo"].train_json, DATASETS["demo"].test_json)
+    du.barrier()
+
+
+@dataclass
+class RunData:
+    """The run's datasets: training, the set that chooses (validation when there is one, else test) and test."""
+    train_set: MultiLabelDataset
+    test_set: MultiLabelDataset
+    test_json: str
+    val_set: Optional[MultiLabelDataset] = None
+    val_source: str = ""       # what the validation set is, for the header and the record
+
+    @property
+    def chooser(self) -> MultiLabelDataset:
+        return self.test_set if self.val_set is None else self.val_set
+
+    @property
+    def selected_on(self) -> str:
+        return "test" if self.val_set is None else "val"
+
+    def selection(self) -> dict:
+        """For the run record: the set that chooses, and what the validation set is."""
+        return {"on": self.selected_on, "validation": self.val_source or None}
 
 
 @dataclass
@@ -68,16 +93,15 @@ class Parts:
     runtime: Runtime
     eval_runtime: Runtime
     governor: ThreadGovernor
-    train_set: MultiLabelDataset
-    test_set: MultiLabelDataset
-    test_json: str
+    data: RunData
     sampler: SeededShardSampler
     iters_per_epoch: int
     lr_fn: Callable[[int], float]
+    init: Optional[InitSummary] = None        # --init_from: what came from the trained model
 
 
-def load_data(cfg: Config) -> Tuple[MultiLabelDataset, MultiLabelDataset, str, Config]:
-    """The training and test sets, and the config as the training data complete it."""
+def load_data(cfg: Config) -> Tuple[RunData, Config]:
+    """The training, validation and test sets, and the config as the training data complete it."""
     ensure_demo_data(cfg)
     train_json, test_json = dataset_files(cfg, train=True)
     partial = cfg.training.partial_labels
@@ -89,14 +113,38 @@ def load_data(cfg: Config) -> Tuple[MultiLabelDataset, MultiLabelDataset, str, C
     cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
-        print(f"note: {test_json} has no labels (e.g. VOC2012 test): training without evaluation; "
-              "use val.py --voc_submission on the saved epochs")
-    return train_set, test_set, test_json, cfg
+        print(f"note: {test_json} has no labels (e.g. VOC2012 test): "
+              + ("the test set is not scored; use val.py --voc_submission on best.pth" if
+                 cfg.training.val_json or cfg.training.val_split else
+                 "training without evaluation; use val.py --voc_submission on the saved epochs"))
+    return validation_data(cfg, train_set, train_json, test_set, test_json), cfg
+
+
+def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, test_set: MultiLabelDataset,
+                    test_json: str) -> RunData:
+    """The run's data with its validation set: --val_json's file, or --val_split's records held out of the
+    training file (then the training set is the rest); none for the authors' protocol."""
+    t = cfg.training
+    eval_kwargs = dataset_kwargs(cfg, train=False)
+    if t.val_json:
+        val_set = MultiLabelDataset(t.val_json, **eval_kwargs)
+        return RunData(train_set, test_set, test_json, val_set, f"{t.val_json} ({len(val_set)} images)")
+    if t.val_split is None:
+        return RunData(train_set, test_set, test_json)
+    split = stratified_split(train_set.table, t.val_split, t.split_seed)
+    if split.unsplit and du.is_main():
+        names = [cfg.class_names[c] for c in split.unsplit]
+        print(f"note: --val_split: {plural(len(names), 'class', 'classes')} could not keep a positive on each side "
+              f"(their positives overlap other rare classes'): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+    source = (f"{len(split.val)} of the {len(train_set)} records of {train_json} (--val_split {t.val_split:g}, "
+              f"stratified, split seed {t.split_seed})")
+    return RunData(train_set.subset(split.train, train_set.transform), test_set, test_json,
+                   train_set.subset(split.val, eval_kwargs["transform"]), source)
 
 
 def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     """Data, runtime, model, optimiser, loss, EMA and schedule from the run's options."""
-    train_set, test_set, test_json, cfg = load_data(cfg)
+    data, cfg = load_data(cfg)
     m, rt, t = cfg.model, cfg.runtime, cfg.training
     runtime = resolve_runtime(device, m.model, rt.amp, not rt.no_channels_last, m.normalize)
     eval_runtime = resolve_runtime(device, m.model, rt.eval_amp, runtime.channels_last, m.normalize)
@@ -107,18 +155,29 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
         note = precision_change_note(state["runtime"], runtime, rt.amp)
         if note:
             print(note)
-    model = runtime.prepare_model(CSRANet(**model_kwargs(m), pretrained=t.pretrained, cutmix=t.cutmix), train=True)
+    net = CSRANet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
+    init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
+    model = runtime.prepare_model(net, train=True)
     head_lr_mult = t.head_lr_mult if model.head_kind.head_lr_mult else 1.0
     groups = param_groups(model, t.lr, head_lr_mult, t.w_d, t.no_decay_norm_bias)
     optimizer = make_optimizer(t.optimizer, groups, t.lr, t.momentum, t.w_d)
     criterion = make_criterion(t.loss, t.gamma_pos, t.gamma_neg, t.asl_clip, t.partial_labels)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
-    sampler = SeededShardSampler(len(train_set), cfg.run.seed, du.rank(), du.world_size())
-    iters_per_epoch = math.ceil(len(range(0, len(train_set), du.world_size())) / cfg.data.batch_size)
+    sampler = SeededShardSampler(len(data.train_set), cfg.run.seed, du.rank(), du.world_size())
+    iters_per_epoch = math.ceil(len(range(0, len(data.train_set), du.world_size())) / cfg.data.batch_size)
     lr_fn = make_schedule(t.scheduler, iters_per_epoch=iters_per_epoch, total_epochs=t.total_epoch,
                           warmup_epochs=t.warmup_epoch, decay_every=t.decay_every, onecycle_peak=t.onecycle_peak)
     return Parts(cfg, model, optimizer, runtime.grad_scaler(), criterion, ema, runtime, eval_runtime, governor,
-                 train_set, test_set, test_json, sampler, iters_per_epoch, lr_fn)
+                 data, sampler, iters_per_epoch, lr_fn, init)
+
+
+def start_from_trained(model: CSRANet, cfg: Config) -> InitSummary:
+    """--init_from: the trained model's backbone, and its head's rows moved to this run's classes."""
+    t = cfg.training
+    old_names = init_class_names(t.init_from, t.init_classes)
+    pairs = shipped_pairs() + (read_class_map(t.class_map) if t.class_map else [])
+    sd = to_authors_layout(safe_load(t.init_from), t.init_from, model.model_name)
+    return init_from(model, sd, t.init_from, old_names, list(cfg.class_names), pairs)
 
 
 # --- the start-up header -------------------------------------------------------------------------------
@@ -129,8 +188,19 @@ def describe_in_force(cfg: Config) -> str:
 
 
 def weights_in_use(training) -> str:
+    if training.init_from:
+        return f"from the trained model {training.init_from}"
     source = training.cutmix or training.pretrained
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
+
+
+def selection_rows(data: RunData) -> List[Tuple[str, str]]:
+    """The header's rows on the test set and, when there is one, the validation set: which of them chooses
+    the epoch, the weights (EMA or not) and the thresholds."""
+    if data.val_set is None:
+        return [("test data", f"{data.test_json}, also choosing the epoch and weights (the authors' protocol)")]
+    return [("validation", f"{data.val_source}: chooses the epoch, EMA or not and the thresholds"),
+            ("test data", f"{data.test_json}, scored once at the end on the chosen weights")]
 
 
 def run_header(p: Parts, folder: str) -> str:
@@ -140,17 +210,20 @@ def run_header(p: Parts, folder: str) -> str:
     threads = p.governor.choice
     rows = [
         ("model", f"{describe_model(cfg.model)}, {weights_in_use(cfg.training)}"),
-        ("data", f"{len(p.train_set)} training images ({cfg.data.dataset})" +
+        ("data", f"{len(p.data.train_set)} training images ({cfg.data.dataset})" +
                  (", partial labels" if cfg.training.partial_labels else "")),
-        ("test data", p.test_json),
+        *selection_rows(p.data),
         ("recipe", f"{cfg.training.recipe}: {options}"),
         ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; evaluation in "
                     f"{precision_name(p.eval_runtime.amp)}"),
         ("threads", threads.describe() + ("" if threads.fixed else "; fitted to the load while training")),
         ("run folder", folder),
     ]
+    if p.init is not None:
+        rows.insert(1, ("init", p.init.describe()))
     if "*" in options:
-        rows.insert(4, ("", f"* = changed from --recipe {cfg.training.recipe} by a flag or by the dataset's defaults"))
+        note = f"* = changed from --recipe {cfg.training.recipe} by a flag or by the dataset's defaults"
+        rows.insert([r[0] for r in rows].index("recipe") + 1, ("", note))
     if cfg.run.config:
         typed = ", ".join(f"--{k}" for k in cfg.config_changes) or "none"
         rows.insert(0, ("config", f"the options of {cfg.run.config}; typed now: {typed}"))
@@ -164,6 +237,44 @@ def run_header(p: Parts, folder: str) -> str:
 
 
 # --- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class Scored:
+    """One model's scores on one dataset and their report (the finish prints and draws from it)."""
+    net: nn.Module
+    dataset: MultiLabelDataset
+    report: Report
+    scores: np.ndarray
+    targets: object
+    paths: List[str]
+    indices: np.ndarray
+
+
+def metric_fields(source: str, key: str, report: Report) -> dict:
+    """log.jsonl fields of one evaluation: 'mAP' (test, the authors' protocol), 'val_mAP', 'test_mAP' with
+    a validation set; the EMA's with 'ema_' in front."""
+    prefix = ("" if source == "model" else f"{source}_") + key
+    return {prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"], prefix + "OF1": report.overall["OF1"]}
+
+
+def choice_lines(best: dict, final: dict, data: RunData, best_path: str) -> List[str]:
+    """The run's last lines: what was chosen, on which set, and what the test set says of it."""
+    if best["epoch"] is None:
+        return []
+    if data.val_set is None:
+        return [f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), saved as {best_path}",
+                f"chosen on the test set (the authors' protocol), which flatters it: the last epoch scored "
+                f"{final['last_test_mAP']:.2f}",
+                "(--val_split F or --val_json FILE choose on held-out data instead)"]
+    lines = [f"chosen on the validation set: epoch {best['epoch']} ({best['source']} weights, val mAP "
+             f"{best['mAP']:.2f}), saved as {best_path}"]
+    if "test_mAP" in final:
+        lines.append(f"test set, scored once on those weights: mAP {final['test_mAP']:.2f}, CF1 "
+                     f"{final['test_CF1']:.2f}, OF1 {final['test_OF1']:.2f}")
+    else:
+        lines.append(f"{data.test_json} has no labels: the test set was not scored")
+    return lines
+
+
 class Trainer:
     """The epoch loop of one run in ``run`` (its folder), resumed from ``state`` when given."""
 
@@ -171,22 +282,32 @@ class Trainer:
         self.cfg, self.p, self.run, self.state_path = p.config, p, run, state_path
         self.start_epoch, self.start_iter = 0, 0
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
+        self.resumed = state is not None
         if state is not None:
             restore_train_state(state, state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema)
             self.start_epoch, self.start_iter, self.best = state["epoch"], state["iter"], state["best"]
             if du.is_main():
                 print(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
-        self.last_report = None
+        self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
+        self.last_scored: Optional[Scored] = None  # the model's last evaluation
+        self.shown: Optional[Scored] = None        # what the finish prints: the chosen weights on the test set
+        self.val_sweep = None                      # the chosen weights' global-threshold sweep on validation
+        self.final: Optional[dict] = None          # the run's result (conclude)
 
     def open_logs(self) -> None:
         """The sinks, on the rank that writes; a resumed run first drops what it is about to redo."""
         if not du.is_main():
             return
-        sinks = [EpochLog(self.run.file(LOG_FILE), self.start_epoch),
+        sinks = [EpochLog(self.run.file(LOG_FILE), self.start_epoch if self.resumed else None),
                  StepsCsv(self.run.file(STEPS_FILE), self.start_epoch * self.p.iters_per_epoch + self.start_iter)]
         if self.cfg.run.tensorboard:
             sinks.append(TensorBoard(self.run.path))
+        r = self.cfg.run
+        if r.mlflow:
+            from utils.experiments.tracking import MLflowSink
+            sinks.append(MLflowSink(r.mlflow, r.mlflow_experiment, self.run.path, self.run.read_record(),
+                                    r.mlflow_parent))
         self.logs = Loggers(sinks)
 
     def training_model(self) -> nn.Module:
@@ -217,7 +338,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
         train_model = self.training_model()
-        loader = make_loader(p.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
+        loader = make_loader(p.data.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
         self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter)
         self.first_step = self.start_iter
@@ -228,7 +349,7 @@ class Trainer:
                 self.train_epoch(train_model, loader, epoch)
         finally:
             self.logs.close()
-        if du.is_main() and self.last_report is not None:
+        if du.is_main() and self.final is not None:
             self.finish()
         du.cleanup()
         return {"folder": self.run.path, "best": self.best}
@@ -269,11 +390,14 @@ class Trainer:
         if changes:
             entry["thread_changes"] = changes
         due = (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == total
-        if due and p.test_set.has_labels:
+        if due and p.data.chooser.has_labels:
             entry.update(self.evaluate(epoch))
         if du.is_main():
             save_torch_atomic(p.model.state_dict(), self.run.epoch_path(epoch + 1))
             entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
+        if epoch + 1 == total:  # before the state that marks the run finished: a kill now redoes this epoch
+            self.final = entry["final"] = self.conclude()
+        if du.is_main():
             self.logs.epoch(entry)
         self.save_state(epoch + 1, 0, checked=True)  # checked after the epoch; the weights have not changed since
         if du.is_main():
@@ -283,51 +407,113 @@ class Trainer:
     def candidates(self) -> List[Tuple[str, nn.Module]]:
         return [("model", self.p.model)] + ([("ema", self.p.ema.module)] if self.p.ema is not None else [])
 
+    def score(self, net: nn.Module, dataset: MultiLabelDataset, what: str, source: str, epoch: int) -> Scored:
+        """``net``'s scores and report on ``dataset`` (``what``: validation or test); non-finite scores stop
+        the run."""
+        d = self.cfg.data
+        scores, targets, paths, indices = predict(net, dataset, self.p.eval_runtime, batch_size=d.batch_size,
+                                                  num_workers=d.num_workers, desc=f"{what} {source}",
+                                                  return_indices=True)
+        if not np.isfinite(scores).all():
+            raise DivergedError(f"the model diverged: its {source} scores on the {what} set are NaN or infinite "
+                                f"after epoch {epoch}; stopped; {self.run.last_good()}")
+        return Scored(net, dataset, evaluate(scores, targets, paths=paths), scores, targets, paths, indices)
+
     def evaluate(self, epoch: int) -> dict:
-        """Evaluate the model (and its EMA); whenever one beats the best, those exact weights become
-        best.pth. Returns the log fields."""
-        data, p = self.cfg.data, self.p
-        fields = {}
+        """Score the model (and its EMA) on the set that chooses (validation, else test); whenever one beats the
+        best, those exact weights become best.pth. With a validation set and --test_every_epoch the test set
+        too, for the curves only. Returns the log fields."""
+        data, fields = self.p.data, {}
+        what, key = ("test", "") if data.val_set is None else ("validation", "val_")
         for source, net in self.candidates():
-            scores, targets, paths, indices = predict(net, p.test_set, p.eval_runtime, batch_size=data.batch_size,
-                                                      num_workers=data.num_workers, desc=f"eval {source}",
-                                                      return_indices=True)
-            if not np.isfinite(scores).all():
-                raise DivergedError(f"the model diverged: its {source} scores on the test set are NaN or infinite "
-                                    f"after epoch {epoch + 1}; stopped; {self.run.last_good()}")
-            report = evaluate(scores, targets, paths=paths)
-            prefix = "" if source == "model" else f"{source}_"
-            fields.update({prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"],
-                           prefix + "OF1": report.overall["OF1"]})
-            if du.is_main():
-                print(f"epoch {epoch + 1} {source}: mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
-                      f"OF1 {report.overall['OF1']:.2f}")
-            if report.map > self.best["mAP"]:
-                self.best = {"mAP": report.map, "epoch": epoch + 1, "source": source}
-                if du.is_main():
-                    save_torch_atomic(net.state_dict(), self.run.file(BEST_FILE))
+            scored = self.score(net, data.chooser, what, source, epoch + 1)
+            fields.update(metric_fields(source, key, scored.report))
+            self.say_scores(epoch, source, key, scored.report)
+            if scored.report.map > self.best["mAP"]:
+                self.new_best(epoch, source, net, scored.report)
             if source == "model":
-                self.last_report = (report, scores, targets, paths, indices)
+                self.last_scored = scored
+        if data.val_set is not None and self.cfg.run.test_every_epoch and data.test_set.has_labels:
+            for source, net in self.candidates():
+                report = self.score(net, data.test_set, "test", source, epoch + 1).report
+                fields.update(metric_fields(source, "test_", report))
+                self.say_scores(epoch, source, "test_", report, " (for the curves only)")
         return fields
 
+    def say_scores(self, epoch: int, source: str, key: str, report, note: str = "") -> None:
+        if du.is_main():
+            which = {"val_": "val ", "test_": "test "}.get(key, "")
+            print(f"epoch {epoch + 1} {source}: {which}mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
+                  f"OF1 {report.overall['OF1']:.2f}{note}")
+
+    def new_best(self, epoch: int, source: str, net: nn.Module, report) -> None:
+        """``net`` (the model or its EMA) scored best so far: its weights become best.pth (and, with a validation
+        set, are kept for the test set's one scoring at the end)."""
+        self.best = {"mAP": float(report.map), "epoch": epoch + 1, "source": source,  # (plain floats: the state
+                     "CF1": float(report.overall["CF1"]), "OF1": float(report.overall["OF1"])}  # loads weights only)
+        if du.is_main():
+            save_torch_atomic(net.state_dict(), self.run.file(BEST_FILE))
+        if self.p.data.val_set is not None:
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+    def chosen_model(self) -> nn.Module:
+        """The model with the weights that scored best: kept in memory when they did, read back from best.pth
+        by a run resumed after that."""
+        weights = self.best_weights
+        if weights is None:
+            du.barrier()  # (rank 0 wrote it)
+            weights = safe_load(self.run.file(BEST_FILE))
+        model = copy.deepcopy(self.p.model)
+        model.load_state_dict(weights)
+        return model
+
+    def conclude(self) -> dict:
+        """After the last epoch's evaluation, the run's result (the ``final`` entry of its last log.jsonl line):
+        the chosen epoch and weights and their test figures. With a validation set the chosen weights are
+        scored once on the test set here, and again on the validation set for thresholds.json."""
+        data, best = self.p.data, self.best
+        final = {"selected_on": data.selected_on, "epoch": best["epoch"], "source": best["source"]}
+        if best["epoch"] is None:  # nothing was evaluated: a test set without labels, no validation set
+            return final
+        if data.val_set is None:
+            self.shown = self.last_scored  # the full report printed is the last epoch's, as the authors' code prints
+            return dict(final, test_mAP=best["mAP"], test_CF1=best.get("CF1"), test_OF1=best.get("OF1"),
+                        last_test_mAP=self.last_scored.report.map)
+        chosen = self.chosen_model()
+        final.update(val_mAP=best["mAP"], val_CF1=best.get("CF1"), val_OF1=best.get("OF1"))
+        val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
+        self.val_sweep = global_sweep(val.scores, val.targets)
+        if du.is_main() and self.val_sweep is not None:
+            write_thresholds(self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores, val.targets,
+                             f"the validation set ({data.val_source})")
+        if data.test_set.has_labels:
+            self.shown = self.score(chosen, data.test_set, "test", "chosen", best["epoch"])
+            report = self.shown.report
+            final.update(test_mAP=report.map, test_CF1=report.overall["CF1"], test_OF1=report.overall["OF1"])
+        return final
+
     def finish(self) -> None:
-        """After the last epoch: the full report, the threshold advice, the HTML report, the best."""
-        cfg, p = self.cfg, self.p
-        report_dir, names = cfg.run.report, list(cfg.class_names)
-        report, scores, targets, paths, indices = self.last_report
+        """After the last epoch (rank 0): the full report, the thresholds, the HTML report, the choice."""
+        cfg, data = self.cfg, self.p.data
+        report_dir, names, shown = cfg.run.report, list(cfg.class_names), self.shown
         best_path = self.run.file(BEST_FILE)
-        print(format_report(report, names, per_class=True))
-        sweep = global_sweep(scores, targets)
-        if sweep is not None:
-            print(threshold_advice(sweep, f"{report_dir}/thresholds.json" if report_dir else
-                                   f"val.py --load_from {best_path} --report DIR writes them"))
-        if report_dir:
-            out = write_report(report_dir, scores, report_targets(targets), paths, names, report,
-                               sweep=sweep,
-                               info={"model": describe_model(cfg.model), "checkpoint": f"{self.run.path} (last epoch)",
-                                     "data": p.test_json},
-                               thumbnails=lambda req: thumbnails_by_row(p.model, p.test_set, p.eval_runtime, indices,
-                                                                        req))
+        if shown is not None:
+            print(format_report(shown.report, names, per_class=True))
+        if data.val_set is None and shown is not None:
+            sweep = global_sweep(shown.scores, shown.targets)
+            if sweep is not None:
+                print(threshold_advice(sweep, os.path.join(report_dir, THRESHOLDS_FILE) if report_dir else
+                                       f"val.py --load_from {best_path} --report DIR writes them"))
+        elif self.val_sweep is not None:
+            print(threshold_advice(self.val_sweep, f"{self.run.file(THRESHOLDS_FILE)} (chosen on the validation "
+                                   "set)", held_out=True))
+        if report_dir and shown is not None:
+            which = "last epoch" if data.val_set is None else f"best.pth, epoch {self.best['epoch']}"
+            out = write_report(report_dir, shown.scores, report_targets(shown.targets), shown.paths, names,
+                               shown.report, info={"model": describe_model(cfg.model),
+                                                   "checkpoint": f"{self.run.path} ({which})", "data": data.test_json},
+                               thumbnails=lambda req: thumbnails_by_row(shown.net, data.test_set, self.p.eval_runtime,
+                                                                        shown.indices, req))
             print(f"wrote {out['index']}")
-        print(f"best mAP {self.best['mAP']:.2f} at epoch {self.best['epoch']} ({self.best['source']} weights), "
-              f"saved as {best_path}")
+        for line in choice_lines(self.best, self.final, data, best_path):
+            print(line)

@@ -8,10 +8,12 @@ normalisation happen on the device (``pipeline.runtime.to_model_input``).
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -63,6 +65,8 @@ class MultiLabelDataset(Dataset):
         self.json_path = json_path
         allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
         table = load_table(json_path, num_classes, require_labels, allowed)
+        if partial_labels:  # its -1 is unknown, also where these records are evaluated (a --val_split)
+            table = replace(table, minus_one_unknown=True)
         base = None if data_root else relative_base(table.path(0), json_path)
         if data_root:
             table = table.with_paths(reroot(table.paths(), data_root, json_path))
@@ -78,6 +82,23 @@ class MultiLabelDataset(Dataset):
         self._targets: Optional[np.ndarray] = None
         # reduced-scale JPEG decoding: on for training (speed), off for evaluation (exact pixels)
         self.fast_decode = transform.train if fast_decode is None else fast_decode
+        self.record_numbers: Optional[np.ndarray] = None  # a subset's records in the file (for messages)
+
+    def subset(self, rows, transform: ImageTransform) -> "MultiLabelDataset":
+        """The records ``rows`` of this file as a dataset of their own, with ``transform`` (a --val_split's
+        two sides); messages name a record by its number in the file."""
+        out = copy.copy(self)
+        out.table = self.table.take(rows)
+        out.records = Records(out.table)
+        out.record_numbers = np.asarray(rows) if self.record_numbers is None else self.record_numbers[rows]
+        out.transform, out.fast_decode = transform, transform.train
+        out._cache = {} if self._cache is not None else None
+        out._targets = None
+        return out
+
+    def describe_record(self, idx: int) -> str:
+        number = idx if self.record_numbers is None else int(self.record_numbers[idx])
+        return f"record {number} of {self.json_path}"
 
     def __len__(self) -> int:
         return len(self.table)
@@ -100,7 +121,7 @@ class MultiLabelDataset(Dataset):
     def _decode(self, idx: int) -> Image.Image:
         path = self.table.path(idx)
         box = self.table.bbox(idx)
-        where = f"{path} (record {idx} of {self.json_path})"
+        where = f"{path} ({self.describe_record(idx)})"
         # JPEG: decode at a reduced scale when the image is much larger than the input (faster; the
         # pixels differ slightly from a full decode + resize); never for person crops
         draft = int(self.transform.img_size * 1.2) if self.fast_decode and box is None else None

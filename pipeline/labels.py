@@ -54,6 +54,7 @@ class LabelTable:
     num_classes: Optional[int]     # None: an unlabelled list
     unknown: bool = False          # unlisted classes are unknown (sparse "unknown"); else their value is 0
     bboxes: Optional[np.ndarray] = None  # (N, 4) float64, NaN rows where a record has no box
+    minus_one_unknown: bool = False  # a listed -1 is unknown (a dense --partial_labels file), not VOC's "absent"
 
     def __len__(self) -> int:
         return len(self.path_offsets) - 1
@@ -105,9 +106,26 @@ class LabelTable:
         """Targets in the evaluator's convention (utils.evaluation.metrics): a dense file's values as they
         are; with unknown labels, 1 positive, 0 negative and EVAL_UNKNOWN (left out of AP and P/R)."""
         t = self.dense(rows)
-        if self.unknown:
+        if self.unknown or self.minus_one_unknown:
             t[t == UNKNOWN] = EVAL_UNKNOWN
         return t
+
+    def take(self, rows: Sequence[int]) -> "LabelTable":
+        """The table of some records (``rows``, in that order), without a Python object per record."""
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = self.offsets[rows + 1] - self.offsets[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        _, classes, values = self.entries(rows)
+        starts = self.path_offsets[rows]
+        lengths = self.path_offsets[rows + 1] - starts
+        path_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=path_offsets[1:])
+        at = np.repeat(starts - path_offsets[:-1], lengths) + np.arange(path_offsets[-1])
+        blob = np.frombuffer(self.path_blob, dtype=np.uint8)[at].tobytes()
+        boxes = None if self.bboxes is None else self.bboxes[rows]
+        return replace(self, path_blob=blob, path_offsets=path_offsets, offsets=offsets, classes=classes.copy(),
+                       values=values.copy(), bboxes=boxes)
 
     def with_paths(self, paths: Sequence[str]) -> "LabelTable":
         blob, offsets = pack_paths(paths)

@@ -125,6 +125,68 @@ def test_resume_keeps_the_recorded_options(tmp_path, files, monkeypatch):
     assert "--print_freq 100 -> 7" in json.loads((out / "args.json").read_text())["resume_changes"]
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: nothing catches it, nothing after it runs."""
+
+
+def kill_points(monkeypatch, point):
+    """Raise Killed at one moment around the end of epoch 1's saves: before its checkpoint, before or after its
+    log.jsonl line, half-way through writing its training state (the temporary file left behind), after it."""
+    import trainer
+    import utils.loggers
+    import utils.train_state
+    real_save, real_log, real_state = trainer.save_torch_atomic, utils.loggers.EpochLog.epoch, \
+        utils.train_state.save_torch_atomic
+
+    def save(obj, path):
+        if point == "before checkpoint" and path.endswith("epoch_1.pth"):
+            raise Killed
+        real_save(obj, path)
+
+    def log(self, entry):
+        if point == "before log line" and entry["epoch"] == 1:
+            raise Killed
+        real_log(self, entry)
+        if point == "after log line" and entry["epoch"] == 1:
+            raise Killed
+
+    def state(obj, path):
+        if obj["epoch"] == 1 and obj["iter"] == 0:
+            if point == "writing state":
+                with open(os.path.join(os.path.dirname(path), f".train_state.pth.tmp{os.getpid()}"), "wb") as f:
+                    f.write(b"PK\x03\x04 half")
+                raise Killed
+            real_state(obj, path)
+            if point == "after state":
+                raise Killed
+            return
+        real_state(obj, path)
+    monkeypatch.setattr(trainer, "save_torch_atomic", save)
+    monkeypatch.setattr(utils.loggers.EpochLog, "epoch", log)
+    monkeypatch.setattr(utils.train_state, "save_torch_atomic", state)
+
+
+@pytest.mark.parametrize("point", ["before checkpoint", "before log line", "after log line", "writing state",
+                                   "after state"])
+def test_a_run_killed_around_the_end_of_epoch_saves_logs_each_epoch_once(tmp_path, files, monkeypatch, point):
+    """A mid-epoch state exists (--state_every 1), so the resume may start in epoch 1 (epoch 0 done): the log's
+    lines after that state must go, also when none of its epochs had finished (it kept [1, 1, 2] before)."""
+    argv = train_argv(files, tmp_path / "run", "--total_epoch", "2", "--state_every", "1", "--ema", "0.9")
+    with monkeypatch.context() as m:
+        kill_points(m, point)
+        with pytest.raises(Killed):
+            train_main.main(argv)
+    train_main.main(argv + ["--resume", str(tmp_path / "run")])
+    log = [json.loads(line) for line in open(tmp_path / "run" / "log.jsonl")]
+    assert [e["epoch"] for e in log] == [1, 2] and "final" in log[-1] and "final" not in log[0]
+    train_main.main(train_argv(files, tmp_path / "whole", "--total_epoch", "2", "--state_every", "1", "--ema", "0.9"))
+    for name in ("epoch_2.pth", "best.pth"):
+        a, b = (torch.load(tmp_path / d / name, weights_only=True) for d in ("run", "whole"))
+        assert all(torch.equal(a[k], b[k]) for k in b), (point, name)
+    steps = (tmp_path / "run" / "steps.csv").read_text().splitlines()[1:]
+    assert [int(ln.split(",")[0]) for ln in steps] == list(range(1, 5))  # each step once
+
+
 # --- 3: labels ------------------------------------------------------------------------------------
 def write_json(path, obj, encoding="utf-8", bom=False):
     text = json.dumps(obj)

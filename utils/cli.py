@@ -82,7 +82,7 @@ def typed_flags(argv: Sequence[str]) -> Set[str]:
 
 # record entries --config does not repeat: the run's identity and bookkeeping
 NOT_REPEATED = {"config", "config_changes", "resume", "run_id", "runtime", "record_version", "resume_changes",
-                "record_path", "record_names", "class_names"}
+                "record_path", "record_names", "class_names", "selection", "init"}
 
 
 def read_config(path: str) -> dict:
@@ -227,6 +227,25 @@ def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
             return found[1], found[0]
         return None, ""
     return (list(spec.classes), args.dataset) if spec.classes else (None, "")
+
+
+def init_class_names(path: str, init_classes: Optional[str]) -> List[str]:
+    """The class names of --init_from's checkpoint: --init_classes (a names file, or a dataset's), else the run
+    record beside the checkpoint."""
+    if init_classes:
+        spec = DATASETS.get(init_classes)
+        if spec is not None and spec.classes:
+            return list(spec.classes)
+        if not os.path.isfile(init_classes):
+            named = ", ".join(k for k, v in DATASETS.items() if v.classes)
+            raise ConfigError(f"--init_classes {init_classes}: neither a class-names file nor a dataset with class "
+                              f"names ({named})")
+        return load_class_names(init_classes)
+    found = find_record(path)
+    if found is not None and found[1].get("class_names"):
+        return list(found[1]["class_names"])
+    raise ConfigError(f"--init_from {path}: its class names are unknown (no run record beside it): name them with "
+                      "--init_classes FILE, or the dataset it was trained on (e.g. --init_classes coco)")
 
 
 def default_class_names(dataset: str, num_cls: int) -> List[str]:

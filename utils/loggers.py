@@ -11,7 +11,8 @@ from pipeline.errors import ConfigError
 from utils.fileio import atomic_write
 from utils.progress import StepLog
 
-EPOCH_SCALARS = ("train_loss", "images_per_s", "mAP", "CF1", "OF1", "ema_mAP")  # what TensorBoard plots per epoch
+EPOCH_SCALARS = ("train_loss", "images_per_s", "mAP", "CF1", "OF1", "ema_mAP", "val_mAP", "val_CF1", "val_OF1",
+                 "ema_val_mAP", "test_mAP")  # what TensorBoard plots per epoch
 
 
 class Sink:
@@ -29,11 +30,12 @@ class Sink:
 
 
 class EpochLog(Sink):
-    """log.jsonl: one JSON line per finished epoch; lines of epochs after a resumed state are dropped."""
+    """log.jsonl: one JSON line per finished epoch (the last one also holds the run's ``final`` result); a
+    resumed run first drops the lines of the epochs after its state, which it is about to redo."""
 
-    def __init__(self, path: str, resumed_epoch: int = 0):
+    def __init__(self, path: str, resumed_epoch: Optional[int] = None):
         self.path = path
-        if resumed_epoch and os.path.isfile(path):
+        if resumed_epoch is not None and os.path.isfile(path):  # (0 too: killed before the first epoch's state)
             with open(path) as f:
                 lines = [ln for ln in f if ln.strip()]
             kept = []

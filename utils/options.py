@@ -228,6 +228,29 @@ OPTIONS: Tuple[Option, ...] = (
     # --- training ----------------------------------------------------------------------------------
     Option("train_json", "T", "training", dict(default=None, help="train on this prepared file instead of the "
            "dataset's"), resume="defines", pre=True),
+    Option("val_json", "T", "training", dict(default=None, metavar="FILE", help="a validation set (a prepared "
+           "file, dense or sparse): the per-epoch evaluation that chooses best.pth, EMA or plain weights and the "
+           "thresholds runs on it, and the test set is scored once at the end, on the chosen weights (default: "
+           "the authors' protocol, every choice made on the test set)"), resume="defines"),
+    Option("val_split", "T", "training", dict(type=float, default=None, metavar="F", help="hold out this fraction "
+           "of the training records as the validation set (as --val_json): stratified, every class with 2 or more "
+           "positives keeps one on each side; drawn by --split_seed"), check=(lambda v: 0 < v < 1,
+                                                                              "a fraction in (0, 1), e.g. 0.1"),
+           resume="defines"),
+    Option("split_seed", "T", "training", dict(type=int, default=0, help="seed of the --val_split draw (apart "
+           "from --seed, so runs of several seeds share one split)"), check=(lambda v: 0 <= v < 2 ** 32,
+                                                                           "an integer in [0, 2**32)"),
+           resume="defines"),
+    Option("init_from", "T", "training", dict(default=None, metavar="CHECKPOINT", help="start from a trained model "
+           "(ours, the authors' or the model-zoo toolbox's), head included: its backbone as it is, and each class's "
+           "head rows from the checkpoint's class of the same name or a synonym (--class_map), in every head "
+           "paired by temperature; other classes start fresh"), resume="defines"),
+    Option("init_classes", "T", "training", dict(default=None, metavar="FILE|DATASET", help="the class names of "
+           "--init_from's checkpoint when no run record lies beside it: a names file, or a dataset (voc07, coco, "
+           "wider, ...) whose classes it was trained on"), resume="defines"),
+    Option("class_map", "T", "training", dict(default=None, metavar="FILE", help="synonyms for --init_from: a JSON "
+           "object {\"name\": \"synonym\"} or lines 'name,synonym' (the VOC-COCO names are always known: aeroplane-"
+           "airplane, motorbike-motorcycle, sofa-couch, tvmonitor-tv, ...)"), resume="defines"),
     Option("cutmix", "T", "training", dict(default=None, help="local ResNet-101 file (CutMix ImageNet) to start from"),
            resume="defines"),
     Option("pretrained", "TS", "training", dict(default="imagenet", metavar="imagenet|none|PATH",
@@ -288,6 +311,9 @@ OPTIONS: Tuple[Option, ...] = (
            "last)"), check=POSITIVE_INT, resume="may change"),
     Option("state_every", "T", "the run", dict(type=int, default=500, help="also save the training state every N "
            "iterations (0: only at epoch ends)"), check=NON_NEGATIVE, resume="may change"),
+    Option("test_every_epoch", "T", "the run", dict(action="store_true", help="with a validation set: also score "
+           "the test set at every evaluation, for the curves (test_* keys in log.jsonl; never used for a choice)"),
+           resume="may change"),
     Option("output_dir", "T", "the run", dict(default=None, help="run folder (default checkpoint/<model>)")),
     Option("report", "TV", "the run", dict(default=None, metavar="DIR", help="after the last evaluation, write the "
            "HTML evaluation report into DIR (see val.py --report)"),
@@ -300,6 +326,14 @@ OPTIONS: Tuple[Option, ...] = (
     Option("tensorboard", "T", "the run", dict(action="store_true", help="also write TensorBoard scalars (loss, LR, "
            "mAP, CF1, OF1, img/s) into the run folder's tensorboard/ (needs: pip install tensorboard)"),
            resume="may change"),
+    Option("mlflow", "T", "the run", dict(nargs="?", const="local", default=None, metavar="URI", help="also log the "
+           "run to MLflow (needs: pip install mlflow): its options as parameters, each epoch's figures as metrics; "
+           "URI: a tracking server or database (default: the SQLite file mlflow.db in the working folder)"),
+           resume="may change"),
+    Option("mlflow_experiment", "T", "the run", dict(default="csra", metavar="NAME", help="the MLflow experiment"),
+           resume="may change"),
+    Option("mlflow_parent", "T", "the run", dict(default=None, metavar="RUN_ID", help="the MLflow run this run is a "
+           "child of (tools/sweep.py --mlflow sets it)"), resume="may change"),
     # --- val.py --------------------------------------------------------------------------------------
     Option("save_scores", "V", None, dict(default=None, metavar="PATH", help="write per-image scores with their paths "
            "and the metrics as JSON; as .npy (memory-mappable, with the paths and labels beside it) when PATH ends "

@@ -20,6 +20,7 @@ from utils.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity,
 LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
 BEST_FILE = "best.pth"
+THRESHOLDS_FILE = "thresholds.json"  # with a validation set: per-class thresholds chosen on it
 
 
 class RunFolder:

@@ -120,6 +120,13 @@ class RunLock:
                 os.remove(self.path)
         raise RunLockedError(f"{self.path}: could not take the run lock (another process keeps taking it)")
 
+    def live_holder(self) -> Optional[str]:
+        """Who holds the lock while it is held by a live process (None: no lock, or a stale one)."""
+        if not os.path.isfile(self.path):
+            return None
+        holder = self._holder()
+        return self._describe(holder) if holder and self._stale_reason(holder) is None else None
+
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:

@@ -3,6 +3,7 @@ several options, and the flags typed as --resume compares them."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.errors import ConfigError
@@ -10,6 +11,7 @@ from pipeline.losses import resolved_options
 from pipeline.pretrained import check_source
 from pipeline.recipes import APPLIES_TO
 from utils.cli import new_parser, parse_args, typed_flags
+from utils.experiments.tracking import resolve_uri
 from utils.options import NEGATIONS
 
 
@@ -31,6 +33,23 @@ def get_args(argv=None) -> argparse.Namespace:
     typed = given_flags(argv)
     if args.config and args.resume:
         raise ConfigError("--config starts a new run from a recorded one; --resume continues a run: use one")
+    if args.val_json and args.val_split is not None:
+        raise ConfigError("--val_json names a validation file; --val_split draws one from the training records: "
+                          "use one")
+    if args.val_json and not os.path.isfile(args.val_json):
+        raise ConfigError(f"--val_json {args.val_json}: no such file")
+    if args.init_from:
+        clash = [f"--{k}" for k in ("pretrained", "cutmix") if k in typed]
+        if clash:
+            raise ConfigError(f"--init_from supplies the backbone's weights; drop {' and '.join(clash)}")
+        if not os.path.isfile(args.init_from):
+            raise ConfigError(f"--init_from {args.init_from}: no such file")
+    elif args.init_classes or args.class_map:
+        raise ConfigError(f"--{'init_classes' if args.init_classes else 'class_map'} applies to --init_from")
+    if args.mlflow:
+        args.mlflow = resolve_uri(args.mlflow)  # recorded as the store it is, wherever the run resumes
+    elif args.mlflow_parent:
+        raise ConfigError("--mlflow_parent applies to --mlflow")
     for flag, (option, choice) in APPLIES_TO.items():
         if flag in typed and getattr(args, option) != choice:
             raise ConfigError(f"--{flag} applies to --{option} {choice}, but this run uses --{option} "

@@ -83,12 +83,25 @@ def analyse(scores: np.ndarray, targets: np.ndarray, ap: np.ndarray, threshold: 
         p = np.where(n_pred > 0, tp / np.maximum(n_pred, 1), 0.0)
         r = np.where(n_gt > 0, tp / np.maximum(n_gt, 1), 0.0)
         f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
-    C = scores.shape[1]
-    best = [best_f1_threshold(scores[:, c], gt[:, c], valid[:, c]) for c in range(C)]
-    curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(C)]
+    thresholds, best_f1 = best_f1_thresholds(scores, gt, valid)
+    curves = [pr_curve(scores[:, c], pos[:, c], neg[:, c]) for c in range(scores.shape[1])]
     return ClassAnalysis(ap=ap, positives=pos.sum(0), predicted=n_pred, tp=tp, precision=p, recall=r, f1=f1,
-                         best_threshold=np.array([b[0] for b in best]), best_f1=np.array([b[1] for b in best]),
-                         curves=curves, sweep=sweep or threshold_sweep(scores, targets, pr_convention))
+                         best_threshold=thresholds, best_f1=best_f1, curves=curves,
+                         sweep=sweep or threshold_sweep(scores, targets, pr_convention))
+
+
+def best_f1_thresholds(scores: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Every class's (best-F1 threshold, its F1), from the P/R ground truth ``gt`` among ``valid`` entries."""
+    best = [best_f1_threshold(scores[:, c], gt[:, c], valid[:, c]) for c in range(scores.shape[1])]
+    return np.array([b[0] for b in best]), np.array([b[1] for b in best])
+
+
+def class_thresholds(scores: np.ndarray, targets: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Every class's best-F1 threshold and its F1 on these scores (the evaluator's P/R conventions)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, _, pr_valid, _ = masks(np.asarray(targets))
+    valid = np.ones_like(pos) if pr_valid is None else pr_valid
+    return best_f1_thresholds(scores, pos & valid, valid)
 
 
 SWEEP_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)

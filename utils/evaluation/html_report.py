@@ -19,8 +19,8 @@ from pipeline.labels import DENSE_LIMIT, TableRows
 from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
 from utils.evaluation.metrics import UNKNOWN, Report, masks
-from utils.evaluation.report import KEYS, class_name
-from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic, write_json_atomic
+from utils.evaluation.report import KEYS, class_name, thresholds_file
+from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic
 from utils.visualize import fit_thumbnail, scale_colours
 
 THUMB = 160
@@ -232,13 +232,9 @@ def draw_figures(out_dir, scores, targets, names, report, info, pr_convention,
     draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
     draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)
     draw_threshold_sweep(os.path.join(out_dir, "threshold_sweep.png"), a)
-    write_json_atomic({"classes": names,
-                       "thresholds": {n: float(t) for n, t in zip(names, a.best_threshold)},
-                       "best_f1": {n: float(f) for n, f in zip(names, a.best_f1)},
-                       "chosen_on": info.get("data", ""),
-                       "note": "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
-                               "choose them on a held-out split for honest figures"},
-                      os.path.join(out_dir, "thresholds.json"))
+    thresholds_file(os.path.join(out_dir, "thresholds.json"), names, a.best_threshold, a.best_f1,
+                    info.get("data", ""), "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
+                    "choose them on a held-out split for honest figures")
     return a, figured, subset
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.classes import load_class_names
 from pipeline.errors import DataError
 from pipeline.labels import TableRows, header_classes_file, read_sparse, write_sparse
-from utils.evaluation.analysis import best_global_threshold, threshold_sweep
+from utils.evaluation.analysis import best_global_threshold, class_thresholds, threshold_sweep
 from utils.evaluation.metrics import UNKNOWN, Report
 from utils.fileio import atomic_write, make_folder, write_json_atomic
 
@@ -54,14 +54,30 @@ def global_sweep(scores: np.ndarray, targets, pr_convention: str = "ours") -> Op
     return None if isinstance(targets, TableRows) else threshold_sweep(scores, targets, pr_convention)
 
 
-def threshold_advice(sweep: Dict[str, np.ndarray], how_to_report: str) -> str:
-    """Three lines: the best single threshold for every class (by CF1) against the table's 0.5, and where
-    per-class thresholds come from (``how_to_report``: the command, or the report already written)."""
+def threshold_advice(sweep: Dict[str, np.ndarray], how_to_report: str, held_out: bool = False) -> str:
+    """Three lines (two for ``held_out`` data): the best single threshold for every class (by CF1) against the
+    table's 0.5, and where per-class thresholds come from (``how_to_report``: the command, or the file
+    already written)."""
     t, cf1, at_half = best_global_threshold(sweep)
-    first = (f"best single threshold for every class: {t:.2f} (CF1 {cf1:.2f}; {at_half:.2f} at 0.5, the table's)"
-             if t != 0.5 else f"best single threshold for every class: 0.5, the table's (CF1 {cf1:.2f})")
-    return (f"{first}\nper-class thresholds for demo.py --thresholds: {how_to_report}\n"
-            "(thresholds chosen on the test set flatter it: choose them on held-out data)")
+    on = "validation " if held_out else ""
+    first = (f"best single threshold for every class: {t:.2f} ({on}CF1 {cf1:.2f}; {at_half:.2f} at 0.5, the "
+             "table's)" if t != 0.5 else f"best single threshold for every class: 0.5, the table's ({on}CF1 {cf1:.2f})")
+    text = f"{first}\nper-class thresholds for demo.py --thresholds: {how_to_report}"
+    return text if held_out else text + "\n(thresholds chosen on the test set flatter it: choose them on held-out data)"
+
+
+def write_thresholds(path: str, names: Sequence[str], scores: np.ndarray, targets: np.ndarray, chosen_on: str,
+                     note: str = "best-F1 thresholds chosen on held-out data") -> None:
+    """thresholds.json for demo.py and predict_onnx.py --thresholds: every class's best-F1 threshold on these
+    scores, with the set they were chosen on."""
+    thresholds_file(path, names, *class_thresholds(scores, targets), chosen_on, note)
+
+
+def thresholds_file(path: str, names: Sequence[str], thresholds: np.ndarray, best_f1: np.ndarray, chosen_on: str,
+                    note: str) -> None:
+    write_json_atomic({"classes": list(names), "thresholds": {n: float(t) for n, t in zip(names, thresholds)},
+                       "best_f1": {n: float(f) for n, f in zip(names, best_f1)}, "chosen_on": chosen_on,
+                       "note": note}, path)
 
 
 def report_to_dict(report: Report, class_names: Optional[Sequence[str]] = None) -> dict:

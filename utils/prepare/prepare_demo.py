@@ -117,3 +117,12 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     run_main(main)
+
+
+def ensure_demo_files(train_json: str, test_json: str) -> None:
+    """Generate the demo dataset where its files are missing (a run interrupted while generating left no
+    JSON: the images are made again)."""
+    if not (os.path.isfile(train_json) and os.path.isfile(test_json)):
+        print(f"generating the demo dataset in {os.path.dirname(train_json)} ...")
+        generate_demo(os.path.dirname(train_json), quiet=True, force=True)
+

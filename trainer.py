@@ -166,7 +166,8 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     sampler = SeededShardSampler(len(data.train_set), cfg.run.seed, du.rank(), du.world_size())
     iters_per_epoch = math.ceil(len(range(0, len(data.train_set), du.world_size())) / cfg.data.batch_size)
     lr_fn = make_schedule(t.scheduler, iters_per_epoch=iters_per_epoch, total_epochs=t.total_epoch,
-                          warmup_epochs=t.warmup_epoch, decay_every=t.decay_every, onecycle_peak=t.onecycle_peak)
+                          warmup_epochs=t.warmup_epoch, decay_every=t.decay_every, onecycle_peak=t.onecycle_peak,
+                          lr_floor=t.lr_floor)
     return Parts(cfg, model, optimizer, runtime.grad_scaler(), criterion, ema, runtime, eval_runtime, governor,
                  data, sampler, iters_per_epoch, lr_fn, init)
 
@@ -198,7 +199,7 @@ def selection_rows(data: RunData) -> List[Tuple[str, str]]:
     """The header's rows on the test set and, when there is one, the validation set: which of them chooses
     the epoch, the weights (EMA or not) and the thresholds."""
     if data.val_set is None:
-        return [("test data", f"{data.test_json}, also choosing the epoch and weights (the authors' protocol)")]
+        return [("test data", data.test_json)]  # (the data row says that it chooses)
     return [("validation", f"{data.val_source}: chooses the epoch, EMA or not and the thresholds"),
             ("test data", f"{data.test_json}, scored once at the end on the chosen weights")]
 
@@ -211,7 +212,8 @@ def run_header(p: Parts, folder: str) -> str:
     rows = [
         ("model", f"{describe_model(cfg.model)}, {weights_in_use(cfg.training)}"),
         ("data", f"{len(p.data.train_set)} training images ({cfg.data.dataset})" +
-                 (", partial labels" if cfg.training.partial_labels else "")),
+                 (", partial labels" if cfg.training.partial_labels else "") +
+                 (", epoch chosen on the test set (authors' protocol)" if p.data.val_set is None else "")),
         *selection_rows(p.data),
         ("recipe", f"{cfg.training.recipe}: {options}"),
         ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; evaluation in "
@@ -340,7 +342,8 @@ class Trainer:
         train_model = self.training_model()
         loader = make_loader(p.data.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
-        self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter)
+        self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter,
+                              device=p.runtime.device.type)
         self.first_step = self.start_iter
         if du.is_main():
             print(run_header(p, self.run.path))

@@ -28,14 +28,19 @@ class Recipe:
 RECIPES: Dict[str, Recipe] = {
     "paper": Recipe("paper", "the CSRA paper's", dict(
         optimizer="sgd", scheduler="step", lr=0.01, head_lr_mult=10.0, momentum=0.9, w_d=1e-4, no_decay_norm_bias=False,
-        warmup_epoch=2.0, onecycle_peak=0.2, total_epoch=30, ema=None, loss="bce", randaugment=False, cutout=0.0)),
+        warmup_epoch=2.0, onecycle_peak=0.2, lr_floor=0.0, total_epoch=30, ema=None, loss="bce", randaugment=False,
+        cutout=0.0)),
     "strong": Recipe("strong", "AdamW + one-cycle + EMA + ASL + RandAugment + Cutout", dict(
         optimizer="adamw", scheduler="onecycle", lr=1e-4, head_lr_mult=1.0, momentum=0.9, w_d=1e-4, no_decay_norm_bias=True,
-        warmup_epoch=2.0, onecycle_peak=0.2, total_epoch=40, ema=0.9997, loss="asl", randaugment=True, cutout=0.5)),
+        warmup_epoch=2.0, onecycle_peak=0.2, lr_floor=0.0, total_epoch=40, ema=0.9997, loss="asl", randaugment=True,
+        cutout=0.5)),
 }
 PAPER = RECIPES["paper"].values
-TRAINING_OPTIONS = tuple(PAPER)  # the options a recipe sets (every recipe sets them all), in display order
-assert all(tuple(r.values) == TRAINING_OPTIONS for r in RECIPES.values())
+RECIPE_OPTIONS = tuple(PAPER)  # the options a recipe sets (every recipe sets them all)
+assert all(tuple(r.values) == RECIPE_OPTIONS for r in RECIPES.values())
+# the training options the header shows, in its order: a recipe's, and the step schedule's decay period (the dataset's)
+_AT = RECIPE_OPTIONS.index("warmup_epoch") + 1
+TRAINING_OPTIONS = RECIPE_OPTIONS[:_AT] + ("decay_every",) + RECIPE_OPTIONS[_AT:]
 
 
 def get_recipe(name: str) -> Recipe:
@@ -44,9 +49,10 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-# options that only one choice of another option reads (typed with another choice: an error in main.py)
-APPLIES_TO = {"momentum": ("optimizer", "sgd"), "warmup_epoch": ("scheduler", "step"),
-              "decay_every": ("scheduler", "step"), "onecycle_peak": ("scheduler", "onecycle")}
+# options that only some choices of another option read (typed with another choice: an error in main.py)
+APPLIES_TO = {"momentum": ("optimizer", ("sgd",)), "warmup_epoch": ("scheduler", ("step", "cosine")),
+              "decay_every": ("scheduler", ("step",)), "onecycle_peak": ("scheduler", ("onecycle",)),
+              "lr_floor": ("scheduler", ("cosine",))}
 SWITCHES = {"no_decay_norm_bias": ("no decay on biases/norms", "decay on every weight"),
             "randaugment": ("randaugment", "no randaugment")}
 
@@ -59,14 +65,22 @@ def show_option(key: str, value) -> str:
 
 def describe_options(values: Dict[str, object], marked: Dict[str, object] = None) -> str:
     """'optimizer sgd, scheduler step, lr 0.01, ...': the training options in ``values`` that apply (no
-    momentum with adamw); those that differ from ``marked`` get a '*'."""
+    momentum with adamw); those that differ from ``marked`` get a '*'. A step schedule whose first decay
+    would come after the last epoch says so (legitimate in a short run, but worth knowing)."""
     out = []
     for key in TRAINING_OPTIONS:
         if key not in values:
             continue
         owner = APPLIES_TO.get(key)
-        if owner and values.get(owner[0]) != owner[1]:
+        if owner and values.get(owner[0]) not in owner[1]:
             continue
         star = "*" if marked is not None and key in marked and values[key] != marked[key] else ""
-        out.append(show_option(key, values[key]) + star)
+        out.append(show_option(key, values[key]) + star + _never_decays(key, values))
     return ", ".join(out)
+
+
+def _never_decays(key: str, values: Dict[str, object]) -> str:
+    total = values.get("total_epoch")
+    if key != "decay_every" or total is None or values[key] < total:
+        return ""
+    return " (no decay in this run)"

@@ -48,7 +48,7 @@ def test_the_record_has_every_training_option_and_nothing_of_the_other_scripts()
 
 
 def test_a_runs_args_json_is_the_config_record_with_its_id_and_runtime(tmp_path):
-    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
     r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1"))
     assert r.returncode == 0, r.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "args.json").read_text())

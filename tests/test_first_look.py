@@ -46,7 +46,7 @@ def test_a_dataset_flag_that_contradicts_the_record_stops_in_every_script(demo_r
 
 
 def test_the_header_is_a_short_block_that_explains_its_stars(tmp_path):
-    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
     r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1", "--lr", "0.02"))
     assert r.returncode == 0, r.stderr[-2000:]
     head = re.split(r"\n(?:ETA for the whole run|epoch 1/1)", r.stdout)[0].splitlines()

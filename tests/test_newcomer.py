@@ -16,7 +16,7 @@ def test_own_files_are_a_custom_dataset_named_in_the_header(tmp_path):
     files = tiny_demo(tmp_path / "mine", num_train=16, num_test=8)
     argv = ["--train_json", files["train"], "--test_json", files["test"], "--model", "small_cnn", "--pretrained",
             "none", "--img_size", "32", "--batch_size", "8", "--total_epoch", "1", "--num_workers", "0",
-            "--output_dir", str(tmp_path / "run")]
+            "--warmup_epoch", "0", "--output_dir", str(tmp_path / "run")]  # the recipe's 2-epoch warm-up: refused
     args = train_main.get_args(argv)
     assert args.dataset == "custom" and args.decay_every == 4 and args.normalize == "unit"
     assert args.class_names[:2] == ["circle", "square"]  # from classes.txt beside the JSON
@@ -59,7 +59,8 @@ def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path):
         pass
     files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
     r = run_py("main.py", "--dataset", "demo", "--train_json", files["train"], "--test_json", files["test"],
-               "--img_size", "32", "--total_epoch", "1", "--output_dir", tmp_path / "run", "--tensorboard")
+               "--img_size", "32", "--total_epoch", "1", "--warmup_epoch", "0", "--output_dir", tmp_path / "run",
+               "--tensorboard")  # (one step: with the demo's warm-up it would train at LR 0, refused)
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == \
         "error: --tensorboard needs the tensorboard package: pip install tensorboard"
 

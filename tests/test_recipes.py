@@ -231,7 +231,7 @@ def test_an_ema_decay_outside_zero_to_one_is_refused():
 
 
 def test_config_repeats_a_recorded_run_and_typed_flags_win(tmp_path):
-    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
     first = tmp_path / "a"
     r = run_py("main.py", *train_argv(files, first, "--total_epoch", "1", "--lr", "0.03", "--loss", "focal"))
     assert r.returncode == 0, r.stderr[-2000:]

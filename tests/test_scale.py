@@ -104,7 +104,7 @@ def test_sparse_and_dense_files_train_evaluate_and_report_identically(tmp_path):
 
 
 def test_unknown_labels_are_out_of_the_loss_and_the_run_says_so(tmp_path):
-    files = tiny_demo(tmp_path / "d", num_train=8, num_test=4)
+    files = tiny_demo(tmp_path / "d", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
     records = json.loads(open(files["train"]).read())
     path = tmp_path / "d" / "partial.jsonl"
     write_sparse(str(path), ((r["img_path"], [i for i, v in enumerate(r["target"]) if v == 1 and i != 5][:1], [5])
@@ -322,7 +322,8 @@ def test_training_and_the_report_at_openimages_class_count(tmp_path):
     for loss in ("bce", "focal", "asl"):
         argv = ["--train_json", str(tmp_path / "train.jsonl"), "--test_json", str(tmp_path / "test.jsonl"),
                 "--model", "small_cnn", "--pretrained", "none", "--img_size", "32", "--batch_size", "8",
-                "--total_epoch", "1", "--num_workers", "0", "--loss", loss, "--output_dir", str(tmp_path / loss)]
+                "--total_epoch", "1", "--warmup_epoch", "0", "--num_workers", "0", "--loss", loss,
+                "--output_dir", str(tmp_path / loss)]
         out = train_main.train(train_main.get_args(argv))
         entry = json.loads((tmp_path / loss / "log.jsonl").read_text())
         assert np.isfinite(entry["train_loss"]) and entry["mAP"] >= 0, loss

@@ -108,7 +108,7 @@ def test_the_meter_sees_a_busy_process():
 
 
 def test_main_prints_and_records_the_threads(tmp_path):
-    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
     r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1", "--threads", "1"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "\nthreads    1 thread (--threads 1)\n" in r.stdout

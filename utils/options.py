@@ -20,7 +20,7 @@ from pipeline.dataset_table import DATASETS
 from pipeline.heads import HEAD_KINDS
 from pipeline.losses import LOSSES
 from pipeline.optim import OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS
-from pipeline.recipes import RECIPES, SWITCHES, TRAINING_OPTIONS, describe_options, show_option
+from pipeline.recipes import RECIPE_OPTIONS, RECIPES, SWITCHES, describe_options, show_option
 from pipeline.runtime import AMP_CHOICES, NORMALIZE_HELP
 
 SCRIPTS = "TVDES"  # main.py, val.py, demo.py, export.py, the sweep
@@ -143,6 +143,7 @@ RECIPE_CHECKS: Dict[str, Check] = {
     "ema": (lambda v: 0 < v < 1, "in (0, 1), e.g. 0.9997"), "cutout": (lambda v: 0 <= v <= 1,
                                                                      "a fraction of the image side in [0, 1]"),
     "onecycle_peak": (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"),
+    "lr_floor": (lambda v: 0 <= v <= 1, "a fraction of the LR in [0, 1]"),
 }
 INFERENCE_AMP_HELP = ("precision: off = float32 (the published numbers' precision); bf16/fp16 opt into autocast (faster "
                       "on GPUs; scores move by up to a few 0.01); auto = bf16 where the GPU or CPU computes it natively")
@@ -261,8 +262,8 @@ OPTIONS: Tuple[Option, ...] = (
            "options below; any of them typed wins. " + recipes_help()), resume="defines", pre=True),
     recipe_option("optimizer", "sgd (with --momentum) or adamw (betas 0.9, 0.999)", choices=list(OPTIMIZERS)),
     recipe_option("scheduler", "; ".join(f"{k}: {v}" for k, v in SCHEDULE_HELP.items()), choices=list(SCHEDULERS)),
-    recipe_option("lr", "backbone learning rate (the peak with onecycle); the CSRA head uses --head_lr_mult times it",
-                  type=float),
+    recipe_option("lr", "backbone learning rate (the peak with onecycle and cosine); the CSRA head uses --head_lr_mult "
+                  "times it", type=float),
     recipe_option("head_lr_mult", "head LR multiplier for heads that take one (CSRA; the GAP baseline: always 1)",
                   type=float),
     recipe_option("loss", "; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()), choices=list(LOSSES)),
@@ -280,12 +281,16 @@ OPTIONS: Tuple[Option, ...] = (
     recipe_option("no_decay_norm_bias", "no weight decay on biases and normalisation weights", action="store_true"),
     Option("decay_norm_bias", "T", "training", dict(dest="no_decay_norm_bias", action="store_false",
            help="weight decay on every parameter (turns --no_decay_norm_bias off)"), negates="no_decay_norm_bias"),
-    recipe_option("warmup_epoch", "linear warm-up epochs, --scheduler step", type=float),
+    recipe_option("warmup_epoch", "linear warm-up epochs from LR 0, --scheduler step or cosine (not longer than the "
+                  "run)", type=float),
     recipe_option("onecycle_peak", "--scheduler onecycle: the fraction of the steps at which the LR peaks", type=float),
+    recipe_option("lr_floor", "--scheduler cosine: the LR at the last step, as a fraction of each group's LR (0: decay "
+                  "to 0, as timm's and torchvision's references by default)", type=float, metavar="FRACTION"),
     Option("total_epoch", "T", "training", dict(type=int, default=RECIPES["paper"].values["total_epoch"],
            help="epochs" + recipe_note("total_epoch")), check=POSITIVE_INT, resume="may change"),
     Option("decay_every", "T", "training", dict(type=int, default=4, help=f"x0.1 every N epochs, --scheduler step "
-           f"({dataset_note('decay_every')})"), check=POSITIVE_INT, resume="defines"),
+           f"({dataset_note('decay_every')}; N >= --total_epoch: no decay, said in the header)"), check=POSITIVE_INT,
+           resume="defines"),
     recipe_option("randaugment", "torchvision's RandAugment (2 ops, magnitude 9) on the 8-bit training image",
                   action="store_true"),
     Option("no_randaugment", "T", "training", dict(dest="randaugment", action="store_false",
@@ -375,7 +380,7 @@ OPTIONS: Tuple[Option, ...] = (
            "model, and the paper's fixed lam are always in)")),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
-assert all(name in BY_NAME for name in TRAINING_OPTIONS), "every recipe option needs its row"
+assert all(name in BY_NAME for name in RECIPE_OPTIONS), "every recipe option needs its row"
 
 # what the rest of the code reads, made from the table
 CHECKS: Dict[str, Check] = {o.dest: o.check for o in OPTIONS if o.check is not None}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from tqdm import tqdm
 
@@ -85,33 +85,49 @@ class EpochProgress:
         self.bar.close()
 
 
-class RunClock:
-    """The whole run's ETA: from the first steps' speed at the start, then from the epochs' wall time."""
+LONG_RUN_HOURS = 3  # a start-up ETA above this gets a second line saying what makes a run shorter
 
-    def __init__(self, first_epoch: int, total_epochs: int, iters_per_epoch: int, start_iter: int):
+
+def long_run_advice(device: Optional[str]) -> str:
+    """What shortens a run, for a start-up ETA above LONG_RUN_HOURS; ``device``: torch's device type, if known."""
+    where = "more GPUs (torchrun)" if device == "cuda" else "a GPU"
+    return (f"warning: over {LONG_RUN_HOURS} hours; to go faster: a smaller --img_size or --model, fewer "
+            f"--total_epoch, or {where}")
+
+
+class RunClock:
+    """The whole run's ETA: from the first steps' speed at the start (with advice when it is over
+    LONG_RUN_HOURS), then from the epochs' wall time. ``device``: where it trains (torch's device type);
+    ``now``: the clock (a test's fake one)."""
+
+    def __init__(self, first_epoch: int, total_epochs: int, iters_per_epoch: int, start_iter: int,
+                 device: Optional[str] = None, now: Callable[[], float] = time.time):
         self.total, self.ipe = total_epochs, iters_per_epoch
         self.first_epoch, self.start_iter = first_epoch, start_iter
-        self.t0 = time.time()
+        self.device, self.now = device, now
+        self.t0 = now()
         self.epochs_done = 0
         self.first_steps: Optional[float] = None
 
     def after_step(self, steps_done: int, probe: int = 10) -> Optional[str]:
-        """After ``probe`` steps of this process, the estimate for the whole run (training only)."""
+        """After ``probe`` steps of this process, the estimate for the whole run (training only); a second
+        line when it is over LONG_RUN_HOURS."""
         if self.first_steps is not None or steps_done < probe:
             return None
-        self.first_steps = time.time() - self.t0
+        self.first_steps = self.now() - self.t0
         remaining = (self.total - self.first_epoch) * self.ipe - self.start_iter - steps_done
         eta = self.first_steps / steps_done * remaining
-        return (f"ETA for the whole run: about {duration(eta)} of training (measured on the first {steps_done} "
+        text = (f"ETA for the whole run: about {duration(eta)} of training (measured on the first {steps_done} "
                 "steps; evaluation comes on top)")
+        return text + "\n" + long_run_advice(self.device) if eta > LONG_RUN_HOURS * 3600 else text
 
     def after_epoch(self, epoch_done: int) -> str:
         self.epochs_done += 1
-        per_epoch = (time.time() - self.t0) / self.epochs_done
+        per_epoch = (self.now() - self.t0) / self.epochs_done
         left = self.total - epoch_done
         return (f"epoch {epoch_done}/{self.total} done; {duration(per_epoch)} per epoch with evaluation, ETA "
                 f"{duration(per_epoch * left)} for the remaining {left}" if left else
-                f"epoch {epoch_done}/{self.total} done; the run took {duration(time.time() - self.t0)}")
+                f"epoch {epoch_done}/{self.total} done; the run took {duration(self.now() - self.t0)}")
 
 
 class StepLog:

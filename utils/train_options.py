@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 
+from pipeline.dataset_table import DATASETS
 from pipeline.errors import ConfigError
 from pipeline.losses import resolved_options
+from pipeline.optim import check_schedule
 from pipeline.pretrained import check_source
 from pipeline.recipes import APPLIES_TO
 from utils.cli import new_parser, parse_args, typed_flags
@@ -18,6 +20,22 @@ from utils.options import NEGATIONS
 def given_flags(argv) -> set:
     """The options typed on the command line, a negating flag counted as the option it negates (for --resume)."""
     return {NEGATIONS.get(f, f) for f in typed_flags(argv)}
+
+
+def _origin(args: argparse.Namespace, typed: set, key: str) -> str:
+    """' (--recipe paper's)': where an untyped value came from, for a message that names it."""
+    if key in typed:
+        return ""
+    if args.config:
+        return f" (from --config {args.config})"
+    by_dataset = key in DATASETS[args.dataset].recipe_overrides.get(args.recipe, {})
+    return f" (--recipe {args.recipe}'s" + (f" on --dataset {args.dataset})" if by_dataset else ")")
+
+
+def check_run_schedule(args: argparse.Namespace, typed: set) -> None:
+    """A new run's schedule, from its options alone: before the data are read (the steps per epoch come with
+    them; trainer.build checks the rest, through pipeline.optim.make_schedule)."""
+    check_schedule(args.scheduler, args.total_epoch, args.warmup_epoch, origin=_origin(args, typed, "warmup_epoch"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +49,19 @@ def get_args(argv=None) -> argparse.Namespace:
     if args.cutmix:
         check_source(args.cutmix, "--cutmix")
     typed = given_flags(argv)
+    check_combinations(args, typed)
+    if args.mlflow:
+        args.mlflow = resolve_uri(args.mlflow)  # recorded as the store it is, wherever the run resumes
+    if not args.resume:  # a resumed run's options come from its record: trainer.build checks them there
+        check_run_schedule(args, typed)
+    # the loss's own defaults for its options left unset: args.json records every value in force
+    args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
+                                                                    args.asl_clip)
+    return args
+
+
+def check_combinations(args: argparse.Namespace, typed: set) -> None:
+    """One line for options that do not go together, or an option whose partner is missing."""
     if args.config and args.resume:
         raise ConfigError("--config starts a new run from a recorded one; --resume continues a run: use one")
     if args.val_json and args.val_split is not None:
@@ -46,15 +77,9 @@ def get_args(argv=None) -> argparse.Namespace:
             raise ConfigError(f"--init_from {args.init_from}: no such file")
     elif args.init_classes or args.class_map:
         raise ConfigError(f"--{'init_classes' if args.init_classes else 'class_map'} applies to --init_from")
-    if args.mlflow:
-        args.mlflow = resolve_uri(args.mlflow)  # recorded as the store it is, wherever the run resumes
-    elif args.mlflow_parent:
+    if args.mlflow_parent and not args.mlflow:
         raise ConfigError("--mlflow_parent applies to --mlflow")
-    for flag, (option, choice) in APPLIES_TO.items():
-        if flag in typed and getattr(args, option) != choice:
-            raise ConfigError(f"--{flag} applies to --{option} {choice}, but this run uses --{option} "
+    for flag, (option, choices) in APPLIES_TO.items():
+        if flag in typed and getattr(args, option) not in choices:
+            raise ConfigError(f"--{flag} applies to --{option} {' or '.join(choices)}, but this run uses --{option} "
                               f"{getattr(args, option)} (--recipe {args.recipe})")
-    # the loss's own defaults for its options left unset: args.json records every value in force
-    args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
-                                                                    args.asl_clip)
-    return args

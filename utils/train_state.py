@@ -15,6 +15,7 @@ from typing import List, Optional, Set, Tuple
 
 from pipeline.checkpoint import safe_load
 from pipeline.errors import CheckpointError
+from pipeline.optim import SPANS_THE_RUN
 from pipeline.runtime import bf16_is_emulated, precision_name
 from utils.fileio import save_torch_atomic
 from utils.options import RUN_DEFINING, SAFE_TO_CHANGE
@@ -167,10 +168,10 @@ def reconcile_args(args, recorded: dict, folder: str, given: Set[str]) -> List[s
             if key == "total_epoch" and args.total_epoch < recorded[key]:
                 raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's "
                                       f"{recorded[key]}; it can only be raised")
-            if key == "total_epoch" and recorded.get("scheduler") == "onecycle":
-                raise CheckpointError(f"--resume: the run in {folder} uses --scheduler onecycle, whose LR curve "
-                                      "spans its recorded --total_epoch; it cannot be changed (start a new run "
-                                      "to train longer)")
+            if key == "total_epoch" and recorded.get("scheduler") in SPANS_THE_RUN:
+                raise CheckpointError(f"--resume: the run in {folder} uses --scheduler {recorded['scheduler']}, whose "
+                                      "LR curve spans its recorded --total_epoch; it cannot be changed (start a new "
+                                      "run to train longer)")
             changes.append(f"--{key} {recorded[key]} -> {getattr(args, key)}")
         else:
             setattr(args, key, recorded[key])

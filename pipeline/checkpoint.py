@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -56,6 +56,11 @@ def safe_load(path: str, mmap: bool = False) -> object:
     except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+
+
+def non_finite_keys(sd: Mapping[str, torch.Tensor]) -> List[str]:
+    """The keys of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -241,7 +246,7 @@ def load_model_weights(model, path: str) -> dict:
             raise CheckpointError(
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             )
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_keys(sd)
     if bad:
         raise CheckpointError(f"{path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
                               "that saved it diverged; load an earlier checkpoint")

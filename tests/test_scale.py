@@ -60,15 +60,77 @@ def test_sparse_round_trip_and_compact_form(tmp_path):
      "line 4: class index 3 is outside 0..2"),
     (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '{"img_path": "b.jpg", "positives": [1], "negatives": [1]}'],
      "line 3: class 1 is listed twice"),
+    # JSON booleans are not class indices (Python takes true for 1), nor are floats or nulls
+    (['HEADER', '{"img_path": "a.jpg", "positives": [true]}'], "line 2: a record is"),
+    (['HEADER', '{"img_path": "true.jpg", "positives": [0]}', '{"img_path": "b.jpg", "negatives": [2, false]}'],
+     "line 3: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [1.0]}'], "class indices are integers"),
+    (['HEADER', '{"img_path": "a.jpg", "negatives": [null]}'], "line 2: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0], "bbox": [1, 2, "3", 4]}'], "line 2: bbox must be [x, y, w, h]"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0], "bbox": [1, 2, 3]}'], "line 2: bbox must be [x, y, w, h]"),
+    (['{"format": "csra-sparse-labels", "version": true, "num_classes": 3, "unlisted": "unknown"}'],
+     "version true of the sparse format"),
+    (['HEADER', '{"img_path": "caf\xe9.jpg", "positives": [0]}'], "line 2 is not UTF-8 text"),
 ])
 def test_bad_sparse_files_are_one_line_naming_the_line(tmp_path, lines, message):
     header = '{"format": "csra-sparse-labels", "version": 1, "classes": "classes.txt", "num_classes": 3, ' \
              '"unlisted": "unknown"}'
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(header if ln == "HEADER" else ln for ln in lines) + "\n")
+    path.write_text("\n".join(header if ln == "HEADER" else ln for ln in lines) + "\n", encoding="latin-1")
     with pytest.raises(DataError) as e:
         load_table(str(path))
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sparse_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Spreadsheet tools on Windows put UTF-8's byte-order mark first; the dense loader already accepts it."""
+    files = tiny_demo(tmp_path / "d", num_train=6, num_test=4)
+    plain = dense_to_sparse(files["train"], tmp_path / "d" / "plain.jsonl")
+    marked = tmp_path / "d" / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + open(plain, "rb").read())
+    a, b = load_table(plain), load_table(str(marked))
+    assert a.dense().tolist() == b.dense().tolist() and a.paths() == b.paths() and b.num_classes == 6
+    out = train_main.train(train_main.get_args(
+        ["--train_json", str(marked), "--test_json", str(marked), "--model", "small_cnn", "--pretrained", "none",
+         "--img_size", "32", "--batch_size", "8", "--total_epoch", "1", "--num_workers", "0",
+         "--output_dir", str(tmp_path / "run")]))
+    assert out["folder"] == str(tmp_path / "run")
+
+
+def test_a_class_count_mismatch_names_where_the_expected_count_comes_from(tmp_path):
+    """No --num_cls typed: the message names what gave the count (a classes.txt, the training file, a run
+    record), not '--num_cls is 6'."""
+    files = tiny_demo(tmp_path / "d", num_train=8, num_test=4)
+    records = json.loads(open(files["train"]).read())
+    names_file = os.path.join(os.path.dirname(files["train"]), "classes.txt")  # 6 names, beside the files
+    seven = str(tmp_path / "d" / "seven.jsonl")
+    write_sparse(seven, ((r["img_path"], [0], []) for r in records), 7, "negative")
+    common = ["--model", "small_cnn", "--pretrained", "none", "--img_size", "32", "--batch_size", "8",
+              "--total_epoch", "1", "--num_workers", "0"]
+    r = run_py("main.py", "--train_json", seven, "--test_json", files["test"], *common, "--output_dir", tmp_path / "a")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        f"error: {seven}: its header says 7 classes, {names_file} lists 6 class names", r.stderr
+    (tmp_path / "e").mkdir()  # no class names anywhere: the training file counts the classes
+    six = dense_to_sparse(files["train"], tmp_path / "e" / "six.jsonl")
+    seven_dense = tmp_path / "e" / "seven.json"
+    seven_dense.write_text(json.dumps([dict(r, target=r["target"] + [0]) for r in records]))
+    r = run_py("main.py", "--train_json", six, "--test_json", seven_dense, *common, "--output_dir", tmp_path / "b")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        f"{seven_dense}: record 0 ({records[0]['img_path']}) has 7 labels, {six} has 6 classes"), r.stderr
+    out = train_main.train(train_main.get_args(["--train_json", files["train"], "--test_json", files["test"], *common,
+                                                "--output_dir", str(tmp_path / "run")]))
+    ckpt = os.path.join(out["folder"], "best.pth")
+    (tmp_path / "f").mkdir()  # 7 names beside a 7-class test file; the checkpoint has 6 classes
+    (tmp_path / "f" / "classes.txt").write_text("".join(f"c{i}\n" for i in range(7)))
+    (tmp_path / "f" / "test.json").write_text(seven_dense.read_text())
+    record = os.path.join(out["folder"], "args.json")
+    r = run_py("val.py", "--load_from", ckpt, "--test_json", tmp_path / "f" / "test.json")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        f"has 7 labels, the checkpoint's run record {record} says 6 classes"), r.stderr
+    r = run_py("val.py", "--load_from", ckpt, "--no_record", "--model", "small_cnn", "--img_size", "32",
+               "--test_json", tmp_path / "f" / "test.json")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        f"error: {ckpt}: checkpoint has 6 classes, {tmp_path / 'f' / 'classes.txt'} lists 7 class names", r.stderr
 
 
 def test_both_formats_reach_the_same_table(tmp_path):

@@ -115,7 +115,7 @@ def checkpoint_sweep(args) -> dict:
     lams = parse_lams(args.lams, fixed)
     _, test_json = dataset_files(cfg)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False))
-    cfg = with_label_count(cfg, cfg.model.num_cls or dataset.num_classes)
+    cfg = with_label_count(cfg, cfg.model.num_cls or dataset.num_classes, counted_in=test_json)
     session = open_session(cfg, args.load_from)
     for line in (session.warning, session.header):
         if line:

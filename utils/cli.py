@@ -20,6 +20,7 @@ from pipeline.classes import load_class_names
 from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
 from pipeline.heads import get_head
+from pipeline.labels import expected_count
 from pipeline.recipes import RECIPES
 from pipeline.runtime import default_normalize, normalization
 from utils.config import Config, ModelConfig
@@ -154,10 +155,23 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         args.record_names = config.get("class_names")
         if "lam" not in typed and args.head != config.get("head"):
             args.lam = None  # lam means something else for another head: that head's default, not the record's
+    args.num_cls_from = recorded_count_origin(args.num_cls, typed, pre.config, config, found)
     args = resolve(args)
     if found:
         check_flags(args, typed, found[0], record)
     return args
+
+
+def recorded_count_origin(num_cls: Optional[int], typed: Set[str], config_path: Optional[str],
+                          config: Optional[dict], found: Optional[Tuple[str, dict]]) -> Optional[str]:
+    """Where a --num_cls that no flag typed comes from, when a record gave it (for messages)."""
+    if num_cls is None or "num_cls" in typed:
+        return None
+    if config is not None and config.get("num_cls") == num_cls:
+        return f"the record given to --config ({config_path}) says --num_cls {num_cls}"
+    if found and found[1].get("num_cls") == num_cls:
+        return f"the checkpoint's run record {found[0]} says {num_cls} classes"
+    return None
 
 
 def check_values(args: argparse.Namespace) -> None:
@@ -185,11 +199,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     names, source = class_names_known_now(args)
     if args.num_cls is None and names is not None:
         args.num_cls = len(names)
+        args.num_cls_from = f"{'--dataset ' if source == args.dataset else ''}{source} lists {len(names)} class names"
     if names is not None and args.num_cls is not None and len(names) != args.num_cls:
-        raise ConfigError(f"--num_cls is {args.num_cls} but the class names ({source}) list {len(names)} classes")
+        raise ConfigError(f"{expected_count(args.num_cls, args.num_cls_from)} but the class names ({source}) list "
+                          f"{len(names)} classes")
     args.class_names = names
     if args.num_cls is None and not _custom_json(args) and spec.classes:
         args.num_cls = spec.num_cls
+        args.num_cls_from = f"--dataset {args.dataset} has {spec.num_cls} classes"
     check_values(args)
     if args.num_cls is not None:
         finish_class_names(args, args.num_cls)
@@ -247,11 +264,18 @@ def finish_class_names(args: argparse.Namespace, num_cls: int) -> List[str]:
     return args.class_names
 
 
-def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None) -> Config:
+def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None,
+                     counted_in: Optional[str] = None) -> Config:
     """``cfg`` once the data have given the label count: the class names follow from it where no rule
-    named them before."""
+    named them before. Where no option gave the count, the file read first gave it: ``counted_in``
+    (default: the training file, which the trainer reads first), named in later messages."""
     names = cfg.class_names or default_class_names(cfg.data.dataset, num_cls)
-    return cfg.with_data(num_cls, names, cfg.training.partial_labels if partial_labels is None else partial_labels)
+    origin = None
+    if cfg.model.num_cls is None:
+        counted_in = counted_in or cfg.training.train_json or DATASETS[cfg.data.dataset].train_json
+        origin = f"{counted_in} has {num_cls} classes" if counted_in else None
+    return cfg.with_data(num_cls, names, cfg.training.partial_labels if partial_labels is None else partial_labels,
+                         origin)
 
 
 def model_kwargs(model: ModelConfig) -> dict:
@@ -267,7 +291,7 @@ def dataset_kwargs(cfg: Config, train: bool) -> dict:
                                randaugment=cfg.training.randaugment, cutout=cfg.training.cutout)
     return dict(transform=transform, num_classes=cfg.model.num_cls, data_root=data.data_root,
                 skip_bad_images=data.skip_bad_images, cache_images=data.cache_images,
-                fast_decode=True if train else data.fast_decode)
+                fast_decode=True if train else data.fast_decode, num_classes_from=cfg.num_cls_from)
 
 
 def dataset_files(cfg: Config, train: bool = False) -> Tuple[Optional[str], str]:

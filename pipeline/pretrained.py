@@ -10,7 +10,7 @@ line naming the first few. Nothing is copied partially: a load is exact or refus
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
@@ -78,6 +78,14 @@ def read_weight_file(path: str, flag: str = "--pretrained") -> Dict[str, torch.T
 
 def _is_classifier(key: str, spec: Backbone) -> bool:
     return any(key == c or key.startswith(c + ".") for c in spec.classifier)
+
+
+def classifier_outputs(model: nn.Module, spec: Backbone) -> Optional[int]:
+    """How many outputs the provider model's own classifier has (its last weight matrix's rows), or None
+    where the table names no classifier."""
+    rows = [v.shape[0] for k, v in model.state_dict().items()
+            if _is_classifier(k, spec) and k.endswith("weight") and v.dim() >= 2]
+    return rows[-1] if rows else None
 
 
 def _examples(keys) -> str:

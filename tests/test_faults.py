@@ -14,7 +14,7 @@ import torch
 import main as train_main
 from conftest import ROOT
 from faults import broken_dir
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, train_argv, write_nuswide, write_openimages
 from utils.run_lock import LOCK_FILE
 
 
@@ -235,6 +235,10 @@ def writer_cases(root, files, out):
         "prepare_custom": ("utils/prepare/prepare_custom.py", ["--img_dir", os.path.dirname(img), "--labels",
                                                                root / "labels.csv", "--out_dir", out / "c",
                                                                "--test_split", "0"]),
+        "prepare_openimages": ("utils/prepare/prepare_openimages.py", ["--data_path", raw_data(root) / "oi",
+                                                                       "--out_dir", out / "oi"]),
+        "prepare_nuswide": ("utils/prepare/prepare_nuswide.py", ["--data_path", raw_data(root) / "nus",
+                                                                 "--out_dir", out / "nus"]),
         "export": ("export.py", ["--load_from", ckpt, "--format", "torchscript", "--out", out / "m.pt"]),
         "convert": ("tools/convert_checkpoint.py", ["--load_from", ckpt, "--to", "zoo", "--out", out / "z.pth"]),
         "main": ("main.py", train_argv(files, out / "run", "--total_epoch", "1")),
@@ -242,7 +246,16 @@ def writer_cases(root, files, out):
 
 
 WRITERS = ["demo --heatmaps", "demo --output", "val --report", "val --save_scores", "plot_curves", "prepare_demo",
-           "prepare_custom", "export", "convert", "main"]
+           "prepare_custom", "prepare_openimages", "prepare_nuswide", "export", "convert", "main"]
+
+
+def raw_data(root):
+    """OpenImages' and NUS-WIDE's files in their own layouts, made once under ``root``."""
+    if not (root / "raw").exists():
+        (root / "raw").mkdir()
+        write_openimages(root / "raw" / "oi")
+        write_nuswide(root / "raw" / "nus")
+    return root / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +277,14 @@ def test_writers_on_a_broken_disk_are_one_line(trained, labels_csv, tmp_path, mo
 
 
 @pytest.mark.parametrize("case,folder", [("demo --heatmaps", "heat"), ("val --report", "rep"), ("prepare_demo", "d"),
-                                         ("prepare_custom", "c"), ("main", "run")])
-def test_writers_given_a_file_for_a_folder_are_one_line(trained, labels_csv, tmp_path, case, folder):
+                                         ("prepare_custom", "c"), ("prepare_openimages", "oi"),
+                                         ("prepare_nuswide", "nus"), ("main", "run")])
+@pytest.mark.parametrize("where", ["the folder", "a folder above"])
+def test_writers_given_a_file_for_a_folder_are_one_line(trained, labels_csv, tmp_path, case, folder, where):
     root, files = trained
-    script, argv = writer_cases(root, files, tmp_path)[case]
-    target = tmp_path / folder
+    above = tmp_path / "above"
+    script, argv = writer_cases(root, files, tmp_path if where == "the folder" else above / "inside")[case]
+    target = tmp_path / folder if where == "the folder" else above
     target.write_text("a file, not a folder")
     r = run_py(script, *argv)
     one_line_error(r, str(target), "is a file")

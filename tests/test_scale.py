@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import main as train_main
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, touch_images, train_argv, write_nuswide, write_openimages
 from pipeline.dataset import ImageTransform, MultiLabelDataset, load_table
 from pipeline.errors import DataError
 from pipeline.labels import LabelTable, TableRows, read_sparse, write_sparse
@@ -262,19 +262,6 @@ def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
 
 
 # --- preparation ----------------------------------------------------------------------------------------
-def write_openimages(root):
-    root.mkdir()
-    (root / "oidv6-class-descriptions.csv").write_text(
-        "LabelName,DisplayName\n/m/cat,Cat\n/m/dog,Dog\n/m/car,Car\n/m/old,Old class\n")
-    (root / "oidv6-classes-trainable.txt").write_text("/m/dog\n/m/cat\n/m/car\n")
-    head = "ImageID,Source,LabelName,Confidence\n"
-    (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
-        head + "bbb,verification,/m/cat,1\naaa,verification,/m/dog,0\naaa,crowdsource-verification,/m/cat,1\n"
-        "bbb,verification,/m/old,1\nbbb,verification,/m/car,0\n")
-    (root / "validation-annotations-human-imagelabels.csv").write_text(head + "vvv,verification,/m/car,1\n")
-    (root / "test-annotations-human-imagelabels.csv").write_text(head + "ttt,verification,/m/dog,0\n")
-
-
 def test_prepare_openimages_on_its_own_layout(tmp_path):
     write_openimages(tmp_path / "oi")
     out = tmp_path / "prepared"
@@ -310,6 +297,7 @@ def test_prepare_openimages_streams_a_sorted_file_and_reads_another_whole(tmp_pa
         write_openimages(root)
         (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
             head + "".join(f"{i},verification,{lab},{c}\n" for i, lab, c in kept))
+        touch_images(root / "train", {i for i, _, _ in kept})
         if order == "sorted":  # the whole-file path must not be taken: it would hold every image at once
             monkeypatch.setattr(prepare_openimages, "sorted_records", None)
         else:
@@ -330,22 +318,6 @@ def test_prepare_openimages_streams_a_sorted_file_and_reads_another_whole(tmp_pa
                                             for i, (p, n) in sorted(want.items())]
 
 
-def write_nuswide(root):
-    (root / "ImageList").mkdir(parents=True)
-    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
-    (root / "Concepts81.txt").write_text("animal\nbeach\nsky\n")
-    (root / "ImageList" / "TrainImagelist.txt").write_text("actor\\0001_1.jpg\nactor\\0002_2.jpg\nbeach\\0003_3.jpg\n")
-    (root / "ImageList" / "TestImagelist.txt").write_text("sky\\0004_4.jpg\n")
-    train = {"animal": "1\n0\n0\n", "beach": "0\n0\n1\n", "sky": "1\n0\n1\n"}
-    test = {"animal": "0\n", "beach": "0\n", "sky": "1\n"}
-    for concept in train:
-        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Train.txt").write_text(train[concept])
-        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Test.txt").write_text(test[concept])
-    for name in ("actor/0001_1.jpg", "beach/0003_3.jpg", "sky/0004_4.jpg"):  # 0002_2 is missing
-        (root / "Flickr" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "Flickr" / name).write_bytes(b"")
-
-
 def test_prepare_nuswide_on_its_own_layout(tmp_path):
     write_nuswide(tmp_path / "nus")
     out = tmp_path / "prepared"
@@ -364,6 +336,83 @@ def test_prepare_nuswide_on_its_own_layout(tmp_path):
     r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", tmp_path / "nus", "--out_dir", out, "--force")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
         "Labels_sky_Test.txt: line 1: a label is 0 or 1 (got '2')")
+
+
+def last_error(r):
+    """The one 'error: ...' line a preparation script ended with (progress bars come before it)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr and lines[-1].startswith("error: "), r.stderr[-2000:]
+    return lines[-1]
+
+
+def test_preparation_skips_and_counts_missing_images_and_refuses_empty_results(tmp_path):
+    """OpenImages lists an image only if its file is there (as NUS-WIDE does: training would stop at it),
+    and says how many it skipped; no classes, no listed images or none of them there is an error, not files
+    with 0 classes or 0 images that every loader refuses."""
+    oi, out = tmp_path / "oi", tmp_path / "prepared"
+    write_openimages(oi)
+    os.remove(oi / "train" / "bbb.jpg")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (f"wrote {out / 'train_openimages.jsonl'}: 1 images, 1 positive and 1 negative labels; 1 labels of classes "
+            f"outside the trainable list dropped; 1 labelled images missing from {oi / 'train'}, skipped") in r.stdout
+    assert [json.loads(ln)["img_path"] for ln in (out / "train_openimages.jsonl").read_text().splitlines()[1:]] == \
+        [str(oi / "train" / "aaa.jpg")]
+    os.remove(oi / "test" / "ttt.jpg")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "b")
+    assert last_error(r) == (f"error: {oi / 'test'}: none of the 1 images {oi / 'test-annotations-human-imagelabels.csv'} "
+                             "labels is there")
+    assert not (tmp_path / "b" / "test_openimages.jsonl").exists()
+    (oi / "test-annotations-human-imagelabels.csv").write_text("ImageID,Source,LabelName,Confidence\n")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "c")
+    assert last_error(r).endswith("test-annotations-human-imagelabels.csv: no image has a label of a trainable class")
+    (oi / "oidv6-classes-trainable.txt").write_text("\n")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "d")
+    assert last_error(r).endswith("oidv6-classes-trainable.txt: no classes")
+    nus = tmp_path / "nus"
+    write_nuswide(nus)
+    (nus / "ImageList" / "TestImagelist.txt").write_text("")
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", nus, "--out_dir", tmp_path / "e")
+    assert last_error(r).endswith(f"{nus / 'ImageList' / 'TestImagelist.txt'}: no images listed")
+    (nus / "Concepts81.txt").write_text("\n\n")
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", nus, "--out_dir", tmp_path / "f")
+    assert last_error(r) == f"error: {nus / 'Concepts81.txt'}: no concepts"
+    assert not (tmp_path / "f").exists()
+
+
+def test_preparation_reads_files_with_a_byte_order_mark(tmp_path):
+    """Spreadsheet tools on Windows start UTF-8 files with a byte-order mark: the OpenImages CSVs and class
+    list, the NUS-WIDE concept list, image lists and label files, and VOC's split lists prepare exactly as
+    without it (the concept list's mark used to become part of the first concept's file name)."""
+    from test_prepare import VOC_ANN, make_voc
+
+    def mark_every_text_file(root):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if name.endswith((".csv", ".txt")):
+                    path = os.path.join(folder, name)
+                    data = open(path, "rb").read()
+                    open(path, "wb").write(b"\xef\xbb\xbf" + data)
+
+    def prepared(out):
+        return {name: (out / name).read_text().replace(str(tmp_path / "marked"), str(tmp_path / "plain"))
+                for name in sorted(os.listdir(out))}
+
+    for variant in ("plain", "marked"):
+        root = tmp_path / variant
+        root.mkdir()
+        write_openimages(root / "oi")
+        write_nuswide(root / "nus")
+        make_voc(root, annotations=VOC_ANN, splits={"train": ["000001"], "val": ["000002"], "test": ["000003"]})
+        if variant == "marked":
+            mark_every_text_file(root)
+        for script, data in (("prepare_openimages.py", "oi"), ("prepare_nuswide.py", "nus"),
+                             ("prepare_voc.py", "VOCdevkit")):
+            r = run_py(f"utils/prepare/{script}", "--data_path", root / data, "--out_dir", root / f"{data}_out")
+            assert r.returncode == 0, (variant, script, r.stderr[-2000:])
+    for data in ("oi", "nus", "VOCdevkit"):
+        plain, marked = prepared(tmp_path / "plain" / f"{data}_out"), prepared(tmp_path / "marked" / f"{data}_out")
+        assert marked == plain and len(plain) >= 3, data
 
 
 def test_training_and_the_report_at_openimages_class_count(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
@@ -24,8 +25,9 @@ from pipeline.labels import expected_count
 from pipeline.recipes import RECIPES
 from pipeline.runtime import default_normalize, normalization
 from utils.config import Config, ModelConfig
-from utils.options import BY_NAME, CHECKS, PRE_PARSED, add_options, complete
-from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
+from utils.options import BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, PRE_PARSED, add_options, complete
+from utils.run_record import (RECORD_FILE, check_flags, check_record_values, find_record, read_record,
+                              record_defaults)
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
@@ -87,7 +89,9 @@ NOT_REPEATED = {"config", "config_changes", "resume", "run_id", "runtime", "reco
 
 
 def read_config(path: str) -> dict:
-    """--config: a run folder's record (its args.json, or the folder) whose options a new run repeats."""
+    """--config: a run folder's record (its args.json, or the folder) whose options a new run repeats. Every
+    key is an option of the table (its value checked as the table says) or the run's bookkeeping
+    (NOT_REPEATED): a key this code does not know stops, rather than being dropped without a word."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(path) and os.path.basename(path) != RECORD_FILE:
         raise ConfigError(f"--config {path}: name a run folder or its {RECORD_FILE}")
@@ -96,7 +100,24 @@ def read_config(path: str) -> dict:
     record = read_record(folder)
     if record is None:
         raise ConfigError(f"--config {path}: not the record of a run of main.py")
+    options = {o.dest for o in OPTIONS}
+    unknown = [k for k in record if k not in options and k not in NOT_REPEATED]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConfigError(f"--config {path}: \"{unknown[0]}\"{more} is not an option of this code: the record is from "
+                          "another version; start the run with flags instead")
+    check_record_values(record, [k for k in record if k not in NOT_REPEATED], f"--config {path}")
     return record
+
+
+def blame_record(error: ConfigError, typed: Set[str], config_path: Optional[str],
+                 config: Optional[dict]) -> ConfigError:
+    """``error``, saying so when the option it names came from the record given to --config (not typed)."""
+    named = re.search(r"--(\w+)", str(error))
+    key = named.group(1) if named else None
+    if config is None or key is None or key in typed or key not in config:
+        return error
+    return type(error)(f"{error} (--{key} came from the record given to --config {config_path})")
 
 
 def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -121,6 +142,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     typed = typed_flags(argv)
     known = {a.dest for a in p._actions}
     found = find_record(pre.load_from) if pre.load_from and "load_from" in known and not pre.no_record else None
+    if found:
+        check_record_values(found[1], MODEL_OPTIONS + DATA_OPTIONS, found[0])
     config = read_config(pre.config) if pre.config and "config" in known else None
     record = found[1] if found else (config or {})
     dataset = pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
@@ -156,7 +179,10 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         if "lam" not in typed and args.head != config.get("head"):
             args.lam = None  # lam means something else for another head: that head's default, not the record's
     args.num_cls_from = recorded_count_origin(args.num_cls, typed, pre.config, config, found)
-    args = resolve(args)
+    try:
+        args = resolve(args)
+    except ConfigError as e:
+        raise blame_record(e, typed, pre.config, config) from None
     if found:
         check_flags(args, typed, found[0], record)
     return args

@@ -246,6 +246,52 @@ def test_binary_scores_file_is_memory_mapped_and_gives_the_same_metrics(tmp_path
     assert r.returncode == 0 and f"mAP: {b.map:.2f}" in r.stdout, r.stderr[-2000:]
 
 
+def test_a_binary_scores_file_is_read_guarded_names_images_and_draws_the_report(tmp_path):
+    """val.py --from_scores X.npy: a file that is not a score matrix is one line (numpy's tracebacks before),
+    a column count that differs from the labels file says where each count comes from, non-finite scores
+    name their images as the JSON path does, and --report draws any matrix it can (8 x 6 was refused)."""
+    from utils.evaluation.report import save_scores
+    files = tiny_demo(tmp_path / "d", num_train=4, num_test=8)
+    records = json.loads(open(files["test"]).read())
+    paths = [r["img_path"] for r in records]
+    table_path = tmp_path / "l.jsonl"  # 3 of 6 classes listed per image, the others unknown
+    write_sparse(str(table_path), ((p, [i % 6], [(i + 1) % 6, (i + 2) % 6]) for i, p in enumerate(paths)), 6, "unknown")
+    table, _ = read_sparse(str(table_path))
+    scores = np.random.default_rng(0).random((8, 6)).astype(np.float32)
+    save_scores(str(tmp_path / "s.npy"), paths, scores, TableRows(table), None, None)
+    r = run_py("val.py", "--from_scores", tmp_path / "s.npy", "--report", tmp_path / "rep")
+    assert r.returncode == 0 and (tmp_path / "rep" / "index.html").is_file(), r.stderr[-2000:]
+    good = (tmp_path / "s.npy").read_bytes()
+
+    def one_line(content, *needles):
+        (tmp_path / "s.npy").write_bytes(content)
+        r = run_py("val.py", "--from_scores", tmp_path / "s.npy")
+        line = r.stderr.strip()
+        assert r.returncode == 1 and "\n" not in line and line.startswith("error: "), r.stderr[-2000:]
+        assert all(n in line for n in needles), line
+
+    def npy(array, **kw):
+        import io
+        out = io.BytesIO()
+        np.save(out, array, **kw)
+        return out.getvalue()
+
+    npy_path = str(tmp_path / "s.npy")
+    one_line(good[:len(good) - 40], npy_path, "not a readable .npy score matrix")  # truncated data
+    one_line(good[:60], npy_path, "not a readable .npy score matrix")  # truncated header
+    one_line(bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8)), npy_path, "not a readable .npy")
+    one_line(b"", npy_path, "not a readable .npy score matrix")
+    one_line(npy(np.array([[1, "a"]], dtype=object), allow_pickle=True), npy_path, "pickled Python objects")
+    one_line(npy(scores[:, :, None]), f"{npy_path}: holds a 8x6x1 array of float32; a score matrix is images x")
+    one_line(npy(np.array([["a"] * 6] * 8)), f"{npy_path}: holds a 8x6 array of <U1")
+    one_line(npy(np.hstack([scores, scores[:, :1]])),
+             f"{table_path.parent / 's.labels.jsonl'}: its header says 6 classes, {npy_path} has 7 columns")
+    for row, col, value in ((3, 3, np.nan), (5, 3, np.inf), (6, 0, -np.inf)):  # listed, unknown, listed
+        bad = scores.copy()
+        bad[row, col] = value
+        one_line(npy(bad), f"NaN or infinite scores for {paths[row]}")
+
+
 def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
     ap = np.linspace(0.1, 0.9, 9605)
     ap[7] = np.nan

@@ -127,14 +127,30 @@ def sparse_rows(targets, n: int):
     return rows, bool((t == UNKNOWN).any())
 
 
+def load_score_matrix(path: str) -> np.ndarray:
+    """A .npy score matrix, memory-mapped, or one line saying why it is not one (truncated, not .npy,
+    pickled objects, not images x classes of numbers)."""
+    try:
+        scores = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        reason = "pickled Python objects, which are not read" if "pickle" in str(e) or "object" in str(e) else \
+            " ".join(str(e).split())[:120] or type(e).__name__
+        raise DataError(f"{path}: not a readable .npy score matrix ({reason})") from None
+    if not isinstance(scores, np.ndarray) or scores.ndim != 2 or scores.dtype.kind not in "fiu":
+        what = f"a {'x'.join(map(str, scores.shape))} array of {scores.dtype}" if isinstance(scores, np.ndarray) \
+            else "not an array"
+        raise DataError(f"{path}: holds {what}; a score matrix is images x classes of numbers")
+    return scores
+
+
 def load_scores_binary(path: str):
     """(scores memory-mapped, TableRows, paths, class names) of a binary --save_scores file."""
     files = binary_scores_files(path)
     for key in ("scores", "labels"):
         if not os.path.isfile(files[key]):
             raise DataError(f"{files[key]}: missing; a binary --save_scores file comes with {os.path.basename(files['labels'])}")
-    scores = np.load(files["scores"], mmap_mode="r")
-    table, header = read_sparse(files["labels"], scores.shape[1] if scores.ndim == 2 else None)
+    scores = load_score_matrix(files["scores"])
+    table, header = read_sparse(files["labels"], scores.shape[1], f"{files['scores']} has {scores.shape[1]} columns")
     classes_file = header_classes_file(files["labels"], header)
     names = load_class_names(classes_file) if classes_file and os.path.isfile(classes_file) else \
         [f"class_{i}" for i in range(table.num_classes)]

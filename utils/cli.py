@@ -115,7 +115,7 @@ def blame_record(error: ConfigError, typed: Set[str], config_path: Optional[str]
     """``error``, saying so when the option it names came from the record given to --config (not typed)."""
     named = re.search(r"--(\w+)", str(error))
     key = named.group(1) if named else None
-    if config is None or key is None or key in typed or key not in config:
+    if config is None or key is None or key in typed or key not in config or key in NOT_REPEATED:
         return error
     return type(error)(f"{error} (--{key} came from the record given to --config {config_path})")
 

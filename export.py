@@ -33,7 +33,7 @@ def run(args) -> dict:
     if os.path.exists(args.out) and not args.force:
         raise OutputError(f"{args.out}: exists; pass --force to replace it")
     cfg = Config.from_args(args)
-    model, _ = load_for_inference(args.load_from, **model_kwargs(cfg.model))
+    model, _ = load_for_inference(args.load_from, **model_kwargs(cfg.model), num_classes_from=cfg.num_cls_from)
     print(describe_inference(cfg, args.load_from))
     names = list(cfg.class_names)
     make_folder(os.path.dirname(os.path.abspath(args.out)))

@@ -110,7 +110,7 @@ def load_data(cfg: Config) -> Tuple[RunData, Config]:
         partial = True
         if du.is_main():
             print(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
-    cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial)
+    cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial, counted_in=train_json)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=False)
     if not test_set.has_labels and du.is_main():
         print(f"note: {test_json} has no labels (e.g. VOC2012 test): "

@@ -69,7 +69,7 @@ def validate(args) -> dict:
     if num_cls is None:
         raise ConfigError(f"{test_json} has no labels to count the classes from: pass --classes FILE or --num_cls N "
                           "(or --load_from a checkpoint with its run record)")
-    cfg = with_label_count(cfg, num_cls)
+    cfg = with_label_count(cfg, num_cls, counted_in=test_json)
     session = open_session(cfg, args.load_from)
     model, runtime = session.model, session.runtime
     if du.is_main():

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
 from pipeline.backbones import BACKBONES, TIMM_PREFIX, get_backbone, identify
 from pipeline.errors import CheckpointError
 from pipeline.heads import HEAD_KINDS, get_head, recognise_head
+from pipeline.labels import expected_count
 
 
 def _looks_like_torch_file(path: str) -> bool:
@@ -56,6 +57,11 @@ def safe_load(path: str, mmap: bool = False) -> object:
     except Exception as e:  # truncated or foreign files fail in many ways inside the unpickler
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg[:200]})") from None
+
+
+def non_finite_keys(sd: Mapping[str, torch.Tensor]) -> List[str]:
+    """The keys of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def strip_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
@@ -196,8 +202,9 @@ def pretty_model(name: Optional[str]) -> str:
     return "backbone this code does not know"
 
 
-def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
-    """Raise a one-line CheckpointError naming the first thing that does not match."""
+def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str, num_classes_from: Optional[str] = None) -> None:
+    """Raise a one-line CheckpointError naming the first thing that does not match (``num_classes_from``:
+    where the model's class count comes from, ``pipeline.labels.expected_count``)."""
     info = checkpoint_contents(sd, model.model_name, model.head_type)
     if info["model"] != model.model_name:
         raise CheckpointError(
@@ -214,17 +221,18 @@ def check_compatible(sd: Mapping[str, torch.Tensor], model, path: str) -> None:
         )
     if info["num_classes"] != model.num_classes:
         raise CheckpointError(
-            f"{path}: checkpoint has {info['num_classes']} classes, --num_cls is {model.num_classes}"
+            f"{path}: checkpoint has {info['num_classes']} classes, "
+            f"{expected_count(model.num_classes, num_classes_from)}"
         )
 
 
-def load_model_weights(model, path: str) -> dict:
+def load_model_weights(model, path: str, num_classes_from: Optional[str] = None) -> dict:
     """Load any accepted checkpoint into ``model`` (strict), returning its contents (``checkpoint_contents``)."""
     sd = to_authors_layout(safe_load(path), path, model.model_name)
     if model.head_kind.recognise(sd) is not None:  # other heads' keys go, e.g. a leftover ImageNet fc
         others = tuple(h.prefix for h in HEAD_KINDS.values() if h.name != model.head_type)
         sd = {k: v for k, v in sd.items() if not k.startswith(others)}
-    check_compatible(sd, model, path)
+    check_compatible(sd, model, path, num_classes_from)
     model.adapt_state_dict(sd)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -241,7 +249,7 @@ def load_model_weights(model, path: str) -> dict:
             raise CheckpointError(
                 f"{path}: {k} has shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
             )
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_keys(sd)
     if bad:
         raise CheckpointError(f"{path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): the run "
                               "that saved it diverged; load an earlier checkpoint")

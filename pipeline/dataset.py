@@ -61,10 +61,11 @@ class MultiLabelDataset(Dataset):
 
     def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
                  data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True,
-                 cache_images: bool = False, fast_decode: Optional[bool] = None, partial_labels: bool = False):
+                 cache_images: bool = False, fast_decode: Optional[bool] = None, partial_labels: bool = False,
+                 num_classes_from: Optional[str] = None):
         self.json_path = json_path
         allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
-        table = load_table(json_path, num_classes, require_labels, allowed)
+        table = load_table(json_path, num_classes, require_labels, allowed, num_classes_from)
         if partial_labels:  # its -1 is unknown, also where these records are evaluated (a --val_split)
             table = replace(table, minus_one_unknown=True)
         base = None if data_root else relative_base(table.path(0), json_path)

@@ -24,9 +24,13 @@ def read_class_index(path: str) -> Dict[str, int]:
     """Folder name -> output index, from ``{"<index>": ["<folder name>", "<label>"], ...}``."""
     data = read_json(path)
     try:
-        return {str(entry[0]): int(index) for index, entry in data.items()}
+        mapping = {str(entry[0]): int(index) for index, entry in data.items()}
     except (AttributeError, TypeError, ValueError, IndexError, KeyError):
         raise DataError(f"{path}: not a class index of the form {{\"0\": [\"n01440764\", \"tench\"], ...}}") from None
+    negative = next((name for name, i in mapping.items() if i < 0), None)
+    if negative is not None:
+        raise DataError(f"{path}: {negative} maps to output {mapping[negative]}; outputs are numbered from 0")
+    return mapping
 
 
 class ImageFolderSet(Dataset):
@@ -55,7 +59,16 @@ class ImageFolderSet(Dataset):
                              if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
         if not self.samples:
             raise DataError(f"--img_dir {root}: no image files in its class folders")
-        self.img_size, self.crop_fraction = img_size, crop_fraction
+        self.img_size, self.crop_fraction, self.class_index = img_size, crop_fraction, class_index
+
+    def check_outputs(self, outputs: int, model: str) -> None:
+        """One line when a folder maps to an output the model does not have (it could never score)."""
+        beyond = [f for f in self.folders if self.output_of[f] >= outputs]
+        if beyond:
+            f = beyond[0]
+            source = f"--class_index {self.class_index} maps" if self.class_index else "the sorted folder names map"
+            raise DataError(f"{source} folder {f} to output {self.output_of[f]}, but {model} has {outputs} outputs "
+                            f"(0..{outputs - 1}; {len(beyond)} of {len(self.folders)} folders map beyond them)")
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import array
 import json
+import math
 import os
 from dataclasses import dataclass, replace
 from typing import Iterable, List, Optional, Sequence, TextIO, Tuple, Union
@@ -37,11 +38,14 @@ UNKNOWN = -1  # a training target's "unknown" (the --partial_labels convention; 
 EVAL_UNKNOWN = -99  # the evaluator's "unknown": left out of AP and of the P/R counts (utils.evaluation.metrics)
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark, which spreadsheet tools on Windows put first
+
+
 def is_sparse_file(path: str) -> bool:
     """JSON Lines with our header (by the first character: a dense file is a JSON list)."""
     with open(path, "rb") as f:
-        head = f.read(256).lstrip()
-    return head[:1] == b"{"
+        head = f.read(256)
+    return head.removeprefix(BOM).lstrip()[:1] == b"{"
 
 
 @dataclass(frozen=True)
@@ -165,10 +169,13 @@ def read_header(path: str, line: bytes) -> dict:
         header = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line 1 is not JSON ({e.msg}); a sparse label file starts with its header") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: line 1 is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise DataError(f"{path}: line 1 is not a sparse label header ({{\"format\": \"{FORMAT}\", ...}})")
-    if header.get("version") != VERSION:
-        raise DataError(f"{path}: version {header.get('version')!r} of the sparse format; this code reads {VERSION}")
+    if type(header.get("version")) is not int or header["version"] != VERSION:
+        raise DataError(f"{path}: version {json.dumps(header.get('version'))} of the sparse format; this code reads "
+                        f"{VERSION}")
     c = header.get("num_classes")
     if not isinstance(c, int) or isinstance(c, bool) or c <= 0:
         raise DataError(f"{path}: line 1: num_classes must be a positive integer (got {c!r})")
@@ -177,38 +184,34 @@ def read_header(path: str, line: bytes) -> dict:
     return header
 
 
-def read_sparse(path: str, num_classes: Optional[int] = None) -> Tuple[LabelTable, dict]:
-    """(table, header) of a sparse JSON Lines file; a bad line stops with the file and line number."""
+def expected_count(num_classes: int, source: Optional[str]) -> str:
+    """Where an expected class count comes from, for messages: ``source`` ('/d/classes.txt lists 6 class
+    names'), or the flag that gives it."""
+    return source or f"--num_cls is {num_classes}"
+
+
+def _has_booleans(lists) -> bool:
+    """A JSON true/false among the class indices (Python would take them for 1 and 0)."""
+    return any(type(v) is bool for lst in lists for v in lst)
+
+
+def _bbox(value, path: str, n: int) -> list:
+    if not (isinstance(value, list) and len(value) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+        raise DataError(f"{path}: line {n}: bbox must be [x, y, w, h], four finite numbers (got {value!r})")
+    return value
+
+
+def read_sparse(path: str, num_classes: Optional[int] = None,
+                num_classes_from: Optional[str] = None) -> Tuple[LabelTable, dict]:
+    """(table, header) of a sparse JSON Lines file; a bad line stops with the file and line number. A
+    ``num_classes`` the header must agree with comes with where it comes from (``expected_count``)."""
     with open(path, "rb") as f:
-        header = read_header(path, f.readline())
+        header = read_header(path, f.readline().removeprefix(BOM))
         c = header["num_classes"]
         if num_classes is not None and num_classes != c:
-            raise DataError(f"{path}: its header says {c} classes, --num_cls is {num_classes}")
-        classes, values, counts, paths, boxes = array.array("i"), array.array("b"), array.array("q"), [], {}
-        lines = array.array("q")  # each record's line number, for messages
-        loads = json.loads
-        for n, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            try:
-                r = loads(line)
-                p, q = r.get("positives", []), r.get("negatives", [])
-                img = r["img_path"]
-                if not isinstance(img, str) or not isinstance(p, list) or not isinstance(q, list):
-                    raise TypeError
-                classes.extend(p)
-                classes.extend(q)
-                if "bbox" in r:
-                    boxes[len(paths)] = r["bbox"]
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
-            except (TypeError, KeyError, AttributeError, OverflowError):
-                raise DataError(f"{path}: line {n}: a record is {{\"img_path\": str, \"positives\": [class indices], "
-                                "\"negatives\": [class indices]}") from None
-            values.frombytes(b"\x01" * len(p) + b"\x00" * len(q))
-            counts.append(len(p) + len(q))
-            lines.append(n)
-            paths.append(img)
+            raise DataError(f"{path}: its header says {c} classes, {expected_count(num_classes, num_classes_from)}")
+        classes, values, counts, lines, paths, boxes = _read_records(f, path)
     if not paths:
         raise DataError(f"{path}: holds no records")
     offsets = np.zeros(len(paths) + 1, dtype=np.int64)
@@ -224,6 +227,46 @@ def read_sparse(path: str, num_classes: Optional[int] = None) -> Tuple[LabelTabl
     table = LabelTable(blob, path_offsets, offsets, cls, np.frombuffer(values, dtype=np.int8).copy(), c,
                        unknown=header["unlisted"] == "unknown", bboxes=bboxes)
     return table, header
+
+
+def _read_records(f, path: str):
+    """The records after the header: (classes, values, label counts, line numbers, paths, boxes). Lines are
+    read in batches of about 1 MB; a JSON true/false (which Python would take for class 1 or 0) is looked
+    for in a batch's bytes first, so the per-record type check runs only where one may be."""
+    classes, values, counts, lines, paths, boxes = (array.array("i"), array.array("b"), array.array("q"),
+                                                    array.array("q"), [], {})
+    loads = json.loads
+    n = 1
+    for batch in iter(lambda: f.readlines(1 << 20), []):
+        joined = b"".join(batch)
+        may_hold_booleans = b"true" in joined or b"false" in joined
+        for line in batch:
+            n += 1
+            if not line.strip():
+                continue
+            try:
+                r = loads(line)
+                p, q = r.get("positives", []), r.get("negatives", [])
+                img = r["img_path"]
+                if not isinstance(img, str) or not isinstance(p, list) or not isinstance(q, list) or \
+                        (may_hold_booleans and _has_booleans((p, q))):
+                    raise TypeError
+                classes.extend(p)
+                classes.extend(q)
+                if "bbox" in r:
+                    boxes[len(paths)] = _bbox(r["bbox"], path, n)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: line {n} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+            except (TypeError, KeyError, AttributeError, OverflowError):
+                raise DataError(f"{path}: line {n}: a record is {{\"img_path\": str, \"positives\": [class indices], "
+                                "\"negatives\": [class indices]}; class indices are integers") from None
+            values.frombytes(b"\x01" * len(p) + b"\x00" * len(q))
+            counts.append(len(p) + len(q))
+            lines.append(n)
+            paths.append(img)
+    return classes, values, counts, lines, paths, boxes
 
 
 def _check_classes(path: str, cls: np.ndarray, offsets: np.ndarray, c: int, lines: np.ndarray) -> None:

@@ -110,7 +110,8 @@ class CSRANet(nn.Module):
 
 
 def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int], head: str = "csra",
-                       num_heads: int = 1, lam: float = 0.1, img_size: int = 448):
+                       num_heads: int = 1, lam: float = 0.1, img_size: int = 448,
+                       num_classes_from: Optional[str] = None):
     """Build the model a checkpoint needs (no ImageNet download: the checkpoint supplies every weight),
     load it, apply ``lam`` (also the GAP head's training-free rule), and put it in eval mode.
     Returns (model, what the checkpoint holds)."""
@@ -119,6 +120,6 @@ def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int]
                           "--num_cls nor --classes): pass --num_cls N or --classes FILE")
     model = CSRANet(model_name, num_classes, head=head, num_heads=num_heads, lam=lam, img_size=img_size,
                     pretrained="none")
-    info = load_model_weights(model, path)
+    info = load_model_weights(model, path, num_classes_from)
     model.set_lam(lam)
     return model.eval(), info

@@ -10,14 +10,14 @@ line naming the first few. Nothing is copied partially: a load is exact or refus
 from __future__ import annotations
 
 import os
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from pipeline.backbones import Backbone, Normalization
-from pipeline.checkpoint import safe_load, unwrap_state_dict
+from pipeline.checkpoint import non_finite_keys, safe_load, unwrap_state_dict
 from pipeline.errors import CheckpointError, ConfigError, PretrainedWeightsError
 
 SOURCES = ("imagenet", "none")
@@ -42,8 +42,19 @@ def _is_safetensors(path: str) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def refuse_non_finite(sd: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    """``sd`` unchanged, or one line naming ``source`` and its first tensor holding NaN or an infinity (a
+    diverged run's weights would start training at NaN and make every score NaN)."""
+    bad = non_finite_keys(sd)
+    if bad:
+        more = f" ({len(bad)} tensors do)" if len(bad) > 1 else ""
+        raise PretrainedWeightsError(f"{source}: tensor {bad[0]} holds NaN or infinite values{more}; these weights "
+                                     "cannot be used")
+    return sd
+
+
 def read_weight_file(path: str, flag: str = "--pretrained") -> Dict[str, torch.Tensor]:
-    """The tensors of a weights file, unwrapped and without ``module.`` prefixes."""
+    """The tensors of a weights file, unwrapped, without ``module.`` prefixes, all finite."""
     if not os.path.isfile(path):
         raise PretrainedWeightsError(f"{flag} {path}: no such file")
     if _is_safetensors(path):
@@ -59,13 +70,22 @@ def read_weight_file(path: str, flag: str = "--pretrained") -> Dict[str, torch.T
         except CheckpointError as e:
             raise PretrainedWeightsError(f"{flag} {e}") from None
     try:
-        return unwrap_state_dict(obj, path)
+        sd = unwrap_state_dict(obj, path)
     except CheckpointError as e:
         raise PretrainedWeightsError(f"{flag} {e}") from None
+    return refuse_non_finite(sd, f"{flag} {path}")
 
 
 def _is_classifier(key: str, spec: Backbone) -> bool:
     return any(key == c or key.startswith(c + ".") for c in spec.classifier)
+
+
+def classifier_outputs(model: nn.Module, spec: Backbone) -> Optional[int]:
+    """How many outputs the provider model's own classifier has (its last weight matrix's rows), or None
+    where the table names no classifier."""
+    rows = [v.shape[0] for k, v in model.state_dict().items()
+            if _is_classifier(k, spec) and k.endswith("weight") and v.dim() >= 2]
+    return rows[-1] if rows else None
 
 
 def _examples(keys) -> str:
@@ -114,9 +134,12 @@ def fetch_torchvision_weights(weights) -> Dict[str, torch.Tensor]:
                 "or --pretrained none"
             ) from None
     try:
-        return safe_load(path)
+        obj = safe_load(path)
     except CheckpointError as e:
         raise PretrainedWeightsError(str(e)) from None
+    if isinstance(obj, dict):
+        refuse_non_finite({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, path)
+    return obj
 
 
 def _timm_imagenet(spec: Backbone, img_size: int) -> nn.Module:
@@ -136,7 +159,9 @@ def create_model(spec: Backbone, img_size: int, pretrained: str = "none", *, fla
     check_source(pretrained, flag)
     if pretrained == "imagenet":
         if spec.provider == "timm":
-            return _timm_imagenet(spec, img_size)
+            model = _timm_imagenet(spec, img_size)
+            refuse_non_finite(model.state_dict(), f"timm's ImageNet weights for {spec.name}")
+            return model
         if spec.weights is None:
             raise ConfigError(f"{spec.name} has no ImageNet weights: pass --pretrained none (or a weights file)")
         model = spec.create(img_size)

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 from pipeline.errors import DataError
 from pipeline.jsonfile import read_json
-from pipeline.labels import LabelTable, from_dense, is_sparse_file, read_sparse
+from pipeline.labels import LabelTable, expected_count, from_dense, is_sparse_file, read_sparse
 
 TRAIN_LABELS = (0, 1)
 PARTIAL_TRAIN_LABELS = (-1, 0, 1)  # with --partial_labels: -1 unknown
@@ -16,9 +16,10 @@ TEST_LABELS = (-1, 0, 1, 99)  # -1 absent, 0 negative (VOC: difficult), 1 presen
 
 
 def load_records(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True,
-                 allowed_labels: Tuple[int, ...] = TEST_LABELS) -> List[dict]:
+                 allowed_labels: Tuple[int, ...] = TEST_LABELS, num_classes_from: Optional[str] = None) -> List[dict]:
     """Read and validate a prepared JSON file: a list of {"img_path", "target"[, "bbox"]}.
-    Training files hold 0/1 targets; test files may also hold -1 (VOC absent) and 99 (WIDER unspecified)."""
+    Training files hold 0/1 targets; test files may also hold -1 (VOC absent) and 99 (WIDER unspecified).
+    ``num_classes_from`` says where ``num_classes`` comes from (``pipeline.labels.expected_count``)."""
     if not os.path.isfile(json_path):
         raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
     records = read_json(json_path)
@@ -27,7 +28,8 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
     if not records:
         raise DataError(f"{json_path}: holds no records")
     labelled = None
-    expected_len, expected_from = num_classes, "--num_cls is"
+    expected_len = num_classes
+    expected_from = expected_count(num_classes, num_classes_from) if num_classes is not None else ""
     for i, r in enumerate(records):
         if not isinstance(r, dict) or not isinstance(r.get("img_path"), str):
             raise DataError(f"{json_path}: record {i} is not an object with a string 'img_path'")
@@ -50,10 +52,9 @@ def load_records(json_path: str, num_classes: Optional[int] = None, require_labe
                 raise DataError(f"{json_path}: record {i} ({r['img_path']}): class {bad} has label {t[bad]}; "
                                 f"this file may hold {', '.join(map(str, allowed_labels))}{hint}")
             if expected_len is None:
-                expected_len, expected_from = len(t), "record 0 has"
+                expected_len, expected_from = len(t), f"record 0 has {len(t)}"
             elif len(t) != expected_len:
-                raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(t)} labels, "
-                                f"{expected_from} {expected_len}")
+                raise DataError(f"{json_path}: record {i} ({r['img_path']}) has {len(t)} labels, {expected_from}")
         if "bbox" in r:
             b = r["bbox"]
             if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -95,10 +96,11 @@ def relative_base(first: str, json_path: str) -> Optional[str]:
 
 
 def load_table(json_path: str, num_classes: Optional[int] = None, require_labels: bool = True,
-               allowed_labels: Tuple[int, ...] = TEST_LABELS) -> LabelTable:
+               allowed_labels: Tuple[int, ...] = TEST_LABELS, num_classes_from: Optional[str] = None) -> LabelTable:
     """A prepared file, dense JSON or sparse JSON Lines (``pipeline.labels``), as a LabelTable."""
     if not os.path.isfile(json_path):
         raise DataError(f"{json_path}: no such JSON file (prepare the dataset first, see README)")
     if is_sparse_file(json_path):
-        return read_sparse(json_path, num_classes)[0]
-    return from_dense(load_records(json_path, num_classes, require_labels, allowed_labels), num_classes)
+        return read_sparse(json_path, num_classes, num_classes_from)[0]
+    records = load_records(json_path, num_classes, require_labels, allowed_labels, num_classes_from)
+    return from_dense(records, num_classes)

@@ -16,6 +16,47 @@ def tiny_demo(folder, num_train=48, num_test=24, size=32, seed=0):
     return generate_demo(str(folder), num_train=num_train, num_test=num_test, size=size, seed=seed, quiet=True)
 
 
+def touch_images(folder, image_ids):
+    """Empty <id>.jpg files: the preparation scripts only check that a listed image is there."""
+    os.makedirs(folder, exist_ok=True)
+    for i in image_ids:
+        open(os.path.join(folder, f"{i}.jpg"), "wb").close()
+
+
+def write_openimages(root):
+    """OpenImages' files in its own layout: 3 trainable classes (and one that is not), 2 train images, one
+    validation and one test image, each image file there."""
+    root.mkdir()
+    (root / "oidv6-class-descriptions.csv").write_text(
+        "LabelName,DisplayName\n/m/cat,Cat\n/m/dog,Dog\n/m/car,Car\n/m/old,Old class\n")
+    (root / "oidv6-classes-trainable.txt").write_text("/m/dog\n/m/cat\n/m/car\n")
+    head = "ImageID,Source,LabelName,Confidence\n"
+    (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
+        head + "bbb,verification,/m/cat,1\naaa,verification,/m/dog,0\naaa,crowdsource-verification,/m/cat,1\n"
+        "bbb,verification,/m/old,1\nbbb,verification,/m/car,0\n")
+    (root / "validation-annotations-human-imagelabels.csv").write_text(head + "vvv,verification,/m/car,1\n")
+    (root / "test-annotations-human-imagelabels.csv").write_text(head + "ttt,verification,/m/dog,0\n")
+    for split, ids in (("train", ("aaa", "bbb")), ("validation", ("vvv",)), ("test", ("ttt",))):
+        touch_images(root / split, ids)
+
+
+def write_nuswide(root):
+    """NUS-WIDE's files in its own layout: 3 concepts, 3 train images (one missing from Flickr/), 1 test image."""
+    (root / "ImageList").mkdir(parents=True)
+    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
+    (root / "Concepts81.txt").write_text("animal\nbeach\nsky\n")
+    (root / "ImageList" / "TrainImagelist.txt").write_text("actor\\0001_1.jpg\nactor\\0002_2.jpg\nbeach\\0003_3.jpg\n")
+    (root / "ImageList" / "TestImagelist.txt").write_text("sky\\0004_4.jpg\n")
+    train = {"animal": "1\n0\n0\n", "beach": "0\n0\n1\n", "sky": "1\n0\n1\n"}
+    test = {"animal": "0\n", "beach": "0\n", "sky": "1\n"}
+    for concept in train:
+        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Train.txt").write_text(train[concept])
+        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Test.txt").write_text(test[concept])
+    for name in ("actor/0001_1.jpg", "beach/0003_3.jpg", "sky/0004_4.jpg"):  # 0002_2 is missing
+        (root / "Flickr" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "Flickr" / name).write_bytes(b"")
+
+
 def train_argv(files, out_dir, *extra, recipe="paper"):
     """main.py on a tiny_demo: 2 epochs; the paper's recipe with a 1-epoch warm-up and decay, or another
     recipe (named, with its own schedule)."""

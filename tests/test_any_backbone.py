@@ -287,6 +287,32 @@ def test_sweep_on_a_classifier_agrees_with_torchvisions_forward(tmp_path):
     assert r.returncode == 1 and "either --load_from" in r.stderr
 
 
+def test_sweep_refuses_folders_mapped_beyond_the_models_outputs(tmp_path):
+    """A folder mapped to an output the classifier does not have could never score: one line naming the
+    mapping, the folder and the model's output count (mobilenet_v2: 1,000 outputs), before any image is read."""
+    root = tmp_path / "val"
+    (root / "n00000001").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(root / "n00000001" / "0.png")
+    (root / "n00005000").mkdir()
+    sweep = ["tools/training_free_sweep.py", "--model", "mobilenet_v2", "--pretrained", "none", "--img_dir", root,
+             "--num_workers", "0", "--lams", "0.05"]
+    for index, needle in (
+            ({"1": ["n00000001", "a"], "5000": ["n00005000", "b"]},
+             f"error: --class_index {tmp_path / 'index.json'} maps folder n00005000 to output 5000, but mobilenet_v2 "
+             "has 1000 outputs (0..999; 1 of 2 folders map beyond them)"),
+            ({"1": ["n00000001", "a"], "-1": ["n00005000", "b"]},
+             f"error: {tmp_path / 'index.json'}: n00005000 maps to output -1; outputs are numbered from 0")):
+        (tmp_path / "index.json").write_text(json.dumps(index))
+        r = run_py(*sweep, "--class_index", tmp_path / "index.json")
+        assert r.returncode == 1 and r.stderr.strip() == needle, r.stderr[-2000:]
+    for i in range(1000):  # 1,002 sorted folders: m0000..m0999 are outputs 0..999, the n* folders 1000 and 1001
+        (root / f"m{i:04d}").mkdir()
+    r = run_py(*sweep)
+    assert r.returncode == 1 and r.stderr.strip() == ("error: the sorted folder names map folder n00000001 to output "
+                                                      "1000, but mobilenet_v2 has 1000 outputs (0..999; 2 of 1002 "
+                                                      "folders map beyond them)"), r.stderr[-2000:]
+
+
 def test_resume_is_exact_with_stochastic_depth(tmp_path):
     """ConvNeXt drops residual branches at random while training: each step's draws are seeded from
     (seed, step, rank), so a resumed run ends with the uninterrupted run's weights."""

@@ -14,7 +14,7 @@ import torch
 import main as train_main
 from conftest import ROOT
 from faults import broken_dir
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, train_argv, write_nuswide, write_openimages
 from utils.run_lock import LOCK_FILE
 
 
@@ -173,6 +173,41 @@ def test_every_loader_refuses_non_finite_weights(trained, tmp_path):
     assert not (tmp_path / "m.pt").exists() and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
+def test_starting_weight_files_with_non_finite_tensors_are_refused_naming_the_tensor(trained, tmp_path):
+    """--pretrained PATH (main.py and the sweep) and --cutmix PATH, .pth and .safetensors: a NaN or an
+    infinity anywhere in the file stops where the file is read, naming the file and the tensor (main.py
+    used to stop at the first step with 'loss is nan'; the sweep printed accuracies of NaN logits)."""
+    import torchvision
+    from safetensors.torch import save_file
+
+    from pipeline.backbones import get_backbone
+    root, files = trained
+    small = get_backbone("small_cnn").create(32).state_dict()
+    key = next(k for k, v in small.items() if v.is_floating_point() and v.dim() > 1)
+    small[key].view(-1)[3] = float("nan")
+    torch.save({"state_dict": small}, tmp_path / "small.pth")
+    resnet = torchvision.models.resnet18().state_dict()
+    resnet["layer2.0.bn1.running_var"][1] = float("inf")
+    save_file(resnet, str(tmp_path / "resnet18.safetensors"))
+    mobilenet = torchvision.models.mobilenet_v2().state_dict()
+    mobilenet["classifier.1.weight"][5, 7] = float("-inf")
+    torch.save(mobilenet, tmp_path / "mobilenet_v2.pth")
+    (tmp_path / "val" / "n0").mkdir(parents=True)
+    shutil.copy(json.loads(open(files["test"]).read())[0]["img_path"], tmp_path / "val" / "n0" / "0.png")
+    cases = [
+        ("main.py", train_argv(files, tmp_path / "a", "--pretrained", tmp_path / "small.pth"),
+         f"--pretrained {tmp_path / 'small.pth'}: tensor {key} holds NaN or infinite values"),
+        ("main.py", train_argv(files, tmp_path / "b", "--model", "resnet18", "--cutmix", tmp_path / "resnet18.safetensors"),
+         f"--cutmix {tmp_path / 'resnet18.safetensors'}: tensor layer2.0.bn1.running_var holds NaN or infinite"),
+        ("tools/training_free_sweep.py", ["--model", "mobilenet_v2", "--pretrained", tmp_path / "mobilenet_v2.pth",
+                                          "--img_dir", tmp_path / "val", "--num_workers", "0"],
+         f"--pretrained {tmp_path / 'mobilenet_v2.pth'}: tensor classifier.1.weight holds NaN or infinite values"),
+    ]
+    for script, argv, needle in cases:
+        one_line_error(run_py(script, *argv), needle)
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
 def test_export_failure_names_the_output_not_a_temporary(trained, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     root, _ = trained
@@ -200,6 +235,10 @@ def writer_cases(root, files, out):
         "prepare_custom": ("utils/prepare/prepare_custom.py", ["--img_dir", os.path.dirname(img), "--labels",
                                                                root / "labels.csv", "--out_dir", out / "c",
                                                                "--test_split", "0"]),
+        "prepare_openimages": ("utils/prepare/prepare_openimages.py", ["--data_path", raw_data(root) / "oi",
+                                                                       "--out_dir", out / "oi"]),
+        "prepare_nuswide": ("utils/prepare/prepare_nuswide.py", ["--data_path", raw_data(root) / "nus",
+                                                                 "--out_dir", out / "nus"]),
         "export": ("export.py", ["--load_from", ckpt, "--format", "torchscript", "--out", out / "m.pt"]),
         "convert": ("tools/convert_checkpoint.py", ["--load_from", ckpt, "--to", "zoo", "--out", out / "z.pth"]),
         "main": ("main.py", train_argv(files, out / "run", "--total_epoch", "1")),
@@ -207,7 +246,16 @@ def writer_cases(root, files, out):
 
 
 WRITERS = ["demo --heatmaps", "demo --output", "val --report", "val --save_scores", "plot_curves", "prepare_demo",
-           "prepare_custom", "export", "convert", "main"]
+           "prepare_custom", "prepare_openimages", "prepare_nuswide", "export", "convert", "main"]
+
+
+def raw_data(root):
+    """OpenImages' and NUS-WIDE's files in their own layouts, made once under ``root``."""
+    if not (root / "raw").exists():
+        (root / "raw").mkdir()
+        write_openimages(root / "raw" / "oi")
+        write_nuswide(root / "raw" / "nus")
+    return root / "raw"
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +277,14 @@ def test_writers_on_a_broken_disk_are_one_line(trained, labels_csv, tmp_path, mo
 
 
 @pytest.mark.parametrize("case,folder", [("demo --heatmaps", "heat"), ("val --report", "rep"), ("prepare_demo", "d"),
-                                         ("prepare_custom", "c"), ("main", "run")])
-def test_writers_given_a_file_for_a_folder_are_one_line(trained, labels_csv, tmp_path, case, folder):
+                                         ("prepare_custom", "c"), ("prepare_openimages", "oi"),
+                                         ("prepare_nuswide", "nus"), ("main", "run")])
+@pytest.mark.parametrize("where", ["the folder", "a folder above"])
+def test_writers_given_a_file_for_a_folder_are_one_line(trained, labels_csv, tmp_path, case, folder, where):
     root, files = trained
-    script, argv = writer_cases(root, files, tmp_path)[case]
-    target = tmp_path / folder
+    above = tmp_path / "above"
+    script, argv = writer_cases(root, files, tmp_path if where == "the folder" else above / "inside")[case]
+    target = tmp_path / folder if where == "the folder" else above
     target.write_text("a file, not a folder")
     r = run_py(script, *argv)
     one_line_error(r, str(target), "is a file")

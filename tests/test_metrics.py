@@ -191,6 +191,33 @@ def test_class_without_positive_is_left_out_and_named():
     assert "no positive image for dog" in text and "nan" not in text.split("\n")[0]
 
 
+def test_every_printed_line_of_the_report_is_under_100_characters():
+    """The summary main.py and val.py print, in every convention, with many classes left out of the mean
+    and long class names: no line of 100 characters or more (one was 140); what a line shortens it counts."""
+    from utils.evaluation import format_report
+    rng = np.random.default_rng(0)
+    n, c = 40, 60
+    scores = rng.random((n, c))
+    targets = (rng.random((n, c)) < 0.3).astype(int)
+    targets[:, 10:50] = 0  # 40 classes without a positive image
+    names = [f"class number {i}" for i in range(c)]
+    names[3] = "an OpenImages display name that goes on and on well past any column a table could hold " * 2
+    for convention in ("ours", "authors"):
+        for t in (targets, np.where(targets == 0, -1, targets), np.where(rng.random((n, c)) < 0.1, 99, targets)):
+            text = format_report(evaluate(scores, t, pr_convention=convention), names)
+            assert max(len(line) for line in text.splitlines()) < 100, text
+    assert "\nwarning: no positive image for 40 classes: AP undefined, left out of the mean\n  class number 10, " in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("  class number 10, "))
+    shown = line.strip()[:line.strip().index(" and ")].split(", ")
+    assert shown == names[10:10 + len(shown)] and line.endswith(f" and {40 - len(shown)} more")
+    assert "CF1 is the harmonic mean of CP and CR" in text and "Threshold: score >= 0.5." in text
+    from utils.evaluation.analysis import threshold_sweep
+    from utils.evaluation.report import threshold_advice
+    command = "val.py --load_from checkpoint/resnet101_on_my_own_data_2/best.pth --report DIR writes them"
+    advice = threshold_advice(threshold_sweep(scores, targets), command)  # main.py's, with its run's path
+    assert max(len(line) for line in advice.splitlines()) < 100 and f"\n  {command}\n" in advice
+
+
 def test_bad_inputs():
     with pytest.raises(MetricsError, match=r"\(3, 2\).*\(3, 4\)"):
         evaluate(np.zeros((3, 2)), np.zeros((3, 4)))

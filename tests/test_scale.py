@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import main as train_main
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_py, tiny_demo, touch_images, train_argv, write_nuswide, write_openimages
 from pipeline.dataset import ImageTransform, MultiLabelDataset, load_table
 from pipeline.errors import DataError
 from pipeline.labels import LabelTable, TableRows, read_sparse, write_sparse
@@ -60,15 +60,77 @@ def test_sparse_round_trip_and_compact_form(tmp_path):
      "line 4: class index 3 is outside 0..2"),
     (['HEADER', '{"img_path": "a.jpg", "positives": [0]}', '{"img_path": "b.jpg", "positives": [1], "negatives": [1]}'],
      "line 3: class 1 is listed twice"),
+    # JSON booleans are not class indices (Python takes true for 1), nor are floats or nulls
+    (['HEADER', '{"img_path": "a.jpg", "positives": [true]}'], "line 2: a record is"),
+    (['HEADER', '{"img_path": "true.jpg", "positives": [0]}', '{"img_path": "b.jpg", "negatives": [2, false]}'],
+     "line 3: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [1.0]}'], "class indices are integers"),
+    (['HEADER', '{"img_path": "a.jpg", "negatives": [null]}'], "line 2: a record is"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0], "bbox": [1, 2, "3", 4]}'], "line 2: bbox must be [x, y, w, h]"),
+    (['HEADER', '{"img_path": "a.jpg", "positives": [0], "bbox": [1, 2, 3]}'], "line 2: bbox must be [x, y, w, h]"),
+    (['{"format": "csra-sparse-labels", "version": true, "num_classes": 3, "unlisted": "unknown"}'],
+     "version true of the sparse format"),
+    (['HEADER', '{"img_path": "caf\xe9.jpg", "positives": [0]}'], "line 2 is not UTF-8 text"),
 ])
 def test_bad_sparse_files_are_one_line_naming_the_line(tmp_path, lines, message):
     header = '{"format": "csra-sparse-labels", "version": 1, "classes": "classes.txt", "num_classes": 3, ' \
              '"unlisted": "unknown"}'
     path = tmp_path / "bad.jsonl"
-    path.write_text("\n".join(header if ln == "HEADER" else ln for ln in lines) + "\n")
+    path.write_text("\n".join(header if ln == "HEADER" else ln for ln in lines) + "\n", encoding="latin-1")
     with pytest.raises(DataError) as e:
         load_table(str(path))
     assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_sparse_file_with_a_byte_order_mark_reads_as_without(tmp_path):
+    """Spreadsheet tools on Windows put UTF-8's byte-order mark first; the dense loader already accepts it."""
+    files = tiny_demo(tmp_path / "d", num_train=6, num_test=4)
+    plain = dense_to_sparse(files["train"], tmp_path / "d" / "plain.jsonl")
+    marked = tmp_path / "d" / "marked.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + open(plain, "rb").read())
+    a, b = load_table(plain), load_table(str(marked))
+    assert a.dense().tolist() == b.dense().tolist() and a.paths() == b.paths() and b.num_classes == 6
+    out = train_main.train(train_main.get_args(
+        ["--train_json", str(marked), "--test_json", str(marked), "--model", "small_cnn", "--pretrained", "none",
+         "--img_size", "32", "--batch_size", "8", "--total_epoch", "1", "--warmup_epoch", "0", "--num_workers", "0",
+         "--output_dir", str(tmp_path / "run")]))
+    assert out["folder"] == str(tmp_path / "run")
+
+
+def test_a_class_count_mismatch_names_where_the_expected_count_comes_from(tmp_path):
+    """No --num_cls typed: the message names what gave the count (a classes.txt, the training file, a run
+    record), not '--num_cls is 6'."""
+    files = tiny_demo(tmp_path / "d", num_train=8, num_test=4)
+    records = json.loads(open(files["train"]).read())
+    names_file = os.path.join(os.path.dirname(files["train"]), "classes.txt")  # 6 names, beside the files
+    seven = str(tmp_path / "d" / "seven.jsonl")
+    write_sparse(seven, ((r["img_path"], [0], []) for r in records), 7, "negative")
+    common = ["--model", "small_cnn", "--pretrained", "none", "--img_size", "32", "--batch_size", "8",
+              "--total_epoch", "1", "--warmup_epoch", "0", "--num_workers", "0"]
+    r = run_py("main.py", "--train_json", seven, "--test_json", files["test"], *common, "--output_dir", tmp_path / "a")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        f"error: {seven}: its header says 7 classes, {names_file} lists 6 class names", r.stderr
+    (tmp_path / "e").mkdir()  # no class names anywhere: the training file counts the classes
+    six = dense_to_sparse(files["train"], tmp_path / "e" / "six.jsonl")
+    seven_dense = tmp_path / "e" / "seven.json"
+    seven_dense.write_text(json.dumps([dict(r, target=r["target"] + [0]) for r in records]))
+    r = run_py("main.py", "--train_json", six, "--test_json", seven_dense, *common, "--output_dir", tmp_path / "b")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        f"{seven_dense}: record 0 ({records[0]['img_path']}) has 7 labels, {six} has 6 classes"), r.stderr
+    out = train_main.train(train_main.get_args(["--train_json", files["train"], "--test_json", files["test"], *common,
+                                                "--output_dir", str(tmp_path / "run")]))
+    ckpt = os.path.join(out["folder"], "best.pth")
+    (tmp_path / "f").mkdir()  # 7 names beside a 7-class test file; the checkpoint has 6 classes
+    (tmp_path / "f" / "classes.txt").write_text("".join(f"c{i}\n" for i in range(7)))
+    (tmp_path / "f" / "test.json").write_text(seven_dense.read_text())
+    record = os.path.join(out["folder"], "args.json")
+    r = run_py("val.py", "--load_from", ckpt, "--test_json", tmp_path / "f" / "test.json")
+    assert r.returncode == 1 and r.stderr.strip().endswith(
+        f"has 7 labels, the checkpoint's run record {record} says 6 classes"), r.stderr
+    r = run_py("val.py", "--load_from", ckpt, "--no_record", "--model", "small_cnn", "--img_size", "32",
+               "--test_json", tmp_path / "f" / "test.json")
+    assert r.returncode == 1 and r.stderr.strip() == \
+        f"error: {ckpt}: checkpoint has 6 classes, {tmp_path / 'f' / 'classes.txt'} lists 7 class names", r.stderr
 
 
 def test_both_formats_reach_the_same_table(tmp_path):
@@ -184,6 +246,52 @@ def test_binary_scores_file_is_memory_mapped_and_gives_the_same_metrics(tmp_path
     assert r.returncode == 0 and f"mAP: {b.map:.2f}" in r.stdout, r.stderr[-2000:]
 
 
+def test_a_binary_scores_file_is_read_guarded_names_images_and_draws_the_report(tmp_path):
+    """val.py --from_scores X.npy: a file that is not a score matrix is one line (numpy's tracebacks before),
+    a column count that differs from the labels file says where each count comes from, non-finite scores
+    name their images as the JSON path does, and --report draws any matrix it can (8 x 6 was refused)."""
+    from utils.evaluation.report import save_scores
+    files = tiny_demo(tmp_path / "d", num_train=4, num_test=8)
+    records = json.loads(open(files["test"]).read())
+    paths = [r["img_path"] for r in records]
+    table_path = tmp_path / "l.jsonl"  # 3 of 6 classes listed per image, the others unknown
+    write_sparse(str(table_path), ((p, [i % 6], [(i + 1) % 6, (i + 2) % 6]) for i, p in enumerate(paths)), 6, "unknown")
+    table, _ = read_sparse(str(table_path))
+    scores = np.random.default_rng(0).random((8, 6)).astype(np.float32)
+    save_scores(str(tmp_path / "s.npy"), paths, scores, TableRows(table), None, None)
+    r = run_py("val.py", "--from_scores", tmp_path / "s.npy", "--report", tmp_path / "rep")
+    assert r.returncode == 0 and (tmp_path / "rep" / "index.html").is_file(), r.stderr[-2000:]
+    good = (tmp_path / "s.npy").read_bytes()
+
+    def one_line(content, *needles):
+        (tmp_path / "s.npy").write_bytes(content)
+        r = run_py("val.py", "--from_scores", tmp_path / "s.npy")
+        line = r.stderr.strip()
+        assert r.returncode == 1 and "\n" not in line and line.startswith("error: "), r.stderr[-2000:]
+        assert all(n in line for n in needles), line
+
+    def npy(array, **kw):
+        import io
+        out = io.BytesIO()
+        np.save(out, array, **kw)
+        return out.getvalue()
+
+    npy_path = str(tmp_path / "s.npy")
+    one_line(good[:len(good) - 40], npy_path, "not a readable .npy score matrix")  # truncated data
+    one_line(good[:60], npy_path, "not a readable .npy score matrix")  # truncated header
+    one_line(bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8)), npy_path, "not a readable .npy")
+    one_line(b"", npy_path, "not a readable .npy score matrix")
+    one_line(npy(np.array([[1, "a"]], dtype=object), allow_pickle=True), npy_path, "pickled Python objects")
+    one_line(npy(scores[:, :, None]), f"{npy_path}: holds a 8x6x1 array of float32; a score matrix is images x")
+    one_line(npy(np.array([["a"] * 6] * 8)), f"{npy_path}: holds a 8x6 array of <U1")
+    one_line(npy(np.hstack([scores, scores[:, :1]])),
+             f"{table_path.parent / 's.labels.jsonl'}: its header says 6 classes, {npy_path} has 7 columns")
+    for row, col, value in ((3, 3, np.nan), (5, 3, np.inf), (6, 0, -np.inf)):  # listed, unknown, listed
+        bad = scores.copy()
+        bad[row, col] = value
+        one_line(npy(bad), f"NaN or infinite scores for {paths[row]}")
+
+
 def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
     ap = np.linspace(0.1, 0.9, 9605)
     ap[7] = np.nan
@@ -200,19 +308,6 @@ def test_the_report_shows_the_lowest_and_highest_ap_classes_of_many():
 
 
 # --- preparation ----------------------------------------------------------------------------------------
-def write_openimages(root):
-    root.mkdir()
-    (root / "oidv6-class-descriptions.csv").write_text(
-        "LabelName,DisplayName\n/m/cat,Cat\n/m/dog,Dog\n/m/car,Car\n/m/old,Old class\n")
-    (root / "oidv6-classes-trainable.txt").write_text("/m/dog\n/m/cat\n/m/car\n")
-    head = "ImageID,Source,LabelName,Confidence\n"
-    (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
-        head + "bbb,verification,/m/cat,1\naaa,verification,/m/dog,0\naaa,crowdsource-verification,/m/cat,1\n"
-        "bbb,verification,/m/old,1\nbbb,verification,/m/car,0\n")
-    (root / "validation-annotations-human-imagelabels.csv").write_text(head + "vvv,verification,/m/car,1\n")
-    (root / "test-annotations-human-imagelabels.csv").write_text(head + "ttt,verification,/m/dog,0\n")
-
-
 def test_prepare_openimages_on_its_own_layout(tmp_path):
     write_openimages(tmp_path / "oi")
     out = tmp_path / "prepared"
@@ -248,6 +343,7 @@ def test_prepare_openimages_streams_a_sorted_file_and_reads_another_whole(tmp_pa
         write_openimages(root)
         (root / "oidv6-train-annotations-human-imagelabels.csv").write_text(
             head + "".join(f"{i},verification,{lab},{c}\n" for i, lab, c in kept))
+        touch_images(root / "train", {i for i, _, _ in kept})
         if order == "sorted":  # the whole-file path must not be taken: it would hold every image at once
             monkeypatch.setattr(prepare_openimages, "sorted_records", None)
         else:
@@ -268,22 +364,6 @@ def test_prepare_openimages_streams_a_sorted_file_and_reads_another_whole(tmp_pa
                                             for i, (p, n) in sorted(want.items())]
 
 
-def write_nuswide(root):
-    (root / "ImageList").mkdir(parents=True)
-    (root / "Groundtruth" / "TrainTestLabels").mkdir(parents=True)
-    (root / "Concepts81.txt").write_text("animal\nbeach\nsky\n")
-    (root / "ImageList" / "TrainImagelist.txt").write_text("actor\\0001_1.jpg\nactor\\0002_2.jpg\nbeach\\0003_3.jpg\n")
-    (root / "ImageList" / "TestImagelist.txt").write_text("sky\\0004_4.jpg\n")
-    train = {"animal": "1\n0\n0\n", "beach": "0\n0\n1\n", "sky": "1\n0\n1\n"}
-    test = {"animal": "0\n", "beach": "0\n", "sky": "1\n"}
-    for concept in train:
-        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Train.txt").write_text(train[concept])
-        (root / "Groundtruth" / "TrainTestLabels" / f"Labels_{concept}_Test.txt").write_text(test[concept])
-    for name in ("actor/0001_1.jpg", "beach/0003_3.jpg", "sky/0004_4.jpg"):  # 0002_2 is missing
-        (root / "Flickr" / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / "Flickr" / name).write_bytes(b"")
-
-
 def test_prepare_nuswide_on_its_own_layout(tmp_path):
     write_nuswide(tmp_path / "nus")
     out = tmp_path / "prepared"
@@ -302,6 +382,83 @@ def test_prepare_nuswide_on_its_own_layout(tmp_path):
     r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", tmp_path / "nus", "--out_dir", out, "--force")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].endswith(
         "Labels_sky_Test.txt: line 1: a label is 0 or 1 (got '2')")
+
+
+def last_error(r):
+    """The one 'error: ...' line a preparation script ended with (progress bars come before it)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr and lines[-1].startswith("error: "), r.stderr[-2000:]
+    return lines[-1]
+
+
+def test_preparation_skips_and_counts_missing_images_and_refuses_empty_results(tmp_path):
+    """OpenImages lists an image only if its file is there (as NUS-WIDE does: training would stop at it),
+    and says how many it skipped; no classes, no listed images or none of them there is an error, not files
+    with 0 classes or 0 images that every loader refuses."""
+    oi, out = tmp_path / "oi", tmp_path / "prepared"
+    write_openimages(oi)
+    os.remove(oi / "train" / "bbb.jpg")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (f"wrote {out / 'train_openimages.jsonl'}: 1 images, 1 positive and 1 negative labels; 1 labels of classes "
+            f"outside the trainable list dropped; 1 labelled images missing from {oi / 'train'}, skipped") in r.stdout
+    assert [json.loads(ln)["img_path"] for ln in (out / "train_openimages.jsonl").read_text().splitlines()[1:]] == \
+        [str(oi / "train" / "aaa.jpg")]
+    os.remove(oi / "test" / "ttt.jpg")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "b")
+    assert last_error(r) == (f"error: {oi / 'test'}: none of the 1 images {oi / 'test-annotations-human-imagelabels.csv'} "
+                             "labels is there")
+    assert not (tmp_path / "b" / "test_openimages.jsonl").exists()
+    (oi / "test-annotations-human-imagelabels.csv").write_text("ImageID,Source,LabelName,Confidence\n")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "c")
+    assert last_error(r).endswith("test-annotations-human-imagelabels.csv: no image has a label of a trainable class")
+    (oi / "oidv6-classes-trainable.txt").write_text("\n")
+    r = run_py("utils/prepare/prepare_openimages.py", "--data_path", oi, "--out_dir", tmp_path / "d")
+    assert last_error(r).endswith("oidv6-classes-trainable.txt: no classes")
+    nus = tmp_path / "nus"
+    write_nuswide(nus)
+    (nus / "ImageList" / "TestImagelist.txt").write_text("")
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", nus, "--out_dir", tmp_path / "e")
+    assert last_error(r).endswith(f"{nus / 'ImageList' / 'TestImagelist.txt'}: no images listed")
+    (nus / "Concepts81.txt").write_text("\n\n")
+    r = run_py("utils/prepare/prepare_nuswide.py", "--data_path", nus, "--out_dir", tmp_path / "f")
+    assert last_error(r) == f"error: {nus / 'Concepts81.txt'}: no concepts"
+    assert not (tmp_path / "f").exists()
+
+
+def test_preparation_reads_files_with_a_byte_order_mark(tmp_path):
+    """Spreadsheet tools on Windows start UTF-8 files with a byte-order mark: the OpenImages CSVs and class
+    list, the NUS-WIDE concept list, image lists and label files, and VOC's split lists prepare exactly as
+    without it (the concept list's mark used to become part of the first concept's file name)."""
+    from test_prepare import VOC_ANN, make_voc
+
+    def mark_every_text_file(root):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                if name.endswith((".csv", ".txt")):
+                    path = os.path.join(folder, name)
+                    data = open(path, "rb").read()
+                    open(path, "wb").write(b"\xef\xbb\xbf" + data)
+
+    def prepared(out):
+        return {name: (out / name).read_text().replace(str(tmp_path / "marked"), str(tmp_path / "plain"))
+                for name in sorted(os.listdir(out))}
+
+    for variant in ("plain", "marked"):
+        root = tmp_path / variant
+        root.mkdir()
+        write_openimages(root / "oi")
+        write_nuswide(root / "nus")
+        make_voc(root, annotations=VOC_ANN, splits={"train": ["000001"], "val": ["000002"], "test": ["000003"]})
+        if variant == "marked":
+            mark_every_text_file(root)
+        for script, data in (("prepare_openimages.py", "oi"), ("prepare_nuswide.py", "nus"),
+                             ("prepare_voc.py", "VOCdevkit")):
+            r = run_py(f"utils/prepare/{script}", "--data_path", root / data, "--out_dir", root / f"{data}_out")
+            assert r.returncode == 0, (variant, script, r.stderr[-2000:])
+    for data in ("oi", "nus", "VOCdevkit"):
+        plain, marked = prepared(tmp_path / "plain" / f"{data}_out"), prepared(tmp_path / "marked" / f"{data}_out")
+        assert marked == plain and len(plain) >= 3, data
 
 
 def test_training_and_the_report_at_openimages_class_count(tmp_path):

@@ -125,3 +125,25 @@ def test_the_other_torchrun_processes_of_the_node_are_not_load(fake_load, monkey
     fake_load += [2.1, 3.8]  # the sibling, then the sibling and two busy processes
     assert g.after_step() is None and g.choice.threads == 2
     assert g.after_step() == "threads 2 -> 1: other processes keep 1.8 of 2 CPUs busy"
+
+
+def test_a_fixed_count_above_the_cpus_is_capped_to_them_and_says_so(fake_load, monkeypatch, tmp_path):
+    """--threads 1000 on 2 CPUs ran 1,000 OpenMP threads (a 4-second demo took 2 minutes, the header said
+    '1000 threads'); the count is capped to the CPUs this process may use, and the header says why."""
+    g = T.ThreadGovernor(requested=1000)
+    assert (g.choice.threads, torch.get_num_threads(), g.choice.fixed) == (2, 2, True)
+    assert g.choice.describe() == "2 threads (--threads 1000 capped to the CPUs this process may use: 2 CPUs)"
+    assert T.ThreadGovernor(requested=2).choice.describe() == "2 threads (--threads 2)"  # at the budget: as typed
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    torch.set_num_threads(16)  # (what torch read from the variable at start)
+    g = T.ThreadGovernor()
+    assert (g.choice.threads, torch.get_num_threads()) == (2, 2) and g.after_step() is None
+    assert g.choice.why == "OMP_NUM_THREADS=16 capped to the CPUs this process may use: 2 CPUs"
+    monkeypatch.undo()
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)  # 2 steps: 1 step at warm-up LR 0 is refused
+    r = run_py("main.py", *train_argv(files, tmp_path / "run", "--total_epoch", "1", "--threads", "1000"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    budget, why = T.cpu_budget()
+    threads = f"{budget} thread{'s' if budget > 1 else ''}"
+    assert f"\nthreads    {threads} (--threads 1000 capped to the CPUs this process may use: {why})\n" in r.stdout
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["threads"] == budget

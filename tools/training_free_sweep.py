@@ -30,7 +30,7 @@ from pipeline.dataset import MultiLabelDataset  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.heads import get_head  # noqa: E402
 from pipeline.imagefolder import ImageFolderSet  # noqa: E402
-from pipeline.pretrained import create_model, imagenet_view  # noqa: E402
+from pipeline.pretrained import classifier_outputs, create_model, imagenet_view  # noqa: E402
 from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.progress import bar  # noqa: E402
@@ -71,6 +71,8 @@ def classifier_hits(model, spec: Backbone, dataset, lams, runtime: Runtime, batc
     for (_, labels), (own, local) in score_batches(bar(loader, desc="sweep"), runtime,
                                                    lambda x: spec.classify(model, x)):
         own, peak = own.float().cpu(), local.float().amax(dim=2).cpu()
+        if int(labels.max()) >= own.shape[1]:  # (a classifier the backbone table does not name: checked here)
+            dataset.check_outputs(own.shape[1], spec.name)
         k = min(5, own.shape[1])
         for lam in lams:
             top = (own + lam * peak).topk(k, dim=1).indices
@@ -115,7 +117,7 @@ def checkpoint_sweep(args) -> dict:
     lams = parse_lams(args.lams, fixed)
     _, test_json = dataset_files(cfg)
     dataset = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False))
-    cfg = with_label_count(cfg, cfg.model.num_cls or dataset.num_classes)
+    cfg = with_label_count(cfg, cfg.model.num_cls or dataset.num_classes, counted_in=test_json)
     session = open_session(cfg, args.load_from)
     for line in (session.warning, session.header):
         if line:
@@ -146,6 +148,9 @@ def classifier_sweep(args, typed) -> dict:
     threads = ThreadGovernor(cfg.runtime.threads).choice
     pretrained = cfg.training.pretrained
     model = create_model(spec, size, pretrained, keep_classifier=True).eval()
+    outputs = classifier_outputs(model, spec)
+    if outputs is not None:
+        dataset.check_outputs(outputs, spec.name)
     model = runtime.prepare_model(model)
     print(f"{spec.name} ({spec.display}) with --pretrained {pretrained}, its own classifier; {size} px (shorter "
           f"side {int(size / 0.875)}, centre crop); {runtime.describe()}, {threads.describe()}; {len(dataset)} images in "

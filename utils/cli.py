@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
@@ -20,11 +21,13 @@ from pipeline.classes import load_class_names
 from pipeline.dataset import CUSTOM, DATASETS, ImageTransform
 from pipeline.errors import ConfigError
 from pipeline.heads import get_head
+from pipeline.labels import expected_count
 from pipeline.recipes import RECIPES
 from pipeline.runtime import default_normalize, normalization
 from utils.config import Config, ModelConfig
-from utils.options import BY_NAME, CHECKS, PRE_PARSED, add_options, complete
-from utils.run_record import RECORD_FILE, check_flags, find_record, read_record, record_defaults
+from utils.options import BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, PRE_PARSED, add_options, complete
+from utils.run_record import (RECORD_FILE, check_flags, check_record_values, find_record, read_record,
+                              record_defaults)
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
@@ -86,7 +89,9 @@ NOT_REPEATED = {"config", "config_changes", "resume", "run_id", "runtime", "reco
 
 
 def read_config(path: str) -> dict:
-    """--config: a run folder's record (its args.json, or the folder) whose options a new run repeats."""
+    """--config: a run folder's record (its args.json, or the folder) whose options a new run repeats. Every
+    key is an option of the table (its value checked as the table says) or the run's bookkeeping
+    (NOT_REPEATED): a key this code does not know stops, rather than being dropped without a word."""
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(path) and os.path.basename(path) != RECORD_FILE:
         raise ConfigError(f"--config {path}: name a run folder or its {RECORD_FILE}")
@@ -95,7 +100,24 @@ def read_config(path: str) -> dict:
     record = read_record(folder)
     if record is None:
         raise ConfigError(f"--config {path}: not the record of a run of main.py")
+    options = {o.dest for o in OPTIONS}
+    unknown = [k for k in record if k not in options and k not in NOT_REPEATED]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ConfigError(f"--config {path}: \"{unknown[0]}\"{more} is not an option of this code: the record is from "
+                          "another version; start the run with flags instead")
+    check_record_values(record, [k for k in record if k not in NOT_REPEATED], f"--config {path}")
     return record
+
+
+def blame_record(error: ConfigError, typed: Set[str], config_path: Optional[str],
+                 config: Optional[dict]) -> ConfigError:
+    """``error``, saying so when the option it names came from the record given to --config (not typed)."""
+    named = re.search(r"--(\w+)", str(error))
+    key = named.group(1) if named else None
+    if config is None or key is None or key in typed or key not in config or key in NOT_REPEATED:
+        return error
+    return type(error)(f"{error} (--{key} came from the record given to --config {config_path})")
 
 
 def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -120,6 +142,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     typed = typed_flags(argv)
     known = {a.dest for a in p._actions}
     found = find_record(pre.load_from) if pre.load_from and "load_from" in known and not pre.no_record else None
+    if found:
+        check_record_values(found[1], MODEL_OPTIONS + DATA_OPTIONS, found[0])
     config = read_config(pre.config) if pre.config and "config" in known else None
     record = found[1] if found else (config or {})
     dataset = pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
@@ -154,10 +178,26 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         args.record_names = config.get("class_names")
         if "lam" not in typed and args.head != config.get("head"):
             args.lam = None  # lam means something else for another head: that head's default, not the record's
-    args = resolve(args)
+    args.num_cls_from = recorded_count_origin(args.num_cls, typed, pre.config, config, found)
+    try:
+        args = resolve(args)
+    except ConfigError as e:
+        raise blame_record(e, typed, pre.config, config) from None
     if found:
         check_flags(args, typed, found[0], record)
     return args
+
+
+def recorded_count_origin(num_cls: Optional[int], typed: Set[str], config_path: Optional[str],
+                          config: Optional[dict], found: Optional[Tuple[str, dict]]) -> Optional[str]:
+    """Where a --num_cls that no flag typed comes from, when a record gave it (for messages)."""
+    if num_cls is None or "num_cls" in typed:
+        return None
+    if config is not None and config.get("num_cls") == num_cls:
+        return f"the record given to --config ({config_path}) says --num_cls {num_cls}"
+    if found and found[1].get("num_cls") == num_cls:
+        return f"the checkpoint's run record {found[0]} says {num_cls} classes"
+    return None
 
 
 def check_values(args: argparse.Namespace) -> None:
@@ -185,11 +225,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     names, source = class_names_known_now(args)
     if args.num_cls is None and names is not None:
         args.num_cls = len(names)
+        args.num_cls_from = f"{'--dataset ' if source == args.dataset else ''}{source} lists {len(names)} class names"
     if names is not None and args.num_cls is not None and len(names) != args.num_cls:
-        raise ConfigError(f"--num_cls is {args.num_cls} but the class names ({source}) list {len(names)} classes")
+        raise ConfigError(f"{expected_count(args.num_cls, args.num_cls_from)} but the class names ({source}) list "
+                          f"{len(names)} classes")
     args.class_names = names
     if args.num_cls is None and not _custom_json(args) and spec.classes:
         args.num_cls = spec.num_cls
+        args.num_cls_from = f"--dataset {args.dataset} has {spec.num_cls} classes"
     check_values(args)
     if args.num_cls is not None:
         finish_class_names(args, args.num_cls)
@@ -266,11 +309,18 @@ def finish_class_names(args: argparse.Namespace, num_cls: int) -> List[str]:
     return args.class_names
 
 
-def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None) -> Config:
+def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None,
+                     counted_in: Optional[str] = None) -> Config:
     """``cfg`` once the data have given the label count: the class names follow from it where no rule
-    named them before."""
+    named them before. Where no option gave the count, the file read first gave it: ``counted_in``
+    (default: the training file, which the trainer reads first), named in later messages."""
     names = cfg.class_names or default_class_names(cfg.data.dataset, num_cls)
-    return cfg.with_data(num_cls, names, cfg.training.partial_labels if partial_labels is None else partial_labels)
+    origin = None
+    if cfg.model.num_cls is None:
+        counted_in = counted_in or cfg.training.train_json or DATASETS[cfg.data.dataset].train_json
+        origin = f"{counted_in} has {num_cls} classes" if counted_in else None
+    return cfg.with_data(num_cls, names, cfg.training.partial_labels if partial_labels is None else partial_labels,
+                         origin)
 
 
 def model_kwargs(model: ModelConfig) -> dict:
@@ -286,7 +336,7 @@ def dataset_kwargs(cfg: Config, train: bool) -> dict:
                                randaugment=cfg.training.randaugment, cutout=cfg.training.cutout)
     return dict(transform=transform, num_classes=cfg.model.num_cls, data_root=data.data_root,
                 skip_bad_images=data.skip_bad_images, cache_images=data.cache_images,
-                fast_decode=True if train else data.fast_decode)
+                fast_decode=True if train else data.fast_decode, num_classes_from=cfg.num_cls_from)
 
 
 def dataset_files(cfg: Config, train: bool = False) -> Tuple[Optional[str], str]:

@@ -66,6 +66,7 @@ class Config:
     record_path: Optional[str] = None            # the run record that described the checkpoint
     record_names: Optional[Tuple[str, ...]] = None  # the class names that record (or --config's) lists
     config_changes: Optional[Tuple[str, ...]] = None  # with --config: the options typed now
+    num_cls_from: Optional[str] = None           # where num_cls comes from, for messages (None: --num_cls)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Config":
@@ -73,13 +74,15 @@ class Config:
         return cls(_section_from(ModelConfig, args), _section_from(DataConfig, args),
                    _section_from(RuntimeConfig, args), _section_from(TrainingConfig, args),
                    _section_from(RunConfig, args), _frozen(args.class_names), args.record_path,
-                   _frozen(args.record_names), _frozen(args.config_changes))
+                   _frozen(args.record_names), _frozen(args.config_changes), args.num_cls_from)
 
-    def with_data(self, num_cls: int, class_names: List[str], partial_labels: bool) -> "Config":
-        """The options once the training data are read: their class count and names, and partial labels
-        when the file leaves classes unknown."""
+    def with_data(self, num_cls: int, class_names: List[str], partial_labels: bool,
+                  num_cls_from: Optional[str] = None) -> "Config":
+        """The options once the training data are read: their class count (and where it came from, when
+        the data decided it) and names, and partial labels when the file leaves classes unknown."""
         return replace(self, model=replace(self.model, num_cls=num_cls), class_names=tuple(class_names),
-                       training=replace(self.training, partial_labels=partial_labels))
+                       training=replace(self.training, partial_labels=partial_labels),
+                       num_cls_from=num_cls_from or self.num_cls_from)
 
     def record(self) -> dict:
         """The run record's fields (args.json): every option of every section, flat, and the provenance."""

@@ -31,6 +31,6 @@ def open_session(cfg: Config, load_from: str) -> Session:
     runtime = resolve_runtime(du.init_distributed(), model_options.model, run_options.amp,
                               not run_options.no_channels_last, model_options.normalize)
     threads = ThreadGovernor(run_options.threads).choice
-    model, _ = load_for_inference(load_from, **model_kwargs(model_options))
+    model, _ = load_for_inference(load_from, **model_kwargs(model_options), num_classes_from=cfg.num_cls_from)
     return Session(runtime.prepare_model(model), runtime, threads, list(cfg.class_names),
                    describe_inference(cfg, load_from, runtime, threads), runtime_warning(runtime))

@@ -214,7 +214,7 @@ OPTIONS: Tuple[Option, ...] = (
            "(channels-last is the default on every device)"), resume="defines"),
     Option("threads", "TVDS", "runtime", dict(type=int, default=None, metavar="N", help="CPU threads for the model "
            "(default: the CPUs this process may use, less those other processes keep busy; re-fitted while training; "
-           "OMP_NUM_THREADS also fixes it)"), check=POSITIVE_INT, resume="may change"),
+           "OMP_NUM_THREADS also fixes it; at most those CPUs)"), check=POSITIVE_INT, resume="may change"),
     Option("eval_amp", "T", "runtime", dict(default="off", choices=list(AMP_CHOICES), help="precision of the per-epoch "
            "evaluation: off = float32, as the published numbers (and val.py by default); bf16/fp16 opt into autocast "
            "there too"), resume="may change"),

@@ -10,8 +10,10 @@ toolbox's, a copy moved elsewhere) is described by flags, as before.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Optional, Set, Tuple
+import typing
+from typing import Iterable, Optional, Set, Tuple
 
 from pipeline.backbones import get_backbone
 from pipeline.dataset import DATASETS
@@ -19,7 +21,8 @@ from pipeline.errors import ConfigError
 from pipeline.heads import HEAD_KINDS
 from pipeline.jsonfile import read_json
 from pipeline.runtime import legacy_normalize
-from utils.options import DATA_OPTIONS, MODEL_OPTIONS
+from utils.config import field_type
+from utils.options import BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, Option
 
 RECORD_FILE = "args.json"
 REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")  # without these it is not a record of main.py
@@ -36,16 +39,86 @@ def migrate(record: dict) -> dict:
     return dict(record, record_version=RECORD_VERSION)
 
 
+def check_version(record: dict, path: str) -> None:
+    """A record this code can read: no version (the first records) or 1..RECORD_VERSION; a newer one was
+    written by newer code, whose schema this code would misread and re-record as its own."""
+    version = record.get("record_version", 1)
+    if type(version) is not int or version < 1:
+        raise ConfigError(f"{path}: record_version {json.dumps(version)} is not a version of this code's run records")
+    if version > RECORD_VERSION:
+        raise ConfigError(f"{path}: record_version {version} was written by a newer version of this code (this one "
+                          f"reads up to {RECORD_VERSION}); use that version, or update this one")
+
+
 def read_record(folder: str) -> Optional[dict]:
     """The one reader of a run folder's record (migrated), or None when the folder holds none of main.py's
-    (no args.json, or some other program's)."""
+    (no args.json, or some other program's); a record of a newer version stops with one line."""
     path = os.path.join(folder, RECORD_FILE)
     if not os.path.isfile(path):
         return None
     record = read_json(path)
     if not isinstance(record, dict) or any(record.get(k) is None for k in REQUIRED):
         return None  # some other program's args.json: not ours to interpret
+    check_version(record, path)
     return migrate(record)
+
+
+# --- recorded values against the option table ---------------------------------------------------------
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _row(key: str) -> Optional[Option]:
+    """The option row a record key is the value of (a negating flag shares its option's key)."""
+    return BY_NAME.get(key) or next((o for o in OPTIONS if o.dest == key), None)
+
+
+def _fits(kind, value) -> bool:
+    """Whether a JSON value is of an option's Python type (``utils.config.field_type``)."""
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]
+        return value is None or any(_fits(k, value) for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) is tuple:  # nargs: a JSON list of strings
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind) if kind in TYPE_NAMES else True
+
+
+def _type_name(kind) -> str:
+    if typing.get_origin(kind) is typing.Union:
+        inner = next(k for k in typing.get_args(kind) if k is not type(None))
+        return f"{_type_name(inner)} or null"
+    return "a list of strings" if typing.get_origin(kind) is tuple else TYPE_NAMES.get(kind, "a value")
+
+
+def value_problem(option: Option, value) -> Optional[str]:
+    """What the option table's type, choices or check say ``value`` must be, or None when it may be it."""
+    kind = field_type(option)
+    if not _fits(kind, value):
+        return _type_name(kind)
+    choices = option.settings("T").get("choices")
+    chosen = value if isinstance(value, list) else [value]
+    if choices and value is not None and any(v not in choices for v in chosen):
+        return "one of " + ", ".join(map(str, choices))
+    ok, what = CHECKS.get(option.dest, (None, ""))
+    if ok is not None and value is not None and not ok(value):
+        return what
+    return None
+
+
+def check_record_values(record: dict, keys: Iterable[str], where: str) -> None:
+    """One line naming the first of ``keys`` whose recorded value its option's row refuses (and the class
+    names, which the record holds beside the options), before any of them is used."""
+    for key in keys:
+        option = _row(key)
+        problem = value_problem(option, record[key]) if option is not None and key in record else None
+        if problem:
+            raise ConfigError(f"{where}: \"{key}\": {json.dumps(record[key])} in the record; --{option.name} must be "
+                              f"{problem}")
+    names = record.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f"{where}: \"class_names\" in the record must be a list of strings or null")
 
 
 def find_record(checkpoint: str) -> Optional[Tuple[str, dict]]:

@@ -11,7 +11,9 @@ speed. So the count is
   process's own CPU time; DataLoader workers count as others: they need their cores too),
 
 decided at start and again every few seconds while training: down when others keep at least half a
-core busy, back up when they have gone. ``--threads N`` or ``OMP_NUM_THREADS`` fix the count.
+core busy, back up when they have gone. ``--threads N`` or ``OMP_NUM_THREADS`` fix the count, capped to
+the CPUs this process may use (more threads than CPUs only take turns: 1,000 threads on 2 CPUs made a
+4-second demo take 2 minutes); the header says so.
 
 Changing the count changes how float sums are split between threads, so a resumed run is bit-exact with
 an uninterrupted one when both ran with the same count (fix it with ``--threads`` when you need that).
@@ -127,6 +129,13 @@ def fits(budget: int, others: float) -> int:
     return max(1, min(budget, math.floor(budget - others + 0.5)))
 
 
+def capped(threads: int, budget: int, budget_why: str, source: str) -> ThreadChoice:
+    """A fixed count, at most the CPUs this process may use; the choice's reason says when it was capped."""
+    if threads <= budget:
+        return ThreadChoice(threads, budget, source, fixed=True)
+    return ThreadChoice(budget, budget, f"{source} capped to the CPUs this process may use: {budget_why}", fixed=True)
+
+
 class ThreadGovernor:
     """Sets torch's intra-op threads at start and, when the caller reports its steps, while training
     (``after_step``). The node's other torchrun processes are not "other" load: the budget is already
@@ -140,9 +149,9 @@ class ThreadGovernor:
         if requested is not None:
             if requested < 1:
                 raise ConfigError(f"--threads must be a positive integer (got {requested})")
-            self.choice = ThreadChoice(requested, budget, f"--threads {requested}", fixed=True)
+            self.choice = capped(requested, budget, why, f"--threads {requested}")
         elif user_env:
-            self.choice = ThreadChoice(torch.get_num_threads(), budget, f"OMP_NUM_THREADS={user_env}", fixed=True)
+            self.choice = capped(torch.get_num_threads(), budget, why, f"OMP_NUM_THREADS={user_env}")
         else:
             time.sleep(probe_seconds)  # what others do while this process waits
             others = self.others()

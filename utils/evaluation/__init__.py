@@ -10,5 +10,5 @@ def evaluate(scores, targets, threshold: float = 0.5, voc=None, paths=None, pr_c
     (``pipeline.labels.TableRows``: OpenImages-size data), which gives the same numbers."""
     if isinstance(targets, TableRows):
         from utils.evaluation.sparse import evaluate_table
-        return evaluate_table(scores, targets.table, targets.rows, threshold, pr_convention)
+        return evaluate_table(scores, targets.table, targets.rows, threshold, pr_convention, paths)
     return evaluate_dense(scores, targets, threshold, voc, paths, pr_convention)

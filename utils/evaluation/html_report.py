@@ -36,11 +36,13 @@ th{background:#eee}td.name,th.name{text-align:left;white-space:nowrap}
 
 
 def report_targets(targets):
-    """The target matrix the report's analysis reads; at OpenImages size (a table's rows) one line says the
-    report is not drawn."""
+    """The target matrix the report's analysis reads (a table's rows made dense, as the evaluation makes a
+    dataset's below DENSE_LIMIT); beyond that size one line says the report is not drawn."""
     if not isinstance(targets, TableRows):
         return targets
     n, c = targets.shape
+    if n * c <= DENSE_LIMIT:
+        return targets.dense()
     raise ConfigError(f"--report: {n} images x {c} classes is beyond what the report draws ({DENSE_LIMIT:,} labels); "
                       "the metrics are complete; draw the report on a part of the test set (--test_json)")
 

@@ -45,7 +45,11 @@ def check_inputs(scores: np.ndarray, targets: np.ndarray, paths: Optional[List[s
         raise MetricsError(f"scores have shape {tuple(scores.shape)}, targets have shape {tuple(targets.shape)}")
     if np.isfinite(scores.sum()):  # fast path: a NaN or inf anywhere makes the sum non-finite
         return
-    bad = ~np.isfinite(scores).all(axis=1)
+    refuse_non_finite_rows(~np.isfinite(scores).all(axis=1), paths)
+
+
+def refuse_non_finite_rows(bad: np.ndarray, paths: Optional[List[str]] = None) -> None:
+    """One line naming the first images (``paths``, else their row numbers) where ``bad`` is true, if any."""
     if bad.any():
         rows = np.flatnonzero(bad)
         names = [paths[i] for i in rows[:5]] if paths is not None else [f"image {i}" for i in rows[:5]]

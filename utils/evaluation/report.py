@@ -20,19 +20,40 @@ def class_name(names: Optional[Sequence[str]], i: int) -> str:
     return names[i] if names is not None and i < len(names) else f"class_{i}"
 
 
+WIDTH = 99  # the longest line the printed report holds
+
+
+def names_within(prefix: str, names: Sequence[str], suffix: str, width: int = WIDTH) -> str:
+    """'prefix a, b, c and 12 more suffix': as many names as fit in ``width`` characters."""
+    shown: List[str] = []
+    for i, name in enumerate(names):
+        rest = len(names) - i - 1
+        more = f" and {rest} more" if rest else ""
+        if len(prefix + ", ".join(shown + [name]) + more + suffix) > width:
+            break
+        shown.append(name)
+    more = f" and {len(names) - len(shown)} more" if len(shown) < len(names) else ""
+    return prefix + ", ".join(shown) + more + suffix
+
+
 def format_report(report: Report, class_names: Optional[Sequence[str]] = None, per_class: bool = True) -> str:
+    """The metrics as printed: every line at most WIDTH characters."""
     lines = []
     lines.append(f"mAP: {report.map:.2f}  (non-interpolated AP, mean over {len(report.ap) - len(report.undefined_classes)}"
                  f" of {len(report.ap)} classes)")
     if report.undefined_classes:
-        names = ", ".join(class_name(class_names, i) for i in report.undefined_classes)
-        lines.append(f"warning: no positive image for {names}: AP undefined, left out of the mean")
+        names = [class_name(class_names, i) for i in report.undefined_classes]
+        line = f"warning: no positive image for {', '.join(names)}: AP undefined, left out of the mean"
+        if len(line) > WIDTH:  # the count on the line, then as many names as a line holds
+            line = (f"warning: no positive image for {len(names)} classes: AP undefined, left out of the mean\n" +
+                    names_within("  ", names, ""))
+        lines.append(line)
     lines.append("")
     lines.append(f"{'':8s}" + "".join(f"{k:>8s}" for k in KEYS) + f"{'CF1(zoo)':>10s}")
     for label, d in (("all", report.overall), ("top-3", report.top3)):
         lines.append(f"{label:8s}" + "".join(f"{d[k]:8.2f}" for k in KEYS) + f"{d['CF1_mean_per_class']:10.2f}")
-    lines.append("CF1 is the harmonic mean of CP and CR (the paper's); CF1(zoo) is the mean of per-class F1 "
-                 "(the model-zoo toolbox's 'CF1'). Threshold: score >= 0.5.")
+    lines.append("CF1 is the harmonic mean of CP and CR (the paper's); CF1(zoo) is the mean of per-class F1")
+    lines.append("(the model-zoo toolbox's 'CF1'). Threshold: score >= 0.5.")
     if report.extra.get("pr_convention") == "authors":
         lines.append("P/R convention: the authors' (a class with no prediction counts as one predicted in CP and OP).")
     if report.convention == "voc":
@@ -44,7 +65,9 @@ def format_report(report: Report, class_names: Optional[Sequence[str]] = None, p
         lines.append(f"{'class':24s}{'AP':>8s}")
         for i, ap in enumerate(report.ap):
             shown = "   n/a" if np.isnan(ap) else f"{100 * ap:8.2f}"
-            lines.append(f"{class_name(class_names, i):24s}{shown}")
+            name = class_name(class_names, i)
+            name = name if len(name) <= WIDTH - 9 else name[:WIDTH - 12] + "..."
+            lines.append(f"{name:24s}{shown}")
     return "\n".join(lines)
 
 
@@ -62,7 +85,10 @@ def threshold_advice(sweep: Dict[str, np.ndarray], how_to_report: str, held_out:
     on = "validation " if held_out else ""
     first = (f"best single threshold for every class: {t:.2f} ({on}CF1 {cf1:.2f}; {at_half:.2f} at 0.5, the "
              "table's)" if t != 0.5 else f"best single threshold for every class: 0.5, the table's ({on}CF1 {cf1:.2f})")
-    text = f"{first}\nper-class thresholds for demo.py --thresholds: {how_to_report}"
+    second = f"per-class thresholds for demo.py --thresholds: {how_to_report}"
+    if len(second) > WIDTH:  # (a long path: the command on a line of its own)
+        second = f"per-class thresholds for demo.py --thresholds:\n  {how_to_report}"
+    text = f"{first}\n{second}"
     return text if held_out else text + "\n(thresholds chosen on the test set flatter it: choose them on held-out data)"
 
 
@@ -143,14 +169,30 @@ def sparse_rows(targets, n: int):
     return rows, bool((t == UNKNOWN).any())
 
 
+def load_score_matrix(path: str) -> np.ndarray:
+    """A .npy score matrix, memory-mapped, or one line saying why it is not one (truncated, not .npy,
+    pickled objects, not images x classes of numbers)."""
+    try:
+        scores = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        reason = "pickled Python objects, which are not read" if "pickle" in str(e) or "object" in str(e) else \
+            " ".join(str(e).split())[:120] or type(e).__name__
+        raise DataError(f"{path}: not a readable .npy score matrix ({reason})") from None
+    if not isinstance(scores, np.ndarray) or scores.ndim != 2 or scores.dtype.kind not in "fiu":
+        what = f"a {'x'.join(map(str, scores.shape))} array of {scores.dtype}" if isinstance(scores, np.ndarray) \
+            else "not an array"
+        raise DataError(f"{path}: holds {what}; a score matrix is images x classes of numbers")
+    return scores
+
+
 def load_scores_binary(path: str):
     """(scores memory-mapped, TableRows, paths, class names) of a binary --save_scores file."""
     files = binary_scores_files(path)
     for key in ("scores", "labels"):
         if not os.path.isfile(files[key]):
             raise DataError(f"{files[key]}: missing; a binary --save_scores file comes with {os.path.basename(files['labels'])}")
-    scores = np.load(files["scores"], mmap_mode="r")
-    table, header = read_sparse(files["labels"], scores.shape[1] if scores.ndim == 2 else None)
+    scores = load_score_matrix(files["scores"])
+    table, header = read_sparse(files["labels"], scores.shape[1], f"{files['scores']} has {scores.shape[1]} columns")
     classes_file = header_classes_file(files["labels"], header)
     names = load_class_names(classes_file) if classes_file and os.path.isfile(classes_file) else \
         [f"class_{i}" for i in range(table.num_classes)]

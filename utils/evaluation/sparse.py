@@ -10,12 +10,13 @@ and the label arrays. The matrix may be a read-only memory map (``np.load(..., m
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 
 from pipeline.labels import LabelTable
-from utils.evaluation.metrics import MetricsError, PR_CONVENTIONS, Report, pr_from_counts, top_k_indices
+from utils.evaluation.metrics import (MetricsError, PR_CONVENTIONS, Report, pr_from_counts, refuse_non_finite_rows,
+                                      top_k_indices)
 
 BLOCK_BYTES = 64 << 20  # rows are read in blocks of about this size
 
@@ -93,9 +94,11 @@ class _ColumnCache:
 
 
 def evaluate_table(scores: np.ndarray, table: LabelTable, rows: Optional[np.ndarray] = None, threshold: float = 0.5,
-                   pr_convention: str = "ours") -> Report:
+                   pr_convention: str = "ours", paths: Optional[List[str]] = None) -> Report:
     """The dense evaluator's Report for ``scores`` (N, C) against the table's labels of ``rows`` (N
-    records; all when None)."""
+    records; all when None). Non-finite scores stop with the first images named (``paths``, else row
+    numbers): any among the listed labels', and NaN or +inf anywhere (each row's arg-max takes them first,
+    so its top-3 shows them; a -inf elsewhere only ranks lowest)."""
     if pr_convention not in PR_CONVENTIONS:
         raise MetricsError(f"--pr_convention must be one of {', '.join(PR_CONVENTIONS)} (got {pr_convention!r})")
     n = len(table) if rows is None else len(rows)
@@ -104,8 +107,13 @@ def evaluate_table(scores: np.ndarray, table: LabelTable, rows: Optional[np.ndar
     r, c, v = table.entries(rows)
     c = c.astype(np.int64)
     s = np.asarray(scores[r, c])  # the listed entries' scores, gathered once
-    if not np.isfinite(s).all():
-        raise MetricsError("NaN or infinite scores")
+    best = top3(scores)  # the top-3 predictions: among each row's three best, those at the threshold
+    tr = np.repeat(np.arange(n), best.shape[1])
+    tc = best.ravel()
+    top_scores = np.asarray(scores[tr, tc])
+    if not (np.isfinite(s).all() and np.isfinite(top_scores).all()):
+        bad = np.bincount(r[~np.isfinite(s)], minlength=n) > 0
+        refuse_non_finite_rows(bad | ~np.isfinite(top_scores.reshape(best.shape)).all(axis=1), paths)
     ap = average_precision_sparse(scores, s, c, v, table.unknown)
     defined = ~np.isnan(ap)
     m = float(100 * ap[defined].mean()) if defined.any() else float("nan")
@@ -116,10 +124,7 @@ def evaluate_table(scores: np.ndarray, table: LabelTable, rows: Optional[np.ndar
     n_pred = np.bincount(c[hit], minlength=C).astype(np.float64) if table.unknown else \
         column_counts_at_least(scores, threshold).astype(np.float64)
     overall = pr_from_counts(tp, n_pred, n_gt, pr_convention)
-    best = top3(scores)  # the top-3 predictions: among each row's three best, those at the threshold
-    tr = np.repeat(np.arange(n), best.shape[1])
-    tc = best.ravel()
-    keep = np.asarray(scores[tr, tc]) >= threshold
+    keep = top_scores >= threshold
     tr, tc = tr[keep], tc[keep]
     keys, listed = tr * C + tc, r * C + c
     tp3 = np.bincount(tc[_member(keys, np.sort(listed[pos]))], minlength=C).astype(np.float64)

@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from pycocotools.coco import COCO  # noqa: E402
 
 from pipeline.dataset import read_json  # noqa: E402
+from utils.fileio import make_folder  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
@@ -75,6 +76,7 @@ def prepare(data_path: str, year: str, out_dir: str, keep_empty: bool = False, f
     require_dir(data_path)
     refuse_overwrite([os.path.join(out_dir, f"{s}_coco{year}.json") for s in ("train", "val")]
                      + [os.path.join(out_dir, CLASS_FILE)], force)
+    make_folder(out_dir)  # (a bad --out_dir stops here, not after the annotations are read)
     outputs = {}
     for split, out_name in (("train", f"train_coco{year}.json"), ("val", f"val_coco{year}.json")):
         ann = os.path.join(data_path, "annotations", f"instances_{split}{year}.json")

@@ -12,7 +12,8 @@ Reads the files as NUS-WIDE distributes them:
 
 Every concept is labelled for every image, so the files list positives and say that unlisted concepts
 are negative. Images missing from the image folder are skipped and counted (many Flickr images are no
-longer distributed). Writes train_nuswide.jsonl, test_nuswide.jsonl and classes.txt.
+longer distributed). An empty concept list or image list, or a split none of whose images is there, is an
+error. Writes train_nuswide.jsonl, test_nuswide.jsonl and classes.txt.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Dict, List, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from utils.fileio import atomic_write  # noqa: E402
+from utils.fileio import atomic_write, make_folder  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names)
@@ -32,7 +33,7 @@ SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt"
 
 
 def read_lines(path: str) -> List[str]:
-    with open(require_file(path), encoding="utf-8", errors="replace") as f:
+    with open(require_file(path), encoding="utf-8-sig", errors="replace") as f:  # (a byte-order mark accepted)
         return [ln.strip() for ln in f if ln.strip()]
 
 
@@ -53,7 +54,10 @@ def build_split(data_path: str, image_dir: str, concepts: List[str], split: str,
                 ) -> Tuple[List[Tuple[str, List[int], List[int]]], int]:
     """(records (image path, positives, []), images missing from the image folder)."""
     list_name, suffix = SPLITS[split]
-    images = read_lines(os.path.join(data_path, "ImageList", list_name))
+    list_path = os.path.join(data_path, "ImageList", list_name)
+    images = read_lines(list_path)
+    if not images:
+        raise PrepareError(f"{list_path}: no images listed")
     positives: List[List[int]] = [[] for _ in images]
     label_dir = os.path.join(data_path, "Groundtruth", "TrainTestLabels")
     for c, concept in enumerate(bar(concepts, desc=f"{split} labels")):
@@ -75,12 +79,15 @@ def prepare(data_path: str, out_dir: str, image_dir: str = None, force: bool = F
             ) -> Dict[str, str]:
     require_dir(data_path)
     image_dir = require_dir(image_dir or os.path.join(data_path, "Flickr"))
-    concepts = read_lines(os.path.join(data_path, "Concepts81.txt"))
+    concepts_path = os.path.join(data_path, "Concepts81.txt")
+    concepts = read_lines(concepts_path)
+    if not concepts:
+        raise PrepareError(f"{concepts_path}: no concepts")
     if len(set(concepts)) != len(concepts):
-        raise PrepareError(f"{os.path.join(data_path, 'Concepts81.txt')}: a concept is listed twice")
+        raise PrepareError(f"{concepts_path}: a concept is listed twice")
     outputs = {split: os.path.join(out_dir, f"{split}_nuswide.jsonl") for split in SPLITS}
     refuse_overwrite(list(outputs.values()) + [os.path.join(out_dir, CLASS_FILE)], force)
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     for split in SPLITS:
         records, missing = build_split(data_path, image_dir, concepts, split, quiet)
         if not records:

@@ -13,7 +13,9 @@ Reads the files as OpenImages distributes them:
 
 Confidence 1 is a positive, 0 a negative; every other trainable class of an image is unknown (the
 files' header says so: training leaves them out of the loss, evaluation out of the metrics). Labels of
-classes outside the trainable list are dropped and counted. Classes follow the trainable list's order;
+classes outside the trainable list are dropped and counted; so are images missing from the split's folder
+(a partial download), as prepare_nuswide.py does. A split left without images, or a trainable list without
+classes, is an error. Classes follow the trainable list's order;
 images are written in ImageID order. Writes {train,validation,test}_openimages.jsonl and classes.txt
 (display names), the ASL / ML-Decoder protocol: train on train, report on test.
 
@@ -29,7 +31,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from utils.fileio import atomic_write  # noqa: E402
+from utils.fileio import atomic_write, make_folder  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names)
@@ -46,14 +48,14 @@ def read_trainable(data_path: str) -> Tuple[List[str], List[str]]:
     """(LabelNames in the trainable list's order, their display names)."""
     trainable_path = require_file(os.path.join(data_path, "oidv6-classes-trainable.txt"))
     names_path = require_file(os.path.join(data_path, "oidv6-class-descriptions.csv"))
-    with open(trainable_path, encoding="utf-8") as f:
+    with open(trainable_path, encoding="utf-8-sig") as f:  # (a byte-order mark accepted, as everywhere)
         labels = [ln.strip() for ln in f if ln.strip()]
     if not labels:
         raise PrepareError(f"{trainable_path}: no classes")
     if len(set(labels)) != len(labels):
         raise PrepareError(f"{trainable_path}: a LabelName is listed twice")
     display = {}
-    with open(names_path, encoding="utf-8", newline="") as f:
+    with open(names_path, encoding="utf-8-sig", newline="") as f:
         for n, row in enumerate(csv.reader(f), start=1):
             if n == 1 and row[:2] == ["LabelName", "DisplayName"]:
                 continue
@@ -73,7 +75,7 @@ class NotSorted(Exception):
 def label_rows(path: str, index: Dict[str, int], desc: str, tally: Dict[str, int]) -> Iterator[Tuple[str, int, bool]]:
     """(ImageID, class index, positive) of each label of a trainable class in one annotation file, checked;
     labels of other classes are dropped and counted in ``tally["dropped"]``."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or tuple(header[:4]) != COLUMNS:
@@ -91,14 +93,24 @@ def label_rows(path: str, index: Dict[str, int], desc: str, tally: Dict[str, int
             yield image, c, confidence.startswith("1")
 
 
-def image_record(image_dir: str, image: str, pos: Set[int], neg: Set[int], tally: Dict[str, int]) -> Record:
+def image_record(image_dir: str, image: str, pos: Set[int], neg: Set[int]) -> Record:
     neg = neg - pos  # verified both ways: the positive wins (humans saw the object)
-    tally["positives"] += len(pos)
-    tally["negatives"] += len(neg)
     return os.path.join(image_dir, f"{image}.jpg"), sorted(pos), sorted(neg)
 
 
-def streamed_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str, tally: Dict[str, int]) -> Iterator[Record]:
+def present(records: Iterator[Record], tally: Dict[str, int]) -> Iterator[Record]:
+    """The records whose image file is there, their labels counted; the others counted in ``tally["missing"]``
+    and skipped (training would stop at them)."""
+    for record in records:
+        if not os.path.isfile(record[0]):
+            tally["missing"] += 1
+            continue
+        tally["positives"] += len(record[1])
+        tally["negatives"] += len(record[2])
+        yield record
+
+
+def streamed_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str) -> Iterator[Record]:
     """The records of a file sorted by ImageID (as OpenImages ships them), one image held at a time;
     NotSorted at the first ImageID below the one before."""
     current, pos, neg = None, set(), set()
@@ -107,31 +119,35 @@ def streamed_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str, tall
             if current is not None:
                 if image < current:
                     raise NotSorted(image)
-                yield image_record(image_dir, current, pos, neg, tally)
+                yield image_record(image_dir, current, pos, neg)
             current, pos, neg = image, set(), set()
         (pos if positive else neg).add(c)
     if current is not None:
-        yield image_record(image_dir, current, pos, neg, tally)
+        yield image_record(image_dir, current, pos, neg)
 
 
-def sorted_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str, tally: Dict[str, int]) -> Iterator[Record]:
+def sorted_records(rows: Iterator[Tuple[str, int, bool]], image_dir: str) -> Iterator[Record]:
     """The records of a file in any order: every image's labels in memory, then in ImageID order."""
     images: Dict[str, Tuple[Set[int], Set[int]]] = {}
     for image, c, positive in rows:
         pos, neg = images.setdefault(image, (set(), set()))
         (pos if positive else neg).add(c)
     for image, (pos, neg) in sorted(images.items()):
-        yield image_record(image_dir, image, pos, neg, tally)
+        yield image_record(image_dir, image, pos, neg)
 
 
 def write_split(path: str, out: str, image_dir: str, index: Dict[str, int], num_classes: int, desc: str,
                 quiet: bool) -> Tuple[int, Dict[str, int]]:
-    """One split's file and its counts; a file sorted by ImageID streams, another is read into memory first."""
+    """One split's file and its counts; a file sorted by ImageID streams, another is read into memory first.
+    A split without images stops before its file is written."""
     def write(records) -> Tuple[int, Dict[str, int]]:
-        tally = {"dropped": 0, "positives": 0, "negatives": 0}
+        tally = {"dropped": 0, "positives": 0, "negatives": 0, "missing": 0}
         with atomic_write(out) as f:
-            n = write_sparse(f, records(label_rows(path, index, desc, tally), image_dir, tally), num_classes,
+            n = write_sparse(f, present(records(label_rows(path, index, desc, tally), image_dir), tally), num_classes,
                              "unknown", CLASS_FILE)
+            if n == 0:
+                raise PrepareError(f"{image_dir}: none of the {tally['missing']} images {path} labels is there"
+                                   if tally["missing"] else f"{path}: no image has a label of a trainable class")
         return n, tally
 
     try:
@@ -142,22 +158,26 @@ def write_split(path: str, out: str, image_dir: str, index: Dict[str, int], num_
     return write(sorted_records)
 
 
+def split_summary(out: str, n: int, tally: Dict[str, int], image_dir: str) -> str:
+    dropped, missing = tally["dropped"], tally["missing"]
+    return (f"wrote {out}: {n} images, {tally['positives']} positive and {tally['negatives']} negative labels"
+            + (f"; {dropped} labels of classes outside the trainable list dropped" if dropped else "")
+            + (f"; {missing} labelled images missing from {image_dir}, skipped" if missing else ""))
+
+
 def prepare(data_path: str, out_dir: str, force: bool = False, quiet: bool = False) -> Dict[str, str]:
     require_dir(data_path)
     labels, display = read_trainable(data_path)
     index = {lab: i for i, lab in enumerate(labels)}
     outputs = {split: os.path.join(out_dir, f"{split}_openimages.jsonl") for split in SPLITS}
     refuse_overwrite(list(outputs.values()) + [os.path.join(out_dir, CLASS_FILE)], force)
-    os.makedirs(out_dir, exist_ok=True)
+    make_folder(out_dir)
     for split, name in SPLITS.items():
         path = require_file(os.path.join(data_path, name))
         n, tally = write_split(path, outputs[split], os.path.join(data_path, split), index, len(labels),
                                f"{split} labels", quiet)
         if not quiet:
-            dropped = tally["dropped"]
-            print(f"wrote {outputs[split]}: {n} images, {tally['positives']} positive and {tally['negatives']} "
-                  "negative labels" + (f"; {dropped} labels of classes outside the trainable list dropped"
-                                       if dropped else ""))
+            print(split_summary(outputs[split], n, tally, os.path.join(data_path, split)))
     write_class_names(out_dir, display, quiet)
     return outputs
 

@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 
 from pipeline.classes import VOC_CLASSES  # noqa: E402
+from utils.fileio import make_folder  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
@@ -26,8 +27,11 @@ CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 
 def read_ids(path: str) -> List[str]:
     require_file(path)
-    with open(path) as f:
-        ids = [line.split()[0] for line in f if line.strip()]
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            ids = [line.split()[0] for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise PrepareError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not ids:
         raise PrepareError(f"{path}: empty split")
     return ids
@@ -86,6 +90,7 @@ def prepare(data_path: str, year: str, out_dir: str, force: bool = False) -> Dic
         splits.append(("test", read_ids(test_txt), False, False))
     refuse_overwrite([os.path.join(out_dir, f"{split}_{tag}.json") for split, *_ in splits]
                      + [os.path.join(out_dir, CLASS_FILE)], force)
+    make_folder(out_dir)  # (a bad --out_dir stops here, not after the annotations are read)
     for split, split_ids, binary, with_labels in splits:
         records = build_split(voc_dir, split_ids, binary, with_labels, desc=f"VOC{year} {split}")
         path = os.path.join(out_dir, f"{split}_{tag}.json")

@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from pipeline.classes import WIDER_ATTRIBUTES  # noqa: E402
 from pipeline.dataset import read_json  # noqa: E402
+from utils.fileio import make_folder  # noqa: E402
 from utils.progress import bar  # noqa: E402
 from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
                                    require_dir, require_file, run_main, write_class_names, write_split)
@@ -87,6 +88,7 @@ def prepare(data_path: str, out_dir: str, force: bool = False) -> Dict[str, str]
     refuse_overwrite([os.path.join(out_dir, f"{s}_wider.json") for s in ("trainval", "test")]
                      + [os.path.join(out_dir, CLASS_FILE)], force)
     image_root = require_dir(os.path.join(data_path, "Image"))
+    make_folder(out_dir)  # (a bad --out_dir stops here, not after the annotations are read)
     outputs = {}
     for split, test in (("trainval", False), ("test", True)):
         records = build_split(annotation_file(data_path, split), image_root, test)

@@ -4,6 +4,7 @@ saves, and the sinks and watchers that follow each step (``utils.loggers``, the 
 governor)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -285,9 +286,11 @@ class Trainer:
         self.start_epoch, self.start_iter = 0, 0
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
         self.resumed = state is not None
+        self.epoch_files: List[int] = []  # the epochs whose checkpoint this run wrote and keeps (--keep_epochs)
         if state is not None:
             restore_train_state(state, state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema)
             self.start_epoch, self.start_iter, self.best = state["epoch"], state["iter"], state["best"]
+            self.epoch_files = list(state.get("epoch_files") or [])  # (a state from before lists none: none go)
             if du.is_main():
                 print(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
@@ -334,8 +337,8 @@ class Trainer:
         if du.is_main():
             p = self.p
             save_train_state(self.state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema,
-                             epoch=epoch, it=it, best=self.best, args=self.cfg.record(), run_id=self.run.run_id,
-                             runtime=p.runtime.as_dict())
+                             progress={"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files},
+                             args=self.cfg.record(), run_id=self.run.run_id, runtime=p.runtime.as_dict())
 
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
@@ -397,6 +400,7 @@ class Trainer:
             entry.update(self.evaluate(epoch))
         if du.is_main():
             save_torch_atomic(p.model.state_dict(), self.run.epoch_path(epoch + 1))
+            self.keep_recent_epochs(epoch + 1)
             entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
         if epoch + 1 == total:  # before the state that marks the run finished: a kill now redoes this epoch
             self.final = entry["final"] = self.conclude()
@@ -406,6 +410,18 @@ class Trainer:
         if du.is_main():
             print(self.clock.after_epoch(epoch + 1), flush=True)
         du.barrier()
+
+    def keep_recent_epochs(self, epoch: int) -> None:
+        """--keep_epochs N: remove this run's checkpoints of the epochs before the last N (best.pth and the
+        training state are other files); a file this run did not write is never touched."""
+        self.epoch_files = sorted(set(self.epoch_files) | {epoch})
+        keep = self.cfg.run.keep_epochs
+        if keep is None:
+            return
+        for old in self.epoch_files[:-keep]:
+            with contextlib.suppress(FileNotFoundError):  # (removed before a kill, listed in the last state)
+                os.remove(self.run.epoch_path(old))
+        self.epoch_files = self.epoch_files[-keep:]
 
     def candidates(self) -> List[Tuple[str, nn.Module]]:
         return [("model", self.p.model)] + ([("ema", self.p.ema.module)] if self.p.ema is not None else [])

@@ -90,8 +90,8 @@ def main() -> None:
     def writes():
         save_torch_atomic(model.state_dict(), os.path.join(ckpt, "epoch_1.pth"))
         save_torch_atomic(model.state_dict(), os.path.join(ckpt, "best.pth"))
-        save_train_state(os.path.join(ckpt, "train_state.pth"), model=model, optimizer=opt, epoch=1, it=0,
-                         best={"mAP": 0})
+        save_train_state(os.path.join(ckpt, "train_state.pth"), model=model, optimizer=opt,
+                         progress={"epoch": 1, "iter": 0, "best": {"mAP": 0}})
     t_write, _ = timed(writes)
     print(f"demo: {n} training images, {len(test)} test images, 64 px, batch 32, torch threads "
           f"{torch.get_num_threads()}; auto runtime here: {auto.describe()}")

@@ -9,7 +9,6 @@ keep the fresh initialisation the model was built with."""
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -18,7 +17,6 @@ import torch
 import torch.nn as nn
 
 from pipeline.checkpoint import checkpoint_contents, pretty_model
-from pipeline.csra import temperatures_for
 from pipeline.errors import CheckpointError, DataError
 from pipeline.heads import HEAD_KINDS
 
@@ -104,7 +102,7 @@ class InitSummary:
 
     def describe(self) -> str:
         if self.head_kind_differs:
-            return f"{self.path}: backbone only (its head is of another kind: this head starts fresh)"
+            return f"{self.path}: backbone only (its head is of another kind, or has no rows to move: fresh)"
         total = self.by_name + self.by_synonym + self.fresh
         return (f"{self.path}: backbone, and head rows for {self.by_name + self.by_synonym} of {total} classes "
                 f"({self.by_name} by name, {self.by_synonym} by synonym, {self.fresh} fresh), "
@@ -113,22 +111,6 @@ class InitSummary:
     def record(self) -> dict:
         return {"from": self.path, "by_name": self.by_name, "by_synonym": self.by_synonym, "fresh": self.fresh,
                 "heads": list(self.heads), "synonyms": self.synonyms, "unmatched": self.unmatched}
-
-
-def head_rows(kind: str, sd: Mapping[str, torch.Tensor]) -> Dict[float, Dict[str, torch.Tensor]]:
-    """The checkpoint head's tensors by sub-head temperature: {T: {"weight": (C, ...), "bias": (C,)}}."""
-    if kind == "gap":
-        return {math.inf: {"weight": sd["fc.weight"], "bias": sd["fc.bias"]}}
-    count = sum(1 for k in sd if k.startswith("classifier.multi_head.") and k.endswith(".head.weight"))
-    return {T: {"weight": sd[f"classifier.multi_head.{k}.head.weight"]}
-            for k, T in enumerate(temperatures_for(count))}
-
-
-def own_rows(model: nn.Module) -> Dict[float, Dict[str, torch.Tensor]]:
-    head = model.head
-    if model.head_type == "gap":
-        return {math.inf: {"weight": head.weight, "bias": head.bias}}
-    return {T: {"weight": h.head.weight} for T, h in zip(head.temperatures, head.multi_head)}
 
 
 def load_backbone(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str) -> None:
@@ -162,11 +144,12 @@ def init_from(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, old_n
         raise CheckpointError(f"--init_from {path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
     load_backbone(model, sd, path)
     summary = InitSummary(path)
-    if info["head"] != model.head_type:
+    if info["head"] != model.head_type or model.head_kind.rows is None:
         summary.head_kind_differs = True
         return summary
     matches = match_classes(new_names, old_names, pairs)
-    theirs, mine = head_rows(info["head"], sd), own_rows(model)
+    kind = model.head_kind
+    theirs, mine = kind.rows(sd), kind.rows(model.state_dict())  # (the model's: views of its parameters)
     with torch.no_grad():
         for T, tensors in mine.items():
             if T not in theirs:

@@ -11,6 +11,7 @@ This is the only module that knows head kinds by name.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional, Tuple
@@ -18,12 +19,15 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from pipeline.csra import GAPHead, HeadMaps, MultiHeadCSRA  # noqa: F401  (HeadMaps: what heads return)
+from pipeline.csra import HeadMaps  # noqa: F401  (what heads return)
+from pipeline.csra import GAPHead, MultiHeadCSRA, temperatures_for
 from pipeline.errors import ConfigError
 
 
 # (num classes, num sub-heads) of a state dict in our layout, or None when the kind's keys are absent
 Recogniser = Callable[[Mapping[str, torch.Tensor]], Optional[Tuple[int, int]]]
+# a state dict's head tensors by sub-head temperature, each (C, ...) with a row per class: {T: {name: tensor}}
+RowReader = Callable[[Mapping[str, torch.Tensor]], Dict[float, Dict[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class HeadKind:
     training_free: bool = False                 # lam is applied after training: the head has
     #                                             spatial_mean_and_max(features), which the sweep uses
     lam_help: str = ""
+    rows: Optional[RowReader] = None            # its class rows, which --init_from moves by class name (None:
+    #                                             a run from such a checkpoint takes its backbone only)
 
     @property
     def prefix(self) -> str:
@@ -94,11 +100,21 @@ def _recognise_gap(sd):
     return (sd["fc.weight"].shape[0], 0) if "fc.weight" in sd else None
 
 
+def _csra_rows(sd):
+    heads = sorted(int(m.group(1)) for k in sd for m in [_CSRA_KEY.match(k)] if m)
+    return {T: {"weight": sd[f"classifier.multi_head.{k}.head.weight"]}
+            for k, T in zip(heads, temperatures_for(len(heads)))}
+
+
+def _gap_rows(sd):
+    return {math.inf: {"weight": sd["fc.weight"], "bias": sd["fc.bias"]}}
+
+
 register_head(HeadKind(
     "csra", "a CSRA head", "classifier", lambda d, c, h, lam: MultiHeadCSRA(h, lam, d, c), _recognise_csra,
-    zoo_prefix="head.csra_heads.", own_prefix="classifier.multi_head.", multi_head=True, head_lr_mult=True,
-    default_lam=0.1, lam_help="the CSRA residual weight"))
+    rows=_csra_rows, zoo_prefix="head.csra_heads.", own_prefix="classifier.multi_head.", multi_head=True,
+    head_lr_mult=True, default_lam=0.1, lam_help="the CSRA residual weight"))
 register_head(HeadKind(
-    "gap", "a GAP head", "fc", lambda d, c, h, lam: GAPHead(d, c), _recognise_gap,  # trained plain; lam after
+    "gap", "a GAP head", "fc", lambda d, c, h, lam: GAPHead(d, c), _recognise_gap, rows=_gap_rows,  # trained plain
     zoo_prefix="head.fc.", default_lam=0.0, training_free=True,
     lam_help="at evaluation, the training-free mean + lam * max rule (0: plain GAP)"))

@@ -199,3 +199,24 @@ def test_torchrun_two_processes_match_single_process_eval(tmp_path):
     _, single_out = val_map(files, out / "best.pth")
     table = lambda s: s[s.index("mAP:"):]  # noqa: E731
     assert table(r.stdout) == table(single_out)
+
+
+def test_keep_epochs_keeps_exactly_the_last_n_and_never_a_file_it_did_not_write(tmp_path):
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    out = tmp_path / "run"
+    train_main.main(train_argv(files, out, "--keep_epochs", "2", "--total_epoch", "3"))
+    kept = sorted(p.name for p in out.glob("*.pth"))
+    assert kept == ["best.pth", "epoch_2.pth", "epoch_3.pth", "train_state.pth"]
+    assert json.loads((out / "args.json").read_text())["keep_epochs"] == 2
+    (out / "epoch_1.pth").write_bytes(b"a file of the user's, not the run's")
+    train_main.main(train_argv(files, out, "--total_epoch", "5", "--resume", str(out)))  # the record keeps 2
+    kept = sorted(p.name for p in out.glob("*.pth"))
+    assert kept == ["best.pth", "epoch_1.pth", "epoch_4.pth", "epoch_5.pth", "train_state.pth"]
+    assert (out / "epoch_1.pth").read_bytes() == b"a file of the user's, not the run's"
+    state = torch.load(out / "train_state.pth", weights_only=True)
+    assert state["epoch_files"] == [4, 5]
+    every = tmp_path / "every"
+    train_main.main(train_argv(files, every, "--total_epoch", "3"))  # the default: every epoch stays
+    assert sorted(p.name for p in every.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth", "epoch_3.pth"]
+    r = run_py("main.py", *train_argv(files, tmp_path / "x", "--keep_epochs", "0"))
+    assert r.returncode == 2 and "--keep_epochs: expected 1 or more" in r.stderr

@@ -82,6 +82,20 @@ def ema_decay(text: str) -> Optional[float]:
         raise argparse.ArgumentTypeError(f"expected a decay such as 0.9997, or none (got {text!r})") from None
 
 
+def kept_epochs(text: str) -> Optional[int]:
+    """--keep_epochs N (a positive integer) or all (None: every epoch's checkpoint stays)."""
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs, or all (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more (the last epoch's checkpoint is always kept), or all "
+                                         f"(got {value})")
+    return value
+
+
 # --- help written from the tables --------------------------------------------------------------------
 def _value(key: str, value) -> str:
     """How a help note shows an option's value: a switch as on/off, others as show_option does."""
@@ -319,6 +333,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("test_every_epoch", "T", "the run", dict(action="store_true", help="with a validation set: also score "
            "the test set at every evaluation, for the curves (test_* keys in log.jsonl; never used for a choice)"),
            resume="may change"),
+    Option("keep_epochs", "T", "the run", dict(type=kept_epochs, default=None, metavar="N|all", help="keep the "
+           "epoch_<i>.pth of the last N epochs only (best.pth, the last epoch's and train_state.pth are always kept; "
+           "only files this run wrote are removed); default all, as the authors' code"), resume="may change"),
     Option("output_dir", "T", "the run", dict(default=None, help="run folder (default checkpoint/<model>)")),
     Option("report", "TV", "the run", dict(default=None, metavar="DIR", help="after the last evaluation, write the "
            "HTML evaluation report into DIR (see val.py --report)"),

@@ -2,8 +2,9 @@
 loaded and checked in one place.
 
 Layout: ``{"format": FORMAT, "version": VERSION, "model", "optimizer", "scaler", "ema", "epoch",
-"iter", "best", "args"}``. ``epoch`` counts finished epochs and ``iter`` the finished iterations of
-the next one. Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
+"iter", "best", "epoch_files", "args"}``. ``epoch`` counts finished epochs and ``iter`` the finished
+iterations of the next one; ``epoch_files`` lists the epochs whose checkpoint this run wrote and keeps
+(``--keep_epochs`` removes only those). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
 demo.py load the file like any checkpoint.
 """
 from __future__ import annotations
@@ -26,16 +27,19 @@ VERSION = 1
 REQUIRED = ("model", "optimizer", "epoch", "iter", "best")
 
 
-def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, epoch: int, it: int, best: dict,
+def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, progress: dict,
                      args: Optional[dict] = None, run_id: Optional[str] = None,
                      runtime: Optional[dict] = None) -> None:
-    """``runtime``: what the steps up to this state ran in (``Runtime.as_dict``), for the resume note."""
+    """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best`` and
+    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps); ``runtime``: what the steps up
+    to this state ran in (``Runtime.as_dict``), for the resume note."""
     save_torch_atomic({
         "format": FORMAT, "version": VERSION, "run_id": run_id, "runtime": runtime,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
-        "epoch": epoch, "iter": it, "best": best,
+        "epoch": progress["epoch"], "iter": progress["iter"], "best": progress["best"],
+        "epoch_files": list(progress.get("epoch_files", [])),
         "args": {k: str(v) for k, v in (args or {}).items()},
     }, path)
 

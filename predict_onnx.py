@@ -7,13 +7,12 @@ Copy this file beside its .onnx on any machine: it imports nothing from this rep
 input size and normalisation come from the model's metadata (written by export.py); each image is read
 as 8-bit RGB (16-bit, float, palette, alpha, CMYK and grayscale files included), resized to a square,
 scaled to [0, 1] and normalised, so labels, scores and the JSON/CSV equal demo.py's on the same model.
-
-It is also the repository's bottom layer: what a prediction needs and the project shares (the root of
-the error family, JSON reading, the one image reader, atomic writes, the prediction records and their
-output, the scripts' parser and error wrapper) is defined here once, and pipeline/ and utils/ import it
-from here (``pipeline.errors``, ``pipeline.jsonfile``, ``pipeline.images``, ``utils.fileio``,
-``utils.predictions``, ``utils.entry``), so demo.py and this file cannot drift apart.
 """
+# This file is also the repository's bottom layer: what a prediction needs and the project shares (the
+# root of the error family, JSON reading, the one image reader, atomic writes, the prediction records and
+# their output, the scripts' parser and error wrapper) is defined here once, and pipeline/ and utils/
+# import it from here (pipeline.errors, pipeline.jsonfile, pipeline.images, utils.fileio,
+# utils.predictions, utils.entry), so demo.py and this file cannot drift apart.
 from __future__ import annotations
 
 import argparse
@@ -333,7 +332,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsHelpFormatter)
 
 
 def get_args(argv=None) -> argparse.Namespace:
-    p = ScriptParser(description=__doc__.split("\n\nIt is also")[0], formatter_class=HelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=HelpFormatter)
     for name, settings in OPTIONS.items():
         p.add_argument(f"--{name}", **settings)
     a = p.parse_args(argv)

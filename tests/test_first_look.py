@@ -106,14 +106,18 @@ def test_on_a_terminal_the_eta_has_its_own_line_and_a_0x0_terminal_gets_plain_li
     assert re.search(r"^epoch 1/1 step 6/24 loss ", text.replace("\r\n", "\n"), re.M)  # plain lines instead
 
 
-def test_a_terminal_without_width_is_not_a_terminal_for_bars(monkeypatch):
-    class Tty:
-        def isatty(self):
-            return True
+class FakeTerminal:
+    """stderr as a terminal (its size is what os.get_terminal_size is patched to say)."""
 
-        def fileno(self):
-            return 2
-    monkeypatch.setattr(progress.sys, "stderr", Tty())
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+
+def test_a_terminal_without_width_is_not_a_terminal_for_bars(monkeypatch):
+    monkeypatch.setattr(progress.sys, "stderr", FakeTerminal())
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
     assert not progress.on_terminal()
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((120, 40)))
@@ -121,13 +125,7 @@ def test_a_terminal_without_width_is_not_a_terminal_for_bars(monkeypatch):
 
 
 def test_a_terminal_without_rows_is_not_a_terminal_for_bars(monkeypatch):
-    class Tty:
-        def isatty(self):
-            return True
-
-        def fileno(self):
-            return 2
-    monkeypatch.setattr(progress.sys, "stderr", Tty())
+    monkeypatch.setattr(progress.sys, "stderr", FakeTerminal())
     for rows, bars in ((0, False), (2, False), (3, True), (40, True)):  # tqdm draws nothing at 0, "more hidden" at 2
         monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((120, rows)))
         assert progress.on_terminal() == bars, rows

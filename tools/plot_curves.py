@@ -241,7 +241,8 @@ def draw(runs: List[str], logs: List[List[Dict]], labels: List[str]):
     per_column = -(-len(wrapped) // ncol)  # matplotlib fills the columns one after the other
     lines = sum(max(t.count("\n") + 1 for t in wrapped[r::per_column]) for r in range(per_column))
     title = textwrap.fill(shared_settings(runs, logs), 170)
-    fig = plt.figure(figsize=(FIG_WIDTH, 4.2 + 0.2 * lines + 0.2 * title.count("\n")), layout="constrained")
+    text_lines = lines + (title.count("\n") + 1 if title else 0)  # 0.2 in each, above the panels' 3.6 in
+    fig = plt.figure(figsize=(FIG_WIDTH, 3.6 + 0.2 * text_lines), layout="constrained")
     axes = fig.subplots(1, 3)
     maps = []
     for i, log in enumerate(logs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import argparse
+import os
 
 import numpy as np
 
@@ -87,7 +88,8 @@ def validate(args) -> dict:
             print(format_report(report, names))
             sweep = global_sweep(scores, targets, args.pr_convention)
             if sweep is not None:
-                print(threshold_advice(sweep, f"{args.report}/thresholds.json" if args.report else
+                print(threshold_advice(sweep, os.path.normpath(os.path.join(args.report, "thresholds.json"))
+                                       if args.report else
                                        "add --report DIR, which writes DIR/thresholds.json"))
             metrics = report_to_dict(report, names)
             result["report"] = report

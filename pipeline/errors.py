@@ -2,20 +2,11 @@
 
 Library code raises a subclass of ``CSRAError`` with a one-line message that names the file,
 record or flag at fault; only an entry script's ``main`` turns it into ``error: <message>`` and
-a non-zero exit (see ``utils.cli.run_main``).
+a non-zero exit (see ``utils.entry.run_main``). The root of the family and the errors the torch-free
+predictor raises are defined in ``predict_onnx.py`` (that file runs alone, so it cannot import them
+from here); the rest are here.
 """
-
-
-class CSRAError(Exception):
-    """Base of every error a user should see as one line."""
-
-
-class ConfigError(CSRAError, ValueError):
-    """An option or combination of options that cannot work."""
-
-
-class DataError(CSRAError):
-    """Bad dataset input: JSON, records, images."""
+from predict_onnx import ConfigError, CSRAError, DataError  # noqa: F401  (the family's root and its common members)
 
 
 class CheckpointError(CSRAError):

@@ -10,6 +10,9 @@ os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if has
                                              else os.cpu_count() or 1))
 sys.path.insert(0, ROOT)
 SHARED_SAMPLES = os.path.join(ROOT, "..", "shared", "data", "voc_samples")
+# six real VOC images with their labels, beside the repository in the development workplace only (a clone has none)
+needs_voc_samples = pytest.mark.skipif(not os.path.isdir(SHARED_SAMPLES), reason=(
+    "needs real VOC images in ../shared/data/voc_samples, which only the development workplace has (not a clone)"))
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ def broken_dir(tmp_path, kind: str, monkeypatch=None):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
         return
     if monkeypatch is None:
-        pytest.skip("cannot mount a tmpfs here, and no monkeypatch to simulate one")
+        pytest.skip("cannot mount a tmpfs here (mounting needs root), and no monkeypatch to simulate one")
     code = errno.EROFS if kind == "readonly" else errno.ENOSPC
     root = str(path)
     real_open, real_makedirs = builtins.open, os.makedirs

@@ -8,6 +8,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+from PIL import Image
+
 from conftest import ROOT
 
 
@@ -137,3 +140,35 @@ def wrap_training_loss(monkeypatch, wrap):
         crit = real(*a, **k)
         return lambda x, y: wrap(crit(x, y))
     monkeypatch.setattr(trainer, "make_criterion", make)
+
+
+def image_kinds(folder):
+    """One image file of each kind (8-bit RGB, 16-bit, float, alpha, grayscale, palette, CMYK) in ``folder``,
+    and the 8-bit RGB pixels each must give, computed here with numpy."""
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
+    gray_f = rng.random((20, 30), dtype=np.float32)
+    rgba = np.dstack([rgb, rng.integers(0, 256, (20, 30), dtype=np.uint8)])
+    gray8 = rng.integers(0, 256, (20, 30), dtype=np.uint8)
+    palette = Image.fromarray(rgb).quantize(16)
+    cmyk = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    expected = {}
+    Image.fromarray(rgb).save(folder / "rgb8.png")
+    expected["rgb8.png"] = rgb
+    Image.fromarray(gray16).save(folder / "gray16.png")
+    expected["gray16.png"] = np.repeat(np.rint(gray16 * (255 / 65535)).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(gray_f, mode="F").save(folder / "float.tif")
+    expected["float.tif"] = np.repeat(np.rint(gray_f.astype(np.float64) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    expected["alpha.png"] = rgb  # alpha dropped, as convert("RGB") drops it
+    Image.fromarray(gray8, "L").save(folder / "gray8.png")
+    expected["gray8.png"] = np.repeat(gray8[..., None], 3, axis=2)
+    palette.save(folder / "palette.png")
+    pal = np.array(palette.getpalette()[:48], dtype=np.uint8).reshape(16, 3)
+    expected["palette.png"] = pal[np.asarray(palette)]
+    Image.fromarray(cmyk, "CMYK").save(folder / "cmyk.tif")
+    c, m, y, k = (cmyk[..., i].astype(np.int64) for i in range(4))
+    expected["cmyk.tif"] = np.rint(np.stack([(255 - c) * (255 - k), (255 - m) * (255 - k), (255 - y) * (255 - k)],
+                                            axis=2) / 255).astype(np.uint8)
+    return expected

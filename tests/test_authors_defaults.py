@@ -13,7 +13,7 @@ from PIL import Image
 
 import main as train_main
 import val as val_script
-from helpers import run_py, tiny_demo, train_argv
+from helpers import image_kinds, run_py, tiny_demo, train_argv
 from pipeline.checkpoint import load_model_weights
 from pipeline.dataset import MultiLabelDataset, ImageTransform
 from pipeline.errors import CheckpointError, ConfigError, DataError
@@ -198,37 +198,6 @@ def test_class_names_rule_without_a_names_file(tmp_path, capsys, labels, dataset
 
 
 # --- 5. one image reader ------------------------------------------------------------------------
-def image_kinds(folder):
-    """One file of each kind, and the 8-bit RGB pixels each must give, computed here with numpy."""
-    rng = np.random.default_rng(5)
-    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    gray16 = rng.integers(0, 65536, (20, 30), dtype=np.uint16)
-    gray_f = rng.random((20, 30), dtype=np.float32)
-    rgba = np.dstack([rgb, rng.integers(0, 256, (20, 30), dtype=np.uint8)])
-    gray8 = rng.integers(0, 256, (20, 30), dtype=np.uint8)
-    palette = Image.fromarray(rgb).quantize(16)
-    cmyk = rng.integers(0, 256, (20, 30, 4), dtype=np.uint8)
-    expected = {}
-    Image.fromarray(rgb).save(folder / "rgb8.png")
-    expected["rgb8.png"] = rgb
-    Image.fromarray(gray16).save(folder / "gray16.png")
-    expected["gray16.png"] = np.repeat(np.rint(gray16 * (255 / 65535)).astype(np.uint8)[..., None], 3, axis=2)
-    Image.fromarray(gray_f, mode="F").save(folder / "float.tif")
-    expected["float.tif"] = np.repeat(np.rint(gray_f.astype(np.float64) * 255).astype(np.uint8)[..., None], 3, axis=2)
-    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
-    expected["alpha.png"] = rgb  # alpha dropped, as convert("RGB") drops it
-    Image.fromarray(gray8, "L").save(folder / "gray8.png")
-    expected["gray8.png"] = np.repeat(gray8[..., None], 3, axis=2)
-    palette.save(folder / "palette.png")
-    pal = np.array(palette.getpalette()[:48], dtype=np.uint8).reshape(16, 3)
-    expected["palette.png"] = pal[np.asarray(palette)]
-    Image.fromarray(cmyk, "CMYK").save(folder / "cmyk.tif")
-    c, m, y, k = (cmyk[..., i].astype(np.int64) for i in range(4))
-    expected["cmyk.tif"] = np.rint(np.stack([(255 - c) * (255 - k), (255 - m) * (255 - k), (255 - y) * (255 - k)],
-                                            axis=2) / 255).astype(np.uint8)
-    return expected
-
-
 def test_one_reader_gives_the_expected_pixels_for_every_kind(tmp_path):
     for name, want in image_kinds(tmp_path).items():
         got = np.asarray(read_rgb(str(tmp_path / name)))

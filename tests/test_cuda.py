@@ -15,7 +15,8 @@ from pipeline.losses import make_criterion
 from pipeline.model import CSRANet
 from pipeline.runtime import resolve_runtime
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
+    "needs a CUDA GPU (torch sees none here); benchmarks/gpu_check.py runs these on a GPU machine"))
 CUDA = torch.device("cuda")
 
 

@@ -13,6 +13,7 @@ import termios
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import main as train_main
 from conftest import ROOT
@@ -105,18 +106,39 @@ def test_on_a_terminal_the_eta_has_its_own_line_and_a_0x0_terminal_gets_plain_li
     assert re.search(r"^epoch 1/1 step 6/24 loss ", text.replace("\r\n", "\n"), re.M)  # plain lines instead
 
 
-def test_a_terminal_without_width_is_not_a_terminal_for_bars(monkeypatch):
-    class Tty:
-        def isatty(self):
-            return True
+class FakeTerminal:
+    """stderr as a terminal (its size is what os.get_terminal_size is patched to say)."""
 
-        def fileno(self):
-            return 2
-    monkeypatch.setattr(progress.sys, "stderr", Tty())
+    def isatty(self):
+        return True
+
+    def fileno(self):
+        return 2
+
+
+def test_a_terminal_without_width_is_not_a_terminal_for_bars(monkeypatch):
+    monkeypatch.setattr(progress.sys, "stderr", FakeTerminal())
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
     assert not progress.on_terminal()
     monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((120, 40)))
     assert progress.on_terminal()
+
+
+def test_a_terminal_without_rows_is_not_a_terminal_for_bars(monkeypatch):
+    monkeypatch.setattr(progress.sys, "stderr", FakeTerminal())
+    for rows, bars in ((0, False), (2, False), (3, True), (40, True)):  # tqdm draws nothing at 0, "more hidden" at 2
+        monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((120, rows)))
+        assert progress.on_terminal() == bars, rows
+
+
+def test_a_120x0_terminal_gets_plain_progress_lines(tmp_path):
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)
+    code, text = run_on_a_terminal(train_argv(files, tmp_path / "run", "--total_epoch", "1", "--batch_size", "2"),
+                                   columns=120, rows=0)
+    assert code == 0, text[-2000:]
+    text = text.replace("\r\n", "\n")
+    epoch = text[text.index("\nrun folder "):text.index("\nepoch 1 model: ")].split("\n")[2:]
+    assert epoch and all(re.match(r"epoch 1/1 step \d+/8 loss ", ln) for ln in epoch), text[-2000:]  # not blank
 
 
 def test_main_and_val_name_the_best_single_threshold(demo_run, tmp_path):
@@ -131,6 +153,15 @@ def test_main_and_val_name_the_best_single_threshold(demo_run, tmp_path):
     m = re.search(r"^best single threshold for every class: ([0-9.]+)", r.stdout, re.M)
     assert m and float(m.group(1)) == pytest.approx(-best[1])
     assert "demo.py --thresholds" in r.stdout and "--report DIR" in r.stdout
+
+
+def test_val_prints_clean_paths_for_a_folder_typed_with_a_slash(demo_run, tmp_path):
+    root, files, ckpt = demo_run
+    r = run_py("val.py", "--load_from", ckpt, "--report", f"{tmp_path / 'rep'}/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"per-class thresholds for demo.py --thresholds: {tmp_path / 'rep' / 'thresholds.json'}\n" in r.stdout
+    assert f"wrote {tmp_path / 'rep' / 'index.html'}" in r.stdout and "//" not in r.stdout
+    assert (tmp_path / "rep" / "thresholds.json").is_file()
 
 
 def test_report_headings_say_what_their_rows_are(tmp_path):
@@ -183,3 +214,27 @@ def test_a_closed_output_pipe_ends_quietly():
     proc.stdout.close()  # as `| head -1` does once it has its line: here before the script writes anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_report_thumbnails_are_named_as_the_page_marks_them(tmp_path):
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [1, 1]])
+    scores = np.array([[0.9, 0.2], [0.8, 0.6], [0.1, 0.7], [0.2, 0.3], [0.3, 0.1], [0.7, 0.9]])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for i in range(6):
+        paths.append(str(folder / f"{i}.png"))
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
+    out = write_report(str(tmp_path / "rep"), scores, targets, paths, ["cat", "dog"], evaluate(scores, targets),
+                       info={"scores": "by hand"})
+    page = open(out["index"]).read()
+    # cat: negatives 2 (0.1), 3 (0.2), 4 (0.3) all below 0.5; positives 0, 1, 5 all above: nothing wrong
+    # dog: negative 1 scores 0.6 (a false positive), positive 3 scores 0.3 (a false negative)
+    want = {"c000_correct_2.png", "c000_correct_3.png", "c000_correct_4.png", "c000_correct_0.png",
+            "c000_correct_1.png", "c000_correct_5.png", "c001_fp_1.png", "c001_correct_0.png", "c001_correct_4.png",
+            "c001_fn_3.png", "c001_correct_2.png", "c001_correct_5.png"}
+    assert set(os.listdir(tmp_path / "rep" / "thumbs")) == want
+    for name in want:
+        figure = page[page.index(f'src="thumbs/{name}"'):].split("</div>")[0]
+        assert ("<b>FP</b>" in figure) == ("_fp_" in name) and ("<b>FN</b>" in figure) == ("_fn_" in name)
+        assert ("correct at 0.5" in figure) == ("_correct_" in name)

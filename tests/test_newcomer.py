@@ -54,7 +54,7 @@ def test_a_redirected_log_has_no_bars_and_plain_progress_lines(tmp_path):
 def test_tensorboard_without_the_package_says_how_to_install_it(tmp_path):
     try:
         import tensorboard  # noqa: F401
-        pytest.skip("tensorboard is installed here")
+        pytest.skip("checks the message shown without tensorboard, and tensorboard is installed here")
     except ImportError:
         pass
     files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)

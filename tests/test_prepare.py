@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from conftest import SHARED_SAMPLES
+from conftest import SHARED_SAMPLES, needs_voc_samples
 from helpers import run_in_process
 from pipeline.classes import VOC_CLASSES, WIDER_ATTRIBUTES
 
@@ -216,7 +216,7 @@ def test_demo_generator_is_deterministic(tmp_path):
         assert fa.read() == fb.read()
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_SAMPLES), reason="../shared/data/voc_samples not present")
+@needs_voc_samples
 def test_real_voc_samples(tmp_path):
     """A VOCdevkit built from the six real images and their labels (no difficult flags known)."""
     meta = json.loads(open(os.path.join(SHARED_SAMPLES, "labels.json")).read())

@@ -357,7 +357,7 @@ def test_real_full_disk_on_a_tiny_tmpfs(tmp_path):
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
+        pytest.skip("cannot mount a tmpfs here (mounting needs root); the test above simulates the full disk instead")
     try:
         from utils.fileio import OutputError, save_torch_atomic
         save_torch_atomic({"w": torch.zeros(10)}, str(mnt / "small.pth"))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import main as train_main
-from conftest import SHARED_SAMPLES
+from conftest import SHARED_SAMPLES, needs_voc_samples
 from helpers import run_py, tiny_demo, train_argv
 from pipeline.csra import MultiHeadCSRA
 from utils.visualize import CAPTION_HEIGHT, PANEL_HEIGHT, SCALE_WIDTH, class_map, overlay, upsample
@@ -110,7 +110,7 @@ def test_heatmap_files(trained, tmp_path):
     assert r.returncode != 0 and "unknown class 'dragon'" in r.stderr
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_SAMPLES), reason="../shared/data/voc_samples not present")
+@needs_voc_samples
 def test_heatmaps_on_real_voc_images(trained, tmp_path):
     root, files = trained
     r = run_py(*demo_args(root, files, "--img_dir", SHARED_SAMPLES, "--heatmaps", str(tmp_path / "hm")))

@@ -29,17 +29,9 @@ from utils.options import BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS,
 from utils.run_record import (RECORD_FILE, check_flags, check_record_values, find_record, read_record,
                               record_defaults)
 from utils.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
+from predict_onnx import DefaultsHelpFormatter as HelpFormatter  # '(default: X)' where a default is literal
 
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows '(default: X)' only where there is a literal default; rules for the rest are in the help."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def new_parser(description: str, script: Optional[str] = None) -> argparse.ArgumentParser:

@@ -1,12 +1,12 @@
-"""The entry scripts' error wrapper; imports no torch (the ONNX predictor uses it)."""
+"""The entry scripts' error wrapper; imports no torch. The parser and the wrapper are defined in the
+stand-alone predict_onnx.py (which uses them without this repository); this adds the one line of an
+error raised in a DataLoader worker."""
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from typing import Callable, Union
 
-from pipeline.errors import CSRAError
+from predict_onnx import ScriptParser  # noqa: F401  (entry scripts import it from here)
+from predict_onnx import run_main as _run_main
 
 
 def _worker_message(e: BaseException) -> str:
@@ -23,30 +23,4 @@ def run_main(main: Callable[[], object], interrupted_hint: Union[str, Callable[[
     'error: <one line>' and exit 1; Ctrl-C becomes 'interrupted; <hint>' and exit 130 (the hint may be
     a function, asked at that moment: main.py names the command that resumes the run). A closed output
     pipe (``| head``) ends quietly."""
-    try:
-        main()
-        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
-    except CSRAError as e:
-        sys.exit(f"error: {_worker_message(e)}")
-    except KeyboardInterrupt:
-        hint = interrupted_hint() if callable(interrupted_hint) else interrupted_hint
-        print("interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # the output went to a reader that stopped (`... | head`): not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # (so Python's own flush at exit does not fail again)
-        sys.exit(0)
-
-
-class ScriptParser(argparse.ArgumentParser):
-    """Every entry script's parser: flags are never abbreviated (``--total`` is not ``--total_epoch``: a
-    resumed run compares the flags typed, and an abbreviation would slip past it), and a bad command
-    line is one line, 'error: ...', naming the flag, and exit 2 (``--help`` shows the options)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {os.path.basename(self.prog)} --help)\n")
+    _run_main(main, interrupted_hint, error_line=_worker_message)

@@ -3,71 +3,14 @@ A reader (or a resumed run) sees the old file or the new one, never a half-writt
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import signal
 import threading
 
-from pipeline.errors import CSRAError
-
-
-class OutputError(CSRAError):
-    """An output place that cannot be written: a file where a folder belongs, no permission, a full disk."""
-
-
-def describe_os_error(e: OSError) -> str:
-    if e.errno == errno.ENOSPC:
-        return "no space left on the disk"
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "not writable (permission denied or read-only)"
-    return e.strerror or str(e)
-
-
-def make_folder(path: str) -> str:
-    """os.makedirs with one-line errors naming the path and the cause."""
-    blocked = next((p for p in _self_and_parents(path) if os.path.exists(p) and not os.path.isdir(p)), None)
-    if blocked:
-        raise OutputError(f"{blocked}: is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot create the folder: {describe_os_error(e)}") from None
-    return path
-
-
-def _self_and_parents(path: str):
-    path = os.path.abspath(path)
-    while True:
-        yield path
-        parent = os.path.dirname(path)
-        if parent == path:
-            return
-        path = parent
-
-
-@contextlib.contextmanager
-def atomic_write(path: str, mode: str = "w"):
-    """Write to a temporary file beside ``path``, then rename it over ``path``. Errors of the file
-    system (full disk, read-only folder) become one-line OutputErrors; the old file stays intact."""
-    folder = make_folder(os.path.dirname(os.path.abspath(path)))
-    if os.path.isdir(path):
-        raise OutputError(f"{path}: is a folder, cannot write a file there")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"{path}: cannot write: {describe_os_error(e)}") from None
-    finally:
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+# the atomic writer and its one-line errors are defined in the stand-alone predict_onnx.py (which writes
+# its predictions with them); the writers every other output goes through are here
+from predict_onnx import OutputError, atomic_write, describe_os_error, make_folder  # noqa: F401
 
 
 def write_json_atomic(obj: object, path: str) -> None:

@@ -17,19 +17,26 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"  # torchrun sets RANK; a plain run is rank 0
 
 
-MIN_BAR_WIDTH = 40  # columns a bar needs; a terminal that reports less (some report 0 x 0) gets plain lines
+# The size a bar needs; a terminal that reports less gets plain lines, as a log file does. Some report
+# 0 x 0, some 120 columns and 0 rows: tqdm keeps the last row free and draws nothing at all when no row is
+# left above it (0 rows), or '... (more hidden) ...' instead of the bar (2 rows).
+MIN_BAR_WIDTH, MIN_BAR_ROWS = 40, 3
 
 
-def terminal_width() -> int:
+def terminal_size() -> os.terminal_size:
+    """stderr's terminal size; 0 x 0 when it has none."""
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        return os.get_terminal_size(sys.stderr.fileno())
     except (OSError, AttributeError, ValueError):
-        return 0
+        return os.terminal_size((0, 0))
 
 
 def on_terminal() -> bool:
-    """Whether progress bars belong on stderr: the main process, writing to a terminal wide enough for one."""
-    return is_main_process() and sys.stderr.isatty() and terminal_width() >= MIN_BAR_WIDTH
+    """Whether progress bars belong on stderr: the main process, writing to a terminal large enough for one."""
+    if not (is_main_process() and sys.stderr.isatty()):
+        return False
+    size = terminal_size()
+    return size.columns >= MIN_BAR_WIDTH and size.lines >= MIN_BAR_ROWS
 
 
 def say(text: str) -> None:

@@ -271,13 +271,14 @@ def mistake_sections(out_dir, scores, targets, paths, names, report, shown, thum
 
     def figure(i: int, c: int, kind: str, wrong) -> str:
         img = thumbs.get((i, c)) or _plain_thumbnail(paths[i])
-        name = f"c{c:03d}_{kind}_{i}.png"
+        mistake = bool(wrong(scores[i, c]))
+        name = f"c{c:03d}_{kind if mistake else 'correct'}_{i}.png"  # the file says what the page says
         if img is not None:
             save_image_atomic(img, os.path.join(thumb_dir, name))
             pic = f'<img src="thumbs/{name}" alt="{html.escape(os.path.basename(paths[i]))}">'
         else:
             pic = "<div class=note>(image not readable)</div>"
-        verdict = f"<b>{kind.upper()}</b>" if wrong(scores[i, c]) else "correct at 0.5"
+        verdict = f"<b>{kind.upper()}</b>" if mistake else "correct at 0.5"
         return (f"<div class=fig>{pic}{html.escape(names[c])} {scores[i, c]:.3f}, {verdict}<br>"
                 f"true: {html.escape(labels_of(pos_mask[i]))}<br>"
                 f"predicted: {html.escape(labels_of(predicted[i]))}<br>"

@@ -158,6 +158,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
             print(note)
     net = CSRANet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
     init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
+    net.head_product_follows_autocast(not rt.head_float32)
     model = runtime.prepare_model(net, train=True)
     head_lr_mult = t.head_lr_mult if model.head_kind.head_lr_mult else 1.0
     groups = param_groups(model, t.lr, head_lr_mult, t.w_d, t.no_decay_norm_bias)
@@ -196,6 +197,14 @@ def weights_in_use(training) -> str:
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
 
 
+def head_precision(model: CSRANet, runtime: Runtime) -> str:
+    """What the head's score product trains in (a CSRA head's norms, softmax and sums are float32 always)."""
+    follows = getattr(model.head, "scores_follow_autocast", None)
+    if follows is None:
+        return "head in float32"
+    return f"CSRA head product in {runtime.amp if follows and runtime.amp != 'off' else 'float32'}"
+
+
 def selection_rows(data: RunData) -> List[Tuple[str, str]]:
     """The header's rows on the test set and, when there is one, the validation set: which of them chooses
     the epoch, the weights (EMA or not) and the thresholds."""
@@ -217,8 +226,8 @@ def run_header(p: Parts, folder: str) -> str:
                  (", epoch chosen on the test set (authors' protocol)" if p.data.val_set is None else "")),
         *selection_rows(p.data),
         ("recipe", f"{cfg.training.recipe}: {options}"),
-        ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; evaluation in "
-                    f"{precision_name(p.eval_runtime.amp)}"),
+        ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; "
+                    f"{head_precision(p.model, p.runtime)}; evaluation in {precision_name(p.eval_runtime.amp)}"),
         ("threads", threads.describe() + ("" if threads.fixed else "; fitted to the load while training")),
         ("run folder", folder),
     ]

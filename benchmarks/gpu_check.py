@@ -1,4 +1,4 @@
-"""The GPU check, ready for the first CUDA machine: one command, under 8 minutes on one GPU, one table.
+"""The GPU check, ready for the first CUDA machine: one command, under 10 minutes on one GPU, one table.
 
     python benchmarks/gpu_check.py              # on a machine with CUDA
     python benchmarks/gpu_check.py --dry-run    # anywhere: lists the steps and exits 0
@@ -10,7 +10,9 @@ Steps (each a subprocess with its own time limit, so one failure does not stop t
    ``--compile``, with peak memory and the fraction of the measured bf16 matmul rate
    (``bench_train.py``); goal: >= 1,400 img/s on an H100/H200, >= 35% of the bf16 matmul rate;
 3. the data loader's images/s at 448 px from JPEG files with 8 and 16 workers; goal: >= 2,000 img/s with 16;
-4. evaluation images/s (ResNet-101, 448 px, float32 as val.py's default, and bf16).
+4. evaluation images/s (ResNet-101, 448 px, float32 as val.py's default, and bf16);
+5. the CSRA head's training step beside its backbone's at 80, 1,000 and 9,605 classes (``bench_head.py --train``):
+   time and peak memory, now and the float32 reference.
 """
 from __future__ import annotations
 
@@ -81,6 +83,8 @@ STEPS = [
      ">= 1,400 img/s, >= 35% of bf16 matmul"),
     ("data loader 448 px, 8/16 workers", [PY, "-c", LOADER], 45, ">= 2,000 img/s with 16 workers"),
     ("evaluation ResNet-101 448 px", [PY, "-c", EVAL], 45, "float32 (default) and bf16"),
+    ("CSRA head vs backbone, training", [PY, "benchmarks/bench_head.py", "--train", "--device", "cuda",
+                                         "--rounds", "10"], 60, "head <= 0.35x ResNet-50's step at 9,605 classes"),
 ]
 
 
@@ -88,6 +92,8 @@ def summary(name: str, out: str) -> str:
     lines = out.splitlines()
     if name.startswith("CUDA"):
         return next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln or "error" in ln), "?")
+    if name.startswith("CSRA head"):
+        return " | ".join(" ".join(ln.split()[:4]) for ln in lines if ln.strip()[:1].isdigit())
     if name.startswith("training"):
         rows = [ln for ln in lines if ln.startswith(("resnet101", "bf16 matmul", "train_step, bf16, channels-last"))]
         return " | ".join(" ".join(r.split()) for r in rows)
@@ -102,7 +108,7 @@ def main() -> None:
         for i, (name, cmd, limit, goal) in enumerate(STEPS, 1):
             shown = " ".join(c if "\n" not in c else "<inline script>" for c in cmd[1:])
             print(f"{i}. {name} (limit {limit} s; {goal}): python {shown}")
-        print(f"total limit {sum(s[2] for s in STEPS)} s (under 8 minutes)")
+        print(f"total limit {sum(s[2] for s in STEPS)} s (under 10 minutes)")
         return
     import torch
     if not torch.cuda.is_available():

@@ -33,15 +33,20 @@ WIDER_ATTRIBUTES = [
 DEMO_CLASSES = ["circle", "square", "triangle", "cross", "ring", "bar"]
 
 
-def load_class_names(path: str) -> List[str]:
-    """A names file: a JSON list of strings, or plain text with one name per line."""
+def read_text(path: str, what: str) -> str:
+    """A UTF-8 text file (a byte-order mark accepted), with one-line errors naming it as ``what``."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: no such class-names file")
+        raise DataError(f"{path}: no such {what}")
     try:
         with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+            return f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def load_class_names(path: str) -> List[str]:
+    """A names file: a JSON list of strings, or plain text with one name per line."""
+    text = read_text(path, "class-names file")
     if path.endswith(".json"):
         try:
             names = json.loads(text)

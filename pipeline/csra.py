@@ -3,8 +3,11 @@
 Parameter names follow the authors' released checkpoints: a model's
 ``classifier.multi_head.<k>.head.weight`` is the (C, d, 1, 1) weight of head k.
 
-The heads' arithmetic (CSRA and GAP) runs in float32 even under autocast: a softmax over hundreds of locations
-at T up to 7 loses its small weights in bfloat16, and the head costs well under 1% of a forward.
+The heads' arithmetic runs in float32 even under autocast: a softmax over hundreds of locations at T up to 7
+loses its small weights in bfloat16. One part may follow autocast: in training, the CSRA score maps' product
+(a matmul of d x C per location, at 9,605 classes a quarter of ResNet-50's forward) runs in the training
+precision, as the backbone's convolutions do (``score_products``); the pooling keeps only those products for
+its backward pass and recomputes the rest in float32 (``_FusedPool``).
 """
 from __future__ import annotations
 
@@ -82,28 +85,152 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def normalised_scores(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """s_ij = m_i . x_j / ||m_i|| in float32 (or wider), for a (K, d, 1, 1) weight; returns (B, K, h, w)."""
-    with torch.autocast(x.device.type, enabled=False):
-        w = _at_least_fp32(weight.flatten(1))
-        w = w / w.norm(dim=1, keepdim=True)
-        return torch.einsum("kd,bdhw->bkhw", w, x.to(w.dtype))
+def score_products(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                   follow_autocast: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of every head's score maps s_ij = m_i . x_j / ||m_i||, for (C, d, 1, 1) weights (one per
+    head): the products m_i . x_j as (B, h*w, H, C), and 1 / ||m_i|| as (H, C) in float32 (or wider).
+
+    Normalising the maps rather than the weights scales B*h*w*C numbers instead of C*d (9,605 x 2,048 at
+    OpenImages size, and as many again in the backward pass). The products are float32 (or wider) unless
+    ``follow_autocast`` and autocast is on for x's device: then they run in autocast's dtype (bf16/fp16), the
+    training precision, on the tensor cores or bf16 units the backbone uses (set for training through
+    ``CSRANet.head_product_follows_autocast``). A channels-last map is read as the (B, h*w, d) matrix it is in
+    memory, without a copy."""
+    device = x.device.type
+    if follow_autocast and torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+    else:
+        dtype = torch.promote_types(torch.promote_types(x.dtype, weights[0].dtype), torch.float32)
+    with torch.autocast(device, enabled=False):
+        B, d, h, w = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(B, h * w, d).to(dtype)
+        parts = [_Products.apply(flat, wk.flatten(1), dtype) for wk in weights]
+        raw = parts[0][0].unsqueeze(2) if len(parts) == 1 else torch.stack([p[0] for p in parts], dim=2)
+        inv_norm = torch.stack([p[1] for p in parts])
+    return raw, inv_norm
 
 
-def csra_pool(s: torch.Tensor, finite_T: torch.Tensor, lam: float) -> torch.Tensor:
-    """The CSRA logit, summed over heads: for score maps ``s`` (B, H, C, N) whose first
-    ``len(finite_T)`` heads have those temperatures and any further (last) head T = infinity,
-    sum_k [ mean_j s_kij + lam * a_ki ] with a_ki = sum_j softmax_j(T_k s_kij) s_kij (max_j for infinity).
-    """
-    with torch.autocast(s.device.type, enabled=False):
-        s = _at_least_fp32(s)
-        n = finite_T.numel()
-        base = s.mean(dim=-1).sum(dim=1)
-        part = s[:, :n]
-        att = (torch.softmax(part * finite_T.view(1, -1, 1, 1).to(s.dtype), dim=-1) * part).sum(dim=-1).sum(dim=1)
-        if n < s.shape[1]:
-            att = att + s[:, n:].amax(dim=-1).sum(dim=1)
-        return base + lam * att
+class _Products(torch.autograd.Function):
+    """One head's products x_j . m_i (in ``dtype``) and 1 / ||m_i|| (float32 or wider), with a backward pass that
+    makes the weight's gradient in one matrix product and one pass over the weight (the product's part plus
+    the norm's, -m_i / ||m_i||^3 times the inverse norm's gradient), where separate autograd ops would make
+    and add several (C, d) tensors: 9,605 x 2,048 each at OpenImages size."""
+
+    @staticmethod
+    def forward(ctx, flat, weight, dtype):
+        low = weight.to(dtype)
+        inv_norm = 1.0 / _at_least_fp32(weight).norm(dim=1)
+        ctx.save_for_backward(flat, low, weight, inv_norm)
+        return torch.matmul(flat, low.t()), inv_norm
+
+    @staticmethod
+    def backward(ctx, g_raw, g_inv):
+        flat, low, weight, inv_norm = ctx.saved_tensors
+        g_flat = g_weight = None
+        if g_raw is None:
+            g_raw = torch.zeros(*flat.shape[:2], low.shape[0], dtype=low.dtype, device=low.device)
+        g_raw = g_raw.to(low.dtype)
+        if ctx.needs_input_grad[0]:
+            g_flat = torch.matmul(g_raw, low)
+        if ctx.needs_input_grad[1]:
+            g_weight = torch.matmul(g_raw.reshape(-1, g_raw.shape[-1]).t(), flat.reshape(-1, flat.shape[-1]))
+            wide = _at_least_fp32(weight)
+            if g_inv is not None:  # d(1/||m||)/dm = -m / ||m||^3
+                g_weight = torch.addcmul(g_weight, wide, (-g_inv * inv_norm ** 3).to(wide.dtype).unsqueeze(1))
+            g_weight = g_weight.to(weight.dtype)
+        return g_flat, g_weight, None
+
+
+CHUNK_PER_IMAGE = 1 << 18  # the pooling's float32 temporaries per image and chunk of classes (1 MB)
+FUSED_FROM = 1 << 21  # maps of more entries (B x h*w x H x C) train through _FusedPool: below, autograd's own ops
+#                       are faster, and their float32 copies small (benchmarks/bench_head.py --train)
+
+
+def _class_chunks(raw: torch.Tensor):
+    """Slices over the class axis (last) of a (B, N, H, C) tensor, each with at most CHUNK_PER_IMAGE entries an
+    image (not counting the batch: an export keeps its batch dimension free)."""
+    per_class = max(1, raw.shape[1] * raw.shape[2])
+    step = max(1, CHUNK_PER_IMAGE // per_class)
+    return [slice(c, min(c + step, raw.shape[-1])) for c in range(0, raw.shape[-1], step)]
+
+
+def _maps(raw: torch.Tensor, inv_norm: torch.Tensor) -> torch.Tensor:
+    """s = products x 1 / ||m||, float32 (or wider), (B, N, H, C), in one pass (bf16 x float32 is float32)."""
+    return raw * _at_least_fp32(inv_norm)
+
+
+def _pool(s: torch.Tensor, finite_T: torch.Tensor, lam: float) -> torch.Tensor:
+    """The CSRA logits (B, C) of score maps s (B, N, H, C) in float32 (or wider): the formula of csra_pool."""
+    n = finite_T.numel()
+    base = s.mean(dim=1).sum(dim=1)
+    part = s[:, :, :n]
+    T = finite_T.view(1, 1, -1, 1).to(s.dtype)
+    att = (torch.softmax(part * T, dim=1) * part).sum(dim=1).sum(dim=1)
+    if n < s.shape[2]:
+        att = att + s[:, :, n:].amax(dim=1).sum(dim=1)
+    return base + lam * att
+
+
+def _pool_grad(s: torch.Tensor, finite_T: torch.Tensor, lam: float, g: torch.Tensor) -> torch.Tensor:
+    """d logits / d s, times the logits' gradient ``g`` (B, C): 1/N + lam * p_j (1 + T (s_j - a)) for a finite
+    T (p = softmax(T s), a = sum_j p_j s_j), 1/N + lam / (number of maxima) at the maxima for T = infinity."""
+    n, N = finite_T.numel(), s.shape[1]
+    g = g.view(g.shape[0], 1, 1, -1)
+    grad = torch.empty_like(s)
+    part = s[:, :, :n]
+    T = finite_T.view(1, 1, -1, 1).to(s.dtype)
+    p = torch.softmax(part * T, dim=1)
+    a = (p * part).sum(dim=1, keepdim=True)
+    torch.addcmul(g / N, g * lam, torch.addcmul(p, p * T, part - a), out=grad[:, :, :n])  # (fewer full passes)
+    if n < s.shape[2]:
+        rest = s[:, :, n:]
+        top = (rest == rest.amax(dim=1, keepdim=True)).to(s.dtype)
+        torch.addcmul(g / N, g * lam, top / top.sum(dim=1, keepdim=True), out=grad[:, :, n:])
+    return grad
+
+
+def _joined(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+class _FusedPool(torch.autograd.Function):
+    """csra_pool for training: keeps only the products, in the dtype they came in (bf16 under autocast), and the
+    norms, and recomputes the maps and the softmax class chunk by class chunk in the backward pass: no
+    (B, N, H, C) float32 tensor is stored."""
+
+    @staticmethod
+    def forward(ctx, raw, inv_norm, finite_T, lam):
+        ctx.save_for_backward(raw, inv_norm, finite_T)
+        ctx.lam = lam
+        return _joined([_pool(_maps(raw[..., c], inv_norm[:, c]), finite_T, lam) for c in _class_chunks(raw)], -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        raw, inv_norm, finite_T = ctx.saved_tensors
+        grad_raw, grad_inv = [], []
+        for c in _class_chunks(raw):
+            inv = _at_least_fp32(inv_norm[:, c])
+            s = raw[..., c] * inv
+            gs = _pool_grad(s, finite_T, ctx.lam, g[:, c])
+            grad_raw.append((gs * inv).to(raw.dtype))
+            grad_inv.append(((gs * s).sum(dim=(0, 1)) / inv).to(inv_norm.dtype))  # d s / d inv = raw = s / inv
+        return _joined(grad_raw, -1), _joined(grad_inv, -1), None, None
+
+
+def csra_pool(raw: torch.Tensor, inv_norm: torch.Tensor, finite_T: torch.Tensor, lam: float) -> torch.Tensor:
+    """The CSRA logit, summed over heads, of score maps s = raw x inv_norm (``score_products``: (B, N, H, C) and
+    (H, C)) whose first ``len(finite_T)`` heads have those temperatures and any further (last) head T =
+    infinity: sum_k [ mean_j s_kij + lam * a_ki ] with a_ki = sum_j softmax_j(T_k s_kij) s_kij (max_j for
+    infinity). Always computed in float32 (or wider), class chunk by class chunk; with gradients through a fused
+    backward that stores nothing but its inputs."""
+    with torch.autocast(raw.device.type, enabled=False):
+        finite_T = finite_T.to(raw.device)
+        needs_grad = raw.requires_grad or inv_norm.requires_grad
+        if needs_grad and torch.is_grad_enabled():
+            if raw.numel() > FUSED_FROM and not torch.jit.is_tracing():  # (tracing: an export)
+                return _FusedPool.apply(raw, inv_norm, finite_T, float(lam))
+            return _pool(_maps(raw, inv_norm), finite_T, lam)  # small: plain autograd ops are faster
+        return _joined([_pool(_maps(raw[..., c], inv_norm[:, c]), finite_T, lam) for c in _class_chunks(raw)], -1)
 
 
 def attention_maps(s: torch.Tensor, T: float) -> torch.Tensor:
@@ -124,6 +251,8 @@ class CSRAHead(nn.Module):
     Run alone it is a one-head CSRA; inside ``MultiHeadCSRA`` all heads are applied together.
     """
 
+    scores_follow_autocast = False  # the score maps' product in autocast's dtype (training: Runtime.prepare_model)
+
     def __init__(self, in_dim: int, num_classes: int, T: float, lam: float):
         super().__init__()
         self.T = canonical_temperature(T)
@@ -132,7 +261,7 @@ class CSRAHead(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """After any conversion (``to(memory_format=torch.channels_last)`` included), the (K, d, 1, 1) weight
-        keeps its plain strides: this head uses it as a matrix (``normalised_scores``), so its gradient comes
+        keeps its plain strides: this head uses it as a matrix (``score_products``), so its gradient comes
         back with plain strides, and DDP warns and copies at every step when a gradient's strides differ
         from its weight's. For a 1x1 kernel both layouts are the same bytes."""
         super()._apply(fn, recurse)
@@ -142,9 +271,9 @@ class CSRAHead(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = normalised_scores(x, self.head.weight).flatten(2).unsqueeze(1)
+        raw, inv_norm = score_products(x, [self.head.weight], self.scores_follow_autocast)
         finite = [] if math.isinf(self.T) else [self.T]
-        return csra_pool(s, torch.tensor(finite, device=s.device), self.lam)
+        return csra_pool(raw, inv_norm, torch.tensor(finite), self.lam)
 
 
 class MultiHeadCSRA(nn.Module):
@@ -171,22 +300,24 @@ class MultiHeadCSRA(nn.Module):
         for h in self.multi_head:
             h.lam = float(value)
 
-    def all_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised score maps of every head, (B, H, C, h, w), float32."""
-        weight = torch.cat([h.head.weight for h in self.multi_head], dim=0)
-        s = normalised_scores(x, weight)
-        B, _, hh, ww = s.shape
-        return s.view(B, len(self.multi_head), self.num_classes, hh, ww)
+    scores_follow_autocast = False  # the score maps' product in autocast's dtype (training: Runtime.prepare_model)
+
+    def score_products(self, x: torch.Tensor, follow_autocast: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Every head's products (B, h*w, H, C) and inverse weight norms (H, C): ``score_products``."""
+        return score_products(x, [h.head.weight for h in self.multi_head], follow_autocast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return csra_pool(self.all_scores(x).flatten(3), self.finite_temperatures, self.lam)
+        raw, inv_norm = self.score_products(x, self.scores_follow_autocast)
+        return csra_pool(raw, inv_norm, self.finite_temperatures, self.lam)
 
     def forward_with_maps(self, x: torch.Tensor) -> HeadMaps:
-        """Logits plus, per head, the score maps and the attention weights softmax(T s)."""
-        s = self.all_scores(x)
-        return HeadMaps(csra_pool(s.flatten(3), self.finite_temperatures, self.lam),
-                        [s[:, k] for k in range(s.shape[1])],
-                        [attention_maps(s[:, k], T) for k, T in enumerate(self.temperatures)],
+        """Logits plus, per head, the score maps (B, C, h, w) and the attention weights softmax(T s)."""
+        raw, inv_norm = self.score_products(x)
+        s = _maps(raw, inv_norm)
+        maps = s.permute(0, 2, 3, 1).reshape(s.shape[0], s.shape[2], s.shape[3], *x.shape[2:])
+        return HeadMaps(csra_pool(raw, inv_norm, self.finite_temperatures, self.lam),
+                        [maps[:, k] for k in range(maps.shape[1])],
+                        [attention_maps(maps[:, k], T) for k, T in enumerate(self.temperatures)],
                         list(self.temperatures))
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.checkpoint import checkpoint_contents, pretty_model
+from pipeline.classes import read_text
 from pipeline.errors import CheckpointError, DataError
 from pipeline.heads import HEAD_KINDS
 
@@ -29,13 +30,7 @@ def normalise(name: str) -> str:
 
 def read_class_map(path: str) -> List[Tuple[str, str]]:
     """Synonym pairs from a JSON object {name: synonym or [synonyms]} or a text file of lines 'name,synonym,...'."""
-    if not os.path.isfile(path):
-        raise DataError(f"--class_map {path}: no such file")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        raise DataError(f"--class_map {path}: not UTF-8 text (byte {e.start})") from None
+    text = read_text(path, "class-map file (--class_map)")
     pairs = []
     if path.endswith(".json"):
         try:

@@ -79,6 +79,13 @@ class CSRANet(nn.Module):
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.parameters() if id(p) not in head_ids]
 
+    def head_product_follows_autocast(self, on: bool = True) -> None:
+        """Training: the CSRA head's score maps multiply in autocast's dtype, as the backbone does (its norms,
+        softmax and sums stay float32); off, or outside autocast, the product is float32."""
+        for module in self.head.modules():
+            if hasattr(module, "scores_follow_autocast"):
+                module.scores_follow_autocast = on
+
     def set_lam(self, lam: float) -> None:
         """What lam means is the head's (CSRA: the residual weight of every head; GAP: the training-free
         mean + lam * max rule)."""

@@ -48,8 +48,10 @@ class Runtime:
         time its convolution algorithms once per input shape (``cudnn.benchmark``, as torchvision's reference
         training does): the sizes are fixed, and CUDA runs are not bit-exact on resume anyway. Evaluation
         scripts leave it off (torchvision turns it off for --test-only: scores could vary between runs)."""
-        if train and self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
+        if self.device.type == "cuda":
+            set_tf32_policy()
+            if train:
+                torch.backends.cudnn.benchmark = True
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -59,12 +61,29 @@ class Runtime:
         return to_model_input(images, self.mean, self.std, self.device, self.channels_last)
 
     def describe(self) -> str:
-        return (f"{self.device.type}, {precision_name(self.amp)}, {'channels-last' if self.channels_last else 'NCHW'}, "
-                f"input normalisation {self.normalize}")
+        tf32 = f", {TF32_POLICY}" if self.device.type == "cuda" else ""
+        return (f"{self.device.type}, {precision_name(self.amp)}{tf32}, "
+                f"{'channels-last' if self.channels_last else 'NCHW'}, input normalisation {self.normalize}")
 
     def as_dict(self) -> dict:
-        return {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
-                "normalize": self.normalize}
+        out = {"device": str(self.device), "amp": self.amp, "channels_last": self.channels_last,
+               "normalize": self.normalize}
+        if self.device.type == "cuda":
+            out["tf32"] = {"matmul": TF32_MATMUL, "convolution": TF32_CONVOLUTION}
+        return out
+
+
+# CUDA's float32 policy, set on purpose (PyTorch's own defaults, made explicit and recorded): convolutions may
+# use TF32 (cuDNN's default since PyTorch 1.7, which every float32 training on Ampere and later already gets),
+# matrix products may not: --amp off asks for float32, and the matmuls of a float32 run are the heads' (their
+# norms, softmax and sums are float32 by design). The training precision (--amp auto) is bf16 on such GPUs.
+TF32_MATMUL, TF32_CONVOLUTION = False, True
+TF32_POLICY = "float32 matmuls without TF32, convolutions with"
+
+
+def set_tf32_policy() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = TF32_MATMUL
+    torch.backends.cudnn.allow_tf32 = TF32_CONVOLUTION
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], device: torch.device,

@@ -1,5 +1,6 @@
 """Every benchmark has a --quick mode that runs in seconds and prints its table (the full runs are for
 people, not for the suite)."""
+import json
 import re
 import time
 
@@ -34,4 +35,13 @@ def test_quick_mode_runs_and_prints_its_table(script):
 def test_gpu_check_dry_run_lists_its_steps_anywhere():
     r = run_py("benchmarks/gpu_check.py", "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "1. CUDA-only tests" in r.stdout and "4. evaluation" in r.stdout and "(under 8 minutes)" in r.stdout
+    assert "1. CUDA-only tests" in r.stdout and "4. evaluation" in r.stdout and "(under 10 minutes)" in r.stdout
+    assert "5. CSRA head vs backbone" in r.stdout
+
+
+def test_the_head_benchmark_tabulates_a_training_step_and_writes_its_figures(tmp_path):
+    r = run_py("benchmarks/bench_head.py", "--train", "--quick", "--json", tmp_path / "h.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"^\s+1000\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+", r.stdout, re.M), r.stdout[-2000:]
+    figures = json.loads((tmp_path / "h.json").read_text())
+    assert figures["head_vs_backbone_80"] > 0 and "cpu" in figures

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT
 from helpers import run_py, tiny_demo
+from utils.experiments.launch import slots
 from utils.experiments.stats import paired_difference, t_central_probability, t_quantile
 from utils.run_lock import RunLock
 
@@ -47,6 +48,15 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def test_parallel_runs_divide_the_gpus_or_else_the_cpu_threads():
+    assert [x.env for x in slots(2, gpus=4, cpus=16)] == [{"CUDA_VISIBLE_DEVICES": "0,1"}, {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert [x.gpus for x in slots(2, gpus=4, cpus=16)] == [2, 2]  # (torchrun over each pair)
+    assert [x.env for x in slots(3, gpus=0, cpus=8)] == [{"OMP_NUM_THREADS": "2"}] * 3
+    assert slots(1, gpus=8, cpus=16)[0].gpus == 8 and slots(1, gpus=0, cpus=2)[0].env == {}
+    with pytest.raises(Exception, match="at most one run per GPU"):
+        slots(4, gpus=2, cpus=16)
+
+
 def test_t_quantiles_and_paired_intervals_match_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in range(1, 31):
@@ -62,7 +72,7 @@ def test_a_grid_over_seeds_tabulates_each_runs_own_log(tmp_path):
     files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
     out = tmp_path / "sw"
     r = sweep("--grid", "lam=0.1,0.3", "num_heads=1,2", "--seeds", "0,1", "--out", out, "--baseline", "num_heads=1",
-              "--", *main_args(files, "--total_epoch", "1"))
+              "--parallel", "2", "--", *main_args(files, "--total_epoch", "1"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     plan = json.loads((out / "sweep.json").read_text())
     assert len(plan["runs"]) == 8 and "--lam" in plan["runs"][0]["argv"]

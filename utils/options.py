@@ -229,6 +229,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("threads", "TVDS", "runtime", dict(type=int, default=None, metavar="N", help="CPU threads for the model "
            "(default: the CPUs this process may use, less those other processes keep busy; re-fitted while training; "
            "OMP_NUM_THREADS also fixes it; at most those CPUs)"), check=POSITIVE_INT, resume="may change"),
+    Option("head_float32", "T", "runtime", dict(action="store_true", help="keep the CSRA head's score product in "
+           "float32 while training under autocast (default: in the training precision, as the backbone; its norms, "
+           "softmax and sums are float32 either way, and evaluation is float32 unless --eval_amp)"),
+           resume="defines"),
     Option("eval_amp", "T", "runtime", dict(default="off", choices=list(AMP_CHOICES), help="precision of the per-epoch "
            "evaluation: off = float32, as the published numbers (and val.py by default); bf16/fp16 opt into autocast "
            "there too"), resume="may change"),

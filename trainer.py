@@ -45,6 +45,8 @@ from utils.threads import ThreadGovernor
 from utils.train_state import precision_change_note, restore_train_state, save_train_state
 
 HEADER_WIDTH = 100
+FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "
+              "backward pass,\n      which keeps one bf16 copy instead of several float32 ones (and is faster there)")
 
 
 class DivergedError(CSRAError):
@@ -373,10 +375,12 @@ class Trainer:
         p = self.p
         global_step = epoch * p.iters_per_epoch + it
         self.logs.step(global_step, epoch + 1, it, loss, [g["lr"] for g in p.optimizer.param_groups[:2]])
-        eta = self.clock.after_step(global_step - self.start_epoch * p.iters_per_epoch - self.first_step)
+        steps_here = global_step - self.start_epoch * p.iters_per_epoch - self.first_step
+        eta = self.clock.after_step(steps_here)
         change = p.governor.after_step(f"epoch {epoch + 1} step {it}")
+        fused = steps_here == 1 and getattr(p.model.head, "pooling_fused", False)
         if du.is_main():
-            for line in (eta, change):
+            for line in (eta, change, FUSED_NOTE if fused else None):
                 if line:
                     say(line)
         every = self.cfg.run.state_every

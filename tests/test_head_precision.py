@@ -43,6 +43,23 @@ def test_the_pooling_gradient_is_the_formulas(num_heads, path):
     assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(got, want))
 
 
+def test_the_products_and_norms_gradient_is_numerical_differentiations():
+    """score_products' one-pass backward (the product's part and the norm's -m / ||m||^3 part of the weight's
+    gradient) against numerical differentiation, for a channels-last map and several heads."""
+    torch.manual_seed(7)
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = [torch.randn(3, 5, 1, 1, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+
+    def both(x, *ws):
+        raw, inv = csra.score_products(x, list(ws))
+        return raw, inv
+    assert torch.autograd.gradcheck(both, (x, *weights), eps=1e-6, atol=1e-7)
+    raw, inv = csra.score_products(x, weights)
+    w = weights[1].detach().flatten(1)
+    want = torch.einsum("bdhw,cd->bhwc", x.detach(), w).reshape(2, 12, 3)
+    assert torch.allclose(raw[:, :, 1], want) and torch.allclose(inv[1], 1 / w.norm(dim=1))
+
+
 def test_tied_maxima_share_the_gradient_as_amax_does(path):
     raw = torch.tensor([[[[1.0]], [[3.0]], [[3.0]], [[0.5]]]], dtype=torch.float64, requires_grad=True)  # (1,4,1,1)
     one = torch.ones(1, 1, dtype=torch.float64)
@@ -149,3 +166,15 @@ def test_cudas_float32_policy_is_stated_set_and_recorded():
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert "tf32" not in Runtime(torch.device("cpu"), "off", True, (0.0,) * 3, (1.0,) * 3).as_dict()
+
+
+def test_a_run_says_when_its_pooling_recomputes_the_maps(tmp_path, monkeypatch, capsys):
+    import main as train_main
+    from helpers import tiny_demo, train_argv
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    train_main.main(train_argv(files, tmp_path / "small", "--total_epoch", "1"))
+    assert "recomputes them in the backward pass" not in capsys.readouterr().out
+    monkeypatch.setattr(csra, "FUSED_FROM", 0)
+    train_main.main(train_argv(files, tmp_path / "large", "--total_epoch", "1"))
+    out = capsys.readouterr().out
+    assert out.count("note: the CSRA maps are large") == 1 and "CSRA head product in" in out

@@ -23,6 +23,7 @@ from pipeline.checkpoint import safe_load, to_authors_layout
 from pipeline.dataset import DATASETS, MultiLabelDataset
 from pipeline.errors import CSRAError
 from pipeline.finetune import InitSummary, init_from, read_class_map, shipped_pairs
+from pipeline.labels import DENSE_LIMIT
 from pipeline.losses import make_criterion
 from pipeline.model import CSRANet
 from pipeline.optim import make_optimizer, make_schedule, param_groups
@@ -46,7 +47,8 @@ from utils.train_state import precision_change_note, restore_train_state, save_t
 
 HEADER_WIDTH = 100
 FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "
-              "backward pass,\n      which keeps one bf16 copy instead of several float32 ones (and is faster there)")
+              "backward pass,\n      which keeps one copy of the products instead of several float32 ones (and is "
+              "faster there)")
 
 
 class DivergedError(CSRAError):
@@ -129,8 +131,8 @@ def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, 
     training file (then the training set is the rest); none for the authors' protocol."""
     t = cfg.training
     eval_kwargs = dataset_kwargs(cfg, train=False)
-    if t.val_json:
-        val_set = MultiLabelDataset(t.val_json, **eval_kwargs)
+    if t.val_json:  # (with --partial_labels its -1 is unknown too, as in the training file)
+        val_set = MultiLabelDataset(t.val_json, **eval_kwargs, partial_labels=t.partial_labels)
         return RunData(train_set, test_set, test_json, val_set, f"{t.val_json} ({len(val_set)} images)")
     if t.val_split is None:
         return RunData(train_set, test_set, test_json)
@@ -142,7 +144,7 @@ def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, 
     source = (f"{len(split.val)} of the {len(train_set)} records of {train_json} (--val_split {t.val_split:g}, "
               f"stratified, split seed {t.split_seed})")
     return RunData(train_set.subset(split.train, train_set.transform), test_set, test_json,
-                   train_set.subset(split.val, eval_kwargs["transform"]), source)
+                   train_set.subset(split.val, eval_kwargs["transform"], eval_kwargs["fast_decode"]), source)
 
 
 def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
@@ -513,11 +515,12 @@ class Trainer:
                         last_test_mAP=self.last_scored.report.map)
         chosen = self.chosen_model()
         final.update(val_mAP=best["mAP"], val_CF1=best.get("CF1"), val_OF1=best.get("OF1"))
-        val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
-        self.val_sweep = global_sweep(val.scores, val.targets)
-        if du.is_main() and self.val_sweep is not None:
-            write_thresholds(self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores, val.targets,
-                             f"the validation set ({data.val_source})")
+        if len(data.val_set) * self.cfg.model.num_cls <= DENSE_LIMIT:  # (beyond: no threshold search, no pass)
+            val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
+            self.val_sweep = global_sweep(val.scores, val.targets)
+            if du.is_main():
+                write_thresholds(self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
+                                 val.targets, f"the validation set ({data.val_source})")
         if data.test_set.has_labels:
             self.shown = self.score(chosen, data.test_set, "test", "chosen", best["epoch"])
             report = self.shown.report
@@ -539,6 +542,9 @@ class Trainer:
         elif self.val_sweep is not None:
             print(threshold_advice(self.val_sweep, f"{self.run.file(THRESHOLDS_FILE)} (chosen on the validation "
                                    "set)", held_out=True))
+        elif data.val_set is not None:
+            print(f"no thresholds.json: {len(data.val_set)} validation images x {cfg.model.num_cls} classes are beyond "
+                  f"the threshold search's {DENSE_LIMIT:,} labels; val.py --report on part of them writes one")
         if report_dir and shown is not None:
             which = "last epoch" if data.val_set is None else f"best.pth, epoch {self.best['epoch']}"
             out = write_report(report_dir, shown.scores, report_targets(shown.targets), shown.paths, names,

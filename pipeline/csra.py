@@ -146,9 +146,13 @@ class _Products(torch.autograd.Function):
             g_flat = torch.matmul(g_raw, low)
         if ctx.needs_input_grad[1]:
             g_weight = torch.matmul(g_raw.reshape(-1, g_raw.shape[-1]).t(), flat.reshape(-1, flat.shape[-1]))
-            if g_inv is not None:  # d(1/||m||)/dm = -m / ||m||^3, added in the product's dtype (as autocast makes
-                coef = (-g_inv * inv_norm ** 3).to(low.dtype).unsqueeze(1)  # a weight's gradient), then one cast
-                g_weight = torch.addcmul(g_weight, low, coef)
+            if g_inv is not None:  # d(1/||m||)/dm = -m / ||m||^3: added in bf16 as autocast makes a weight's
+                coef = (-g_inv * inv_norm ** 3).unsqueeze(1)  # gradient (one pass, then one cast); with fp16's
+                if low.dtype == torch.bfloat16:               # range the factor could overflow: float32 there
+                    g_weight = torch.addcmul(g_weight, low, coef.to(low.dtype))
+                else:
+                    wide = _at_least_fp32(weight)
+                    g_weight = torch.addcmul(g_weight, wide, coef.to(wide.dtype))
             g_weight = g_weight.to(weight.dtype)
         return g_flat, g_weight, None
 

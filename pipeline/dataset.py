@@ -85,14 +85,14 @@ class MultiLabelDataset(Dataset):
         self.fast_decode = transform.train if fast_decode is None else fast_decode
         self.record_numbers: Optional[np.ndarray] = None  # a subset's records in the file (for messages)
 
-    def subset(self, rows, transform: ImageTransform) -> "MultiLabelDataset":
+    def subset(self, rows, transform: ImageTransform, fast_decode: Optional[bool] = None) -> "MultiLabelDataset":
         """The records ``rows`` of this file as a dataset of their own, with ``transform`` (a --val_split's
-        two sides); messages name a record by its number in the file."""
+        two sides; ``fast_decode`` as for a new dataset); messages name a record by its number in the file."""
         out = copy.copy(self)
         out.table = self.table.take(rows)
         out.records = Records(out.table)
         out.record_numbers = np.asarray(rows) if self.record_numbers is None else self.record_numbers[rows]
-        out.transform, out.fast_decode = transform, transform.train
+        out.transform, out.fast_decode = transform, transform.train if fast_decode is None else fast_decode
         out._cache = {} if self._cache is not None else None
         out._targets = None
         return out

@@ -178,3 +178,24 @@ def test_a_run_says_when_its_pooling_recomputes_the_maps(tmp_path, monkeypatch, 
     train_main.main(train_argv(files, tmp_path / "large", "--total_epoch", "1"))
     out = capsys.readouterr().out
     assert out.count("note: the CSRA maps are large") == 1 and "CSRA head product in" in out
+
+
+def test_an_fp16_products_weight_gradient_does_not_overflow_where_float32_fits():
+    """fp16 (--amp auto on GPUs without bf16): the norm's factor ||m||^-3 overflows fp16 for small rows under a
+    loss scale, though the gradient itself fits; it is added in float32 there."""
+    grads = {}
+    for follow in (False, True):
+        torch.manual_seed(4)  # (the same weights and features both times)
+        head = MultiHeadCSRA(1, 0.1, in_dim=2048, num_classes=80)
+        with torch.no_grad():
+            w = head.multi_head[0].head.weight
+            w.mul_(0.058 / w.flatten(1).norm(dim=1).view(-1, 1, 1, 1))  # rows of norm 0.058 (weight decay shrinks)
+        head.scores_follow_autocast = follow
+        x = torch.randn(4, 2048, 7, 7).half()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = head(x).float().sum() * 2.0 ** 8  # a loss scale
+        loss.backward()
+        grads[follow] = head.multi_head[0].head.weight.grad
+    assert grads[False].abs().max() < 65504  # the gradient fits fp16...
+    assert torch.isfinite(grads[True]).all()  # ...and so does the fp16 product's (the factor alone would not)
+    assert torch.allclose(grads[True], grads[False], rtol=0.05, atol=1e-2 * grads[False].abs().max())

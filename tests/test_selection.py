@@ -115,13 +115,17 @@ def test_without_validation_the_test_set_chooses_and_the_run_says_so(tmp_path, c
 FAKE = {"validation": [50.0, 80.0, 60.0], "test": [90.0, 40.0, 70.0]}  # validation picks epoch 2, test epoch 1
 
 
-def fake_scores(monkeypatch, seen):
-    """The reports' mAP replaced by FAKE[set][epoch - 1], so validation and test disagree on the best epoch."""
+def fake_scores(monkeypatch, seen, chosen=None):
+    """The reports' mAP replaced by FAKE[set][epoch - 1], so validation and test disagree on the best epoch;
+    ``chosen`` collects the weights scored as the chosen ones."""
     real = trainer.Trainer.score
+    chosen = [] if chosen is None else chosen
 
     def score(self, net, dataset, what, source, epoch):
         scored = real(self, net, dataset, what, source, epoch)
         seen.append((what, source, epoch))
+        if source == "chosen":
+            chosen.append({k: v.detach().clone() for k, v in net.state_dict().items()})
         scored.report.map = FAKE[what][epoch - 1]
         return scored
     monkeypatch.setattr(trainer.Trainer, "score", score)
@@ -147,15 +151,17 @@ def test_a_validation_file_chooses_the_epoch_weights_and_thresholds(tmp_path, mo
     val = tiny_demo(tmp_path / "val", num_train=8, num_test=12, seed=5)["test"]
     seen = []
     fake_scores(monkeypatch, seen)
-    train_main.main(train_argv(files, tmp_path / "run", "--total_epoch", "3", "--val_json", val))
+    train_main.main(train_argv(files, tmp_path / "run", "--total_epoch", "3", "--val_json", val,
+                               "--test_every_epoch"))
     printed = capsys.readouterr().out
     run = tmp_path / "run"
     log = read_log(run)
     assert [e["val_mAP"] for e in log] == FAKE["validation"] and all("mAP" not in e for e in log)
+    assert [e["test_mAP"] for e in log] == FAKE["test"]  # the curves: test scored every epoch, epoch 1 its best
     final = log[-1]["final"]
     assert final["selected_on"] == "val" and final["epoch"] == 2 and log[-1]["best_epoch"] == 2
-    assert final["test_mAP"] == FAKE["test"][1]  # the chosen weights, scored once on the test set
-    assert [s for s in seen if s[0] == "test"] == [("test", "chosen", 2)]  # never before, never for a choice
+    assert final["test_mAP"] == FAKE["test"][1]  # the chosen weights, scored once more on the test set
+    assert [s for s in seen if s[0] == "test" and s[1] != "model"] == [("test", "chosen", 2)]  # never for a choice
     best, second = (torch.load(run / n, weights_only=True) for n in ("best.pth", "epoch_2.pth"))
     assert all(torch.equal(best[k], second[k]) for k in second)
     assert "chosen on the validation set: epoch 2" in printed and "scored once on those weights: mAP 40.00" in printed
@@ -191,3 +197,28 @@ def test_val_json_and_val_split_together_are_refused(tmp_path):
     assert r.returncode == 1 and "use one" in r.stderr and "Traceback" not in r.stderr
     r = run_py("main.py", *train_argv(files, tmp_path / "run", "--val_split", "1.5"))
     assert r.returncode == 1 and "--val_split must be a fraction in (0, 1)" in r.stderr
+
+
+def test_a_resumed_run_reads_its_chosen_weights_back_from_best_pth(tmp_path, monkeypatch, capsys):
+    """After a resume the best weights are not in memory: the test set scores best.pth's (validation's epoch 1)."""
+    files = tiny_demo(tmp_path / "data", num_train=32, num_test=16)
+    argv = train_argv(files, tmp_path / "run", "--val_split", "0.25")
+    seen, chosen = [], []
+    fake_scores(monkeypatch, seen, chosen)
+    train_main.main(argv)  # 2 epochs: validation 50, 80 -> epoch 2
+    epoch_2 = torch.load(tmp_path / "run" / "epoch_2.pth", weights_only=True)
+    train_main.main(argv[:argv.index("--total_epoch")] + argv[argv.index("--total_epoch") + 2:] +
+                    ["--total_epoch", "3", "--resume", str(tmp_path / "run")])  # epoch 3 scores 60: 2 stays best
+    final = read_log(tmp_path / "run")[-1]["final"]
+    assert final["epoch"] == 2 and final["test_mAP"] == FAKE["test"][1]
+    best = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    assert all(torch.equal(best[k], epoch_2[k]) for k in epoch_2)
+    assert seen[-1] == ("test", "chosen", 2)
+    assert all(torch.equal(chosen[-1][k], epoch_2[k]) for k in epoch_2)  # best.pth's weights, not epoch 3's
+
+
+def test_test_every_epoch_needs_a_validation_set(tmp_path):
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
+    r = run_py("main.py", *train_argv(files, tmp_path / "run", "--test_every_epoch"))
+    assert r.returncode == 1 and "--test_every_epoch applies with a validation set" in r.stderr
+

@@ -116,7 +116,12 @@ def test_bad_grids_are_one_line_before_anything_runs(tmp_path):
         assert r.returncode == 1 and fragment in r.stderr and "Traceback" not in r.stderr, (grid, r.stderr)
     r = sweep("--grid", "lr=0.1", "--out", tmp_path / "sw", "--", *main_args(files, "--val_split", "2"))
     assert r.returncode == 1 and "the run lr=0.1,seed=0: " in r.stderr and "--val_split" in r.stderr
-    assert not (tmp_path / "sw").exists()
+    r = sweep("--grid", "lam=0.1,0.3", "--baseline", "lam=0.2", "--out", tmp_path / "sw", "--", *main_args(files))
+    assert r.returncode == 1 and "lam=0.2 is not in the grid" in r.stderr  # before any run trains
+    r = sweep("--grid", "lam=0.1,0.3", "--seeds", "0,1", "--out", tmp_path / "sw", "--dry_run", "--",
+              *main_args(files))
+    assert r.returncode == 0 and r.stdout.count("python main.py") == 4 and "--lam 0.3 --seed 1" in r.stdout
+    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
 
 
 def kill_after_first_run(args, out, second, timeout=240):

@@ -26,9 +26,9 @@ from pipeline.errors import ConfigError  # noqa: E402
 from utils.cli import plural  # noqa: E402
 from utils.entry import ScriptParser, run_main  # noqa: E402
 from utils.experiments.launch import Cluster, Launch, launch_here, launch_on_cluster, outcome  # noqa: E402
-from utils.experiments.plan import (attempts, check_commands, make_plan, open_sweep, parse_grid,  # noqa: E402
-                                    read_plan, run_folder)
-from utils.experiments.results import write_results  # noqa: E402
+from utils.experiments.plan import (attempts, check_commands, check_plan, make_plan, open_sweep,  # noqa: E402
+                                    parse_grid, read_plan, run_folder)
+from utils.experiments.results import parse_baseline, write_results  # noqa: E402
 from utils.experiments.tracking import log_sweep_results, resolve_uri, sweep_parent  # noqa: E402
 from utils.prepare.prepare_demo import ensure_demo_files  # noqa: E402
 
@@ -84,16 +84,18 @@ def run_sweep(a: argparse.Namespace, main_args: List[str]) -> None:
     if min(a.parallel, a.nodes, a.cpus_per_task, a.time_min) < 1 or a.gpus_per_node < 0:
         raise ConfigError("--parallel, --nodes, --cpus_per_task and --time_min must be positive")
     plan = make_plan(parse_grid(a.grid), parse_seeds(a.seeds), main_args)
+    parse_baseline(a.baseline, plan)  # (a typo here stops now, not after every run has trained)
     demo = check_commands(plan)
+    if a.dry_run:  # nothing written: the plan checked against the folder's, each run's state and command
+        check_plan(a.out, plan)
+        for launch in attempts(a.out, plan, dry_run=True)[0]:
+            print(f"{launch.run.name}: python main.py {shlex.join(launch.argv)}")
+        return
     open_sweep(a.out, plan)
     if demo:
         ensure_demo_files(DATASETS["demo"].train_json, DATASETS["demo"].test_json)  # once, not by each run
     tracked = track(a, plan)
     launches, busy = attempts(a.out, plan, tracked[2] if tracked else ())
-    if a.dry_run:
-        for launch in launches:
-            print(f"{launch.run.name}: python main.py {shlex.join(launch.argv)}")
-        return
     finished, failed, t0 = [0], [], time.time()
 
     def done(launch: Launch, status: int) -> None:

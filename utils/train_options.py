@@ -67,6 +67,9 @@ def check_combinations(args: argparse.Namespace, typed: set) -> None:
     if args.val_json and args.val_split is not None:
         raise ConfigError("--val_json names a validation file; --val_split draws one from the training records: "
                           "use one")
+    if args.test_every_epoch and not args.val_json and args.val_split is None:
+        raise ConfigError("--test_every_epoch applies with a validation set (--val_split F or --val_json FILE): "
+                          "without one the test set is scored every epoch anyway")
     if args.val_json and not os.path.isfile(args.val_json):
         raise ConfigError(f"--val_json {args.val_json}: no such file")
     if args.init_from:

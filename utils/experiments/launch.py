@@ -89,9 +89,12 @@ def launch_here(launches: List[Launch], parallel: int, done: Callable[[Launch, i
             done(launch, run_here(launch, shares[k]))
         finally:
             free.append(k)
-    with ThreadPoolExecutor(parallel) as pool:
+    pool = ThreadPoolExecutor(parallel)
+    try:
         for f in [pool.submit(work, launch) for launch in launches]:
             f.result()
+    finally:  # (Ctrl-C: the runs not started yet are dropped, not started one after another)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,7 @@ def cluster_command(launch: Launch, cluster: Cluster) -> List[str]:
                f"{shlex.quote(MAIN)} {main}")
     else:
         run = shlex.join(local_command(launch.argv, cluster.gpus_per_node))
-    return ["bash", "-c", f"{run} >> {shlex.quote(launch.log)} 2>&1"]
+    return ["bash", "-c", f"PYTHONUNBUFFERED=1 {run} >> {shlex.quote(launch.log)} 2>&1"]
 
 
 def launch_on_cluster(launches: List[Launch], cluster: Cluster, folder: str,
@@ -138,7 +141,7 @@ def launch_on_cluster(launches: List[Launch], cluster: Cluster, folder: str,
     for launch in launches:
         make_folder(os.path.dirname(launch.log))
         job = executor.submit(CommandFunction(cluster_command(launch, cluster), verbose=False, cwd=os.getcwd(),
-                                              env=dict(os.environ, PYTHONUNBUFFERED="1")))
+                                              env=None))  # (the job's own environment: Slurm's variables and GPUs)
         jobs[job.job_id] = (job, launch)
         print(f"submitted {launch.run.name} as job {job.job_id}")
     for job in submitit.helpers.as_completed([j for j, _ in jobs.values()]):

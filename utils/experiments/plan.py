@@ -22,15 +22,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pipeline.errors import ConfigError, CSRAError
 from utils.fileio import make_folder, write_json_atomic
 from utils.options import BY_NAME, NEGATIONS
+from utils.run_folder import LOG_FILE
 from utils.run_lock import RunLock
-from utils.run_record import RECORD_FILE
+from utils.run_record import read_record
+from utils.train_state import STATE_FILE
 
 FORMAT, VERSION = "csra-sweep", 1
 PLAN_FILE = "sweep.json"
 NOT_IN_GRID = {"seed": "--seeds", "output_dir": "--out", "resume": "the sweep itself", "config": "main.py's flags"}
 SWITCH_VALUES = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False,
                  "0": False}
-STATE_FILE, LOG_FILE = "train_state.pth", "log.jsonl"
 RUN_FILES = re.compile(r"^(args\.json|log\.jsonl|steps\.csv|best\.pth|epoch_\d+\.pth|thresholds\.json|"
                        r"train_state\.pth|mlflow\.json|\.lock|\..+\.tmp\d+)$")  # what main.py writes in its folder
 RUN_FOLDERS = {"tensorboard"}
@@ -167,8 +168,8 @@ def read_plan(folder: str) -> Plan:
     return plan_from_json(read_json(path), path)
 
 
-def open_sweep(folder: str, plan: Plan) -> None:
-    """Write the plan into a new sweep folder, or check that the folder's plan is this one."""
+def check_plan(folder: str, plan: Plan) -> bool:
+    """Whether ``folder`` holds this plan already (False: no plan there); another plan stops with one line."""
     path = os.path.join(folder, PLAN_FILE)
     if os.path.isfile(path):
         old = read_plan(folder)
@@ -178,11 +179,18 @@ def open_sweep(folder: str, plan: Plan) -> None:
                 show = (lambda v: shlex.join(v)) if what == "main.py's flags" else str
                 raise ConfigError(f"{path} holds another plan (its {what}: {show(theirs)}; now: {show(mine)}); "
                                   "continue it with its own command, or choose another --out")
-        return
+        return True
     if os.path.isdir(folder) and os.listdir(folder):
         raise ConfigError(f"--out {folder}: the folder holds files but no {PLAN_FILE}; choose an empty or new folder")
+    return False
+
+
+def open_sweep(folder: str, plan: Plan) -> None:
+    """Write the plan into a new sweep folder, or check that the folder's plan is this one."""
+    if check_plan(folder, plan):
+        return
     make_folder(folder)
-    write_json_atomic(plan.as_json(), path)
+    write_json_atomic(plan.as_json(), os.path.join(folder, PLAN_FILE))
 
 
 # --- each run's state ---------------------------------------------------------------------------------
@@ -204,9 +212,8 @@ def final_entry(folder: str) -> Optional[dict]:
         with open(path, encoding="utf-8") as f:
             lines = [ln for ln in f if ln.strip()]
         last = json.loads(lines[-1]) if lines else {}
-        with open(os.path.join(folder, RECORD_FILE), encoding="utf-8") as f:
-            total = json.load(f).get("total_epoch")
-    except (OSError, ValueError):
+        total = (read_record(folder) or {}).get("total_epoch")
+    except (OSError, ValueError, CSRAError):
         return None
     final = last.get("final") if isinstance(last, dict) else None
     return final if isinstance(final, dict) and last.get("epoch") == total else None
@@ -259,7 +266,8 @@ def check_commands(plan: Plan) -> bool:
     return demo
 
 
-def attempts(folder: str, plan: Plan, extra: Sequence[str] = ()) -> Tuple[List[Launch], List[str]]:
+def attempts(folder: str, plan: Plan, extra: Sequence[str] = (),
+             dry_run: bool = False) -> Tuple[List[Launch], List[str]]:
     """The launches still needed (a killed run's first attempt cleared, an unfinished one resumed) and the
     runs another live process trains now."""
     launches, busy = [], []
@@ -273,7 +281,7 @@ def attempts(folder: str, plan: Plan, extra: Sequence[str] = ()) -> Tuple[List[L
             continue
         if state == "done":
             continue
-        if state == "restart":
+        if state == "restart" and not dry_run:
             clear_attempt(where)
         argv = run.argv + ["--output_dir", where] + (["--resume", where] if state == "resume" else []) + list(extra)
         launches.append(Launch(run, argv, log_path(folder, run)))

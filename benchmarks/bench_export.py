@@ -11,20 +11,17 @@ checked), then both run the same inputs; best of --runs timed loops after a warm
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.export import export, sample_inputs  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
+from pipeline.export import export, sample_inputs
+from pipeline.model import CSRANet
 
 
 def best_rate(fn, batch: int, runs: int, reps: int) -> float:

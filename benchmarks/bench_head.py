@@ -25,16 +25,14 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.csra import MultiHeadCSRA  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
+from pipeline.csra import MultiHeadCSRA
+from pipeline.model import CSRANet
 
 
 def sync(device: str) -> None:

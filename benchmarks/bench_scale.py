@@ -28,19 +28,16 @@ import tempfile
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.labels import TableRows, read_sparse, write_sparse  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
+from pipeline.labels import TableRows, read_sparse, write_sparse
+from utils.entry import ScriptParser
+from utils.evaluation import evaluate
 
 CLASSES = 9605
 OPENIMAGES = (125_436, 9_605)
 LOADER = """
-import resource, sys, time
-sys.path.insert(0, {root!r})
+import resource, time
 from pipeline.dataset import load_table
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
@@ -79,8 +76,8 @@ def write_files(folder: str, n: int, classes: int, dense: bool):
 def time_load(path: str) -> tuple:
     """(seconds, MB added to the peak, records) of loading ``path`` in a fresh process."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", LOADER.format(root=root, path=path)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", LOADER.format(path=os.path.abspath(path))], capture_output=True,
+                         text=True, check=True, cwd=root).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])
 
 

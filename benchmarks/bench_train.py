@@ -25,18 +25,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from engine import train_step  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
-from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime  # noqa: E402
+from engine import train_step
+from pipeline.model import CSRANet
+from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 
 Batches = List[Tuple[torch.Tensor, torch.Tensor]]
 

@@ -21,18 +21,15 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.entry import ScriptParser  # noqa: E402
+from utils.entry import ScriptParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
 LOADER = r"""
-import os, sys, tempfile, time
+import os, tempfile, time
 import numpy as np, torch
 from PIL import Image
-sys.path.insert(0, os.getcwd())
 from engine import SeededShardSampler, make_loader
 from pipeline.dataset import ImageTransform, MultiLabelDataset
 tmp = tempfile.mkdtemp()
@@ -56,8 +53,7 @@ for workers in (8, 16):
 """
 
 EVAL = r"""
-import os, sys, time, torch
-sys.path.insert(0, os.getcwd())
+import time, torch
 from pipeline.model import CSRANet
 from pipeline.runtime import resolve_runtime
 dev = torch.device("cuda")

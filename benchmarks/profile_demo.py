@@ -14,25 +14,22 @@ the test set; the checkpoint writes of one epoch.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from engine import SeededShardSampler, make_loader, predict, train_step  # noqa: E402
-from pipeline.dataset import ImageTransform, MultiLabelDataset  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
-from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
-from utils.fileio import save_torch_atomic  # noqa: E402
-from utils.prepare.prepare_demo import generate_demo  # noqa: E402
-from utils.train_state import save_train_state  # noqa: E402
+from engine import SeededShardSampler, make_loader, predict, train_step
+from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.model import CSRANet
+from pipeline.runtime import Runtime, resolve_runtime
+from utils.fileio import save_torch_atomic
+from utils.prepare.prepare_demo import generate_demo
+from utils.train_state import save_train_state
 
 CPU = torch.device("cpu")
 

@@ -5,14 +5,10 @@ the ImageNet weights come from (``--markdown``: as the README's table).
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.backbones import BACKBONES, TIMM_PREFIX, Backbone, get_backbone  # noqa: E402
-from pipeline.runtime import normalization_name  # noqa: E402
-from utils.entry import ScriptParser, run_main  # noqa: E402
+from pipeline.backbones import BACKBONES, TIMM_PREFIX, Backbone, get_backbone
+from pipeline.runtime import normalization_name
+from utils.entry import ScriptParser, run_main
 
 
 def row(spec: Backbone) -> list:

@@ -14,32 +14,29 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from engine import loader_images, make_loader, score_batches  # noqa: E402
-from pipeline.backbones import Backbone, get_backbone  # noqa: E402
-from pipeline.dataset import MultiLabelDataset  # noqa: E402
-from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.heads import get_head  # noqa: E402
-from pipeline.imagefolder import ImageFolderSet  # noqa: E402
-from pipeline.pretrained import classifier_outputs, create_model, imagenet_view  # noqa: E402
-from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
-from utils import distributed as du  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,  # noqa: E402
+from engine import loader_images, make_loader, score_batches
+from pipeline.backbones import Backbone, get_backbone
+from pipeline.dataset import MultiLabelDataset
+from pipeline.errors import ConfigError
+from pipeline.heads import get_head
+from pipeline.imagefolder import ImageFolderSet
+from pipeline.pretrained import classifier_outputs, create_model, imagenet_view
+from pipeline.runtime import Runtime, normalization_name, resolve_runtime
+from utils import distributed as du
+from utils.progress import bar
+from utils.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,
                        with_label_count)
-from utils.config import Config  # noqa: E402
-from utils.inference import open_session  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.threads import ThreadGovernor  # noqa: E402
+from utils.config import Config
+from utils.inference import open_session
+from utils.evaluation import evaluate
+from utils.threads import ThreadGovernor
 
 
 def paper_lam(spec: Backbone) -> float:

@@ -11,11 +11,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 
-from pipeline.dataset import collate_skipping_bad
+from pipeline.data.dataset import collate_skipping_bad
 from pipeline.errors import CSRAError, DataError
-from pipeline.runtime import Runtime
-from utils import distributed as du
-from utils.progress import EpochProgress, bar
+from pipeline.models.runtime import Runtime
+from utils.output.progress import EpochProgress, bar
+from utils.process import distributed as du
 
 
 class NonFiniteLossError(CSRAError):
@@ -102,7 +102,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                     lr_fn: Callable[[int], float], scaler=None, ema=None,
                     on_step: Optional[Callable[[int, Optional[float]], None]] = None, print_freq: int = 100,
                     total_epochs: int = 0, seed: int = 0) -> dict:
-    """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.losses``);
+    """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.training.losses``);
     ``on_step(iter_done, loss or None)`` runs after each step. Loss, LR and speed are shown every
     ``print_freq`` iterations (a bar on a terminal, a plain line in a log file)."""
     model.train()
@@ -219,7 +219,7 @@ def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, 
     """Thumbnails of dataset images with a class's attention heatmap overlaid, from one forward pass
     over just the requested images. ``requests``: image index -> class indices; returns
     {(image index, class index): PIL image}."""
-    from utils.visualize import class_map, fit_thumbnail, overlay, upsample
+    from utils.output.visualize import class_map, fit_thumbnail, overlay, upsample
 
     model.eval()
     out = {}

@@ -1,6 +1,6 @@
 """The training run: what main.py builds (``build``) and the epoch loop that owns it (``Trainer``):
 training, evaluation of the model and its EMA, the best checkpoint, the divergence stop, training-state
-saves, and the sinks and watchers that follow each step (``utils.loggers``, the ETA clock, the thread
+saves, and the sinks and watchers that follow each step (``utils.runs.loggers``, the ETA clock, the thread
 governor)."""
 from __future__ import annotations
 
@@ -19,30 +19,30 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from engine import (NonFiniteLossError, SeededShardSampler, make_loader, non_finite_entries, predict,
                     thumbnails_by_row, train_one_epoch)
-from pipeline.checkpoint import safe_load, to_authors_layout
-from pipeline.dataset import DATASETS, MultiLabelDataset
+from pipeline.data.dataset import DATASETS, MultiLabelDataset
+from pipeline.data.splits import stratified_split
 from pipeline.errors import CSRAError
-from pipeline.finetune import InitSummary, init_from, read_class_map, shipped_pairs
-from pipeline.losses import make_criterion
-from pipeline.model import CSRANet
-from pipeline.optim import make_optimizer, make_schedule, param_groups
-from pipeline.recipes import RECIPES, TRAINING_OPTIONS, describe_options
-from pipeline.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
-from pipeline.splits import stratified_split
-from utils import distributed as du
-from utils.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs, plural,
-                       with_label_count)
-from utils.config import Config
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
+from pipeline.training.losses import make_criterion
+from pipeline.training.optim import make_optimizer, make_schedule, param_groups
+from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS, describe_options
+from pipeline.weights.checkpoint import safe_load, to_authors_layout
+from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
+from utils.configuration.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs,
+                                     plural, with_label_count)
+from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report
-from utils.evaluation.metrics import Report
 from utils.evaluation.html_report import report_targets, write_report
+from utils.evaluation.metrics import Report
 from utils.evaluation.report import global_sweep, threshold_advice, write_thresholds
-from utils.fileio import save_torch_atomic
-from utils.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
-from utils.progress import RunClock, say
-from utils.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
-from utils.threads import ThreadGovernor
-from utils.train_state import precision_change_note, restore_train_state, save_train_state
+from utils.output.fileio import save_torch_atomic
+from utils.output.progress import RunClock, say
+from utils.process import distributed as du
+from utils.process.threads import ThreadGovernor
+from utils.runs.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
+from utils.runs.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
+from utils.runs.train_state import precision_change_note, restore_train_state, save_train_state
 
 HEADER_WIDTH = 100
 FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "

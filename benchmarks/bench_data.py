@@ -18,17 +18,17 @@ import os
 import tempfile
 import time
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from pipeline.dataset import ImageTransform, MultiLabelDataset
-from pipeline.runtime import cpu_has_native_bf16, to_model_input
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.runtime import cpu_has_native_bf16, to_model_input
 
 
 def make_images(folder: str, n: int, size) -> list:

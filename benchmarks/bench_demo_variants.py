@@ -20,12 +20,12 @@ import shlex
 import tempfile
 import time
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import main as train_main
-from pipeline.runtime import cpu_has_native_bf16
+from pipeline.models.runtime import cpu_has_native_bf16
 
 LOSS_VARIANTS = ["bce=--loss bce", "focal=--loss focal", "asl=--loss asl"]
 

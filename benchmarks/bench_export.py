@@ -14,14 +14,14 @@ import os
 import tempfile
 import time
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import torch
 
-from pipeline.export import export, sample_inputs
-from pipeline.model import CSRANet
+from pipeline.models.model import CSRANet
+from pipeline.weights.export import export, sample_inputs
 
 
 def best_rate(fn, batch: int, runs: int, reps: int) -> float:

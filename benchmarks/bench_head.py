@@ -25,14 +25,14 @@ import statistics
 import sys
 import time
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import torch
 
-from pipeline.csra import MultiHeadCSRA
-from pipeline.model import CSRANet
+from pipeline.models.csra import MultiHeadCSRA
+from pipeline.models.model import CSRANet
 
 
 def sync(device: str) -> None:
@@ -177,8 +177,8 @@ def fixed_mmap_threshold() -> None:
 
 def step_functions(model_name: str, size: int, batch: int, c: int, device: str):
     """(runtime, {'backbone', 'head', 'reference': a training step's part}) for ``c`` classes."""
-    from pipeline.losses import make_criterion
-    from pipeline.runtime import resolve_runtime
+    from pipeline.models.runtime import resolve_runtime
+    from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device(device), model_name, "auto", True, "unit")
     criterion = make_criterion("bce", None, None, None, partial_labels=True)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)

@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import time
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import numpy as np
 
-from pipeline.runtime import cpu_has_native_bf16
+from pipeline.models.runtime import cpu_has_native_bf16
 from utils.evaluation.metrics import evaluate, masks, precision_recall
 
 

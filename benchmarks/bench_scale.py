@@ -4,7 +4,7 @@
     python benchmarks/bench_scale.py [--quick] [--json FILE]
 
 Loading: synthetic sparse files (about 10 known labels an image: 3 positives, 7 negatives, 9,605 classes,
-unlisted = unknown) of 10^4, 10^5 and 10^6 records, each read by ``pipeline.dataset.load_table`` in a fresh
+unlisted = unknown) of 10^4, 10^5 and 10^6 records, each read by ``pipeline.data.dataset.load_table`` in a fresh
 process: seconds, what loading adds to the process's peak memory (its ru_maxrss before and after), and the
 cost per record; the dense JSON format beside them where it fits (10^4 records). Evaluation: synthetic
 float32 scores and such labels at 10^4..125,436 images x 80..9,605 classes, ``utils.evaluation.evaluate``
@@ -30,15 +30,15 @@ import tracemalloc
 
 import numpy as np
 
-from pipeline.labels import TableRows, read_sparse, write_sparse
-from utils.entry import ScriptParser
+from pipeline.data.labels import TableRows, read_sparse, write_sparse
+from utils.configuration.entry import ScriptParser
 from utils.evaluation import evaluate
 
 CLASSES = 9605
 OPENIMAGES = (125_436, 9_605)
 LOADER = """
 import resource, time
-from pipeline.dataset import load_table
+from pipeline.data.dataset import load_table
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 table = load_table({path!r})
@@ -154,9 +154,9 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     """A training step's backbone (forward + backward) beside the CSRA head's (forward, loss, backward) as
     the class count grows, in the precision --amp auto picks, on features of the real size."""
     import torch
-    from pipeline.losses import make_criterion
-    from pipeline.model import CSRANet
-    from pipeline.runtime import resolve_runtime
+    from pipeline.models.model import CSRANet
+    from pipeline.models.runtime import resolve_runtime
+    from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device("cpu"), model_name, "auto", True, "unit")
     criterion = make_criterion("bce", None, None, None, partial_labels=True)
 

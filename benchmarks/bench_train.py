@@ -25,16 +25,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import torch
 import torch.nn as nn
 
 from engine import train_step
-from pipeline.model import CSRANet
-from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 
 Batches = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -148,12 +148,12 @@ class Policy:
 
 def contended_table(configs: str, seconds: float, device: torch.device, busy: int) -> None:
     """Each thread policy timed quietly, then while ``busy`` busy-loop processes share the cores, in one
-    run: the default (utils.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
+    run: the default (utils.process.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
     one thread, and every allowed CPU (the thread count before the default was fitted to the load). The
     quiet spells of the three alternate (ROUNDS rounds, the best of each kept), so machine noise does not
     favour one; then each meets the load, which arrives while it runs."""
     import subprocess
-    from utils.threads import CHECK_SECONDS, ThreadGovernor, cpu_budget
+    from utils.process.threads import CHECK_SECONDS, ThreadGovernor, cpu_budget
     budget, why = cpu_budget()
     kind = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "AVX2, no native bf16"
     print(f"CPU: {kind}; {why}; {busy} busy processes in the contended column (a fair share is "

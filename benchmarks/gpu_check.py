@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -31,7 +31,7 @@ import os, tempfile, time
 import numpy as np, torch
 from PIL import Image
 from engine import SeededShardSampler, make_loader
-from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
 tmp = tempfile.mkdtemp()
 rng = np.random.default_rng(0)
 recs = []
@@ -54,8 +54,8 @@ for workers in (8, 16):
 
 EVAL = r"""
 import time, torch
-from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import resolve_runtime
 dev = torch.device("cuda")
 for amp in ("off", "bf16"):
     rt = resolve_runtime(dev, "resnet101", amp, True, "unit")

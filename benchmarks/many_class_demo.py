@@ -17,9 +17,9 @@ import json
 import os
 import random
 
-from pipeline.classes import DEMO_CLASSES
-from utils.entry import ScriptParser, run_main
-from utils.fileio import write_json_atomic
+from pipeline.data.classes import DEMO_CLASSES
+from utils.configuration.entry import ScriptParser, run_main
+from utils.output.fileio import write_json_atomic
 from utils.prepare.prepare_demo import ensure_demo_files
 
 

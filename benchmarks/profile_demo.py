@@ -17,19 +17,19 @@ import os
 import tempfile
 import time
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import torch
 
 from engine import SeededShardSampler, make_loader, predict, train_step
-from pipeline.dataset import ImageTransform, MultiLabelDataset
-from pipeline.model import CSRANet
-from pipeline.runtime import Runtime, resolve_runtime
-from utils.fileio import save_torch_atomic
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime, resolve_runtime
+from utils.output.fileio import save_torch_atomic
 from utils.prepare.prepare_demo import generate_demo
-from utils.train_state import save_train_state
+from utils.runs.train_state import save_train_state
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# a fixed thread count for the runs made in this process: the scripts' adaptive choice (utils.threads) would
+# a fixed thread count for the runs made in this process: the scripts' adaptive choice (utils.process.threads) would
 # otherwise follow the machine's load, and float results depend on the count (tests/test_threads.py tests it)
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else os.cpu_count() or 1))
@@ -22,7 +22,7 @@ needs_voc_samples = pytest.mark.skipif(not os.path.isdir(SHARED_SAMPLES), reason
 @pytest.fixture(autouse=True)
 def _same_thread_count():
     """Each test starts with the process's thread count: a run made in-process sets torch's count
-    (utils.threads), and float sums in later tests depend on it."""
+    (utils.process.threads), and float sums in later tests depend on it."""
     import torch
 
     count = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""The typed configuration (utils/config.py): sections made from the option table's groups, frozen, and
+"""The typed configuration (utils/configuration/config.py): sections made from the option table's groups, frozen, and
 the run record written from it."""
 import dataclasses
 import json
@@ -7,9 +7,9 @@ from typing import Optional, Tuple
 import pytest
 
 from helpers import run_py, tiny_demo, train_argv
-from utils.config import Config, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainingConfig
-from utils.options import OPTIONS
-from utils.train_options import get_args
+from utils.configuration.config import Config, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainingConfig
+from utils.configuration.options import OPTIONS
+from utils.configuration.train_options import get_args
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "runtime": RuntimeConfig, "training": TrainingConfig,
             "the run": RunConfig}

@@ -9,11 +9,11 @@ import torch
 import main as train_main
 from engine import predict, score_batches, train_step
 from helpers import tiny_demo, train_argv
-from pipeline.csra import MultiHeadCSRA
-from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
 from pipeline.errors import ConfigError
-from pipeline.model import CSRANet
-from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
+from pipeline.models.csra import MultiHeadCSRA
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 from test_csra_head import SPEC_TEMPS, head_weights, reference_logits
 
 CPU = torch.device("cpu")

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import os
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
-from pipeline.backbones import get_backbone
-from pipeline.checkpoint import checkpoint_contents, rename_vit, safe_load, to_authors_layout, to_zoo_layout
 from pipeline.errors import CheckpointError
-from utils.cli import run_main
-from utils.fileio import OutputError, save_torch_atomic
-from utils.run_record import find_record
+from pipeline.models.backbones import get_backbone
+from pipeline.weights.checkpoint import checkpoint_contents, rename_vit, safe_load, to_authors_layout, to_zoo_layout
+from utils.configuration.cli import run_main
+from utils.output.fileio import OutputError, save_torch_atomic
+from utils.runs.run_record import find_record
 
 LAYOUTS = ("ours", "authors", "zoo")
 

@@ -13,7 +13,7 @@ import os
 import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from utils.entry import ScriptParser
+from utils.configuration.entry import ScriptParser
 
 import matplotlib
 
@@ -22,15 +22,15 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.dataset_table import DATASETS
+from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import CSRAError, DataError
-from pipeline.heads import HEAD_KINDS
-from pipeline.recipes import APPLIES_TO, RECIPES, SWITCHES, TRAINING_OPTIONS, show_option
-from utils.cli import plural, run_main
-from utils.fileio import save_figure_atomic
-from utils.options import RUN_DEFINING
-from utils.run_record import read_record
-from utils.train_options import get_args as main_options
+from pipeline.models.heads import HEAD_KINDS
+from pipeline.training.recipes import APPLIES_TO, RECIPES, SWITCHES, TRAINING_OPTIONS, show_option
+from utils.configuration.cli import plural, run_main
+from utils.configuration.options import RUN_DEFINING
+from utils.configuration.train_options import get_args as main_options
+from utils.output.fileio import save_figure_atomic
+from utils.runs.run_record import read_record
 
 
 def read_log(run: str) -> List[Dict]:

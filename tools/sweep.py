@@ -18,13 +18,12 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-from pipeline.dataset_table import DATASETS
+from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import ConfigError
-from utils.cli import plural
-from utils.entry import ScriptParser, run_main
+from utils.configuration.cli import plural
+from utils.configuration.entry import ScriptParser, run_main
 from utils.experiments.launch import Cluster, Launch, launch_here, launch_on_cluster, outcome
-from utils.experiments.plan import (attempts, check_commands, make_plan, open_sweep, parse_grid,
-                                    read_plan, run_folder)
+from utils.experiments.plan import attempts, check_commands, make_plan, open_sweep, parse_grid, read_plan, run_folder
 from utils.experiments.results import write_results
 from utils.experiments.tracking import log_sweep_results, resolve_uri, sweep_parent
 from utils.prepare.prepare_demo import ensure_demo_files

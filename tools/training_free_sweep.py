@@ -16,27 +16,27 @@ import argparse
 import math
 import sys
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import numpy as np
 import torch
 
 from engine import loader_images, make_loader, score_batches
-from pipeline.backbones import Backbone, get_backbone
-from pipeline.dataset import MultiLabelDataset
+from pipeline.data.dataset import MultiLabelDataset
+from pipeline.data.imagefolder import ImageFolderSet
 from pipeline.errors import ConfigError
-from pipeline.heads import get_head
-from pipeline.imagefolder import ImageFolderSet
-from pipeline.pretrained import classifier_outputs, create_model, imagenet_view
-from pipeline.runtime import Runtime, normalization_name, resolve_runtime
-from utils import distributed as du
-from utils.progress import bar
-from utils.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,
-                       with_label_count)
-from utils.config import Config
-from utils.inference import open_session
+from pipeline.models.backbones import Backbone, get_backbone
+from pipeline.models.heads import get_head
+from pipeline.models.runtime import Runtime, normalization_name, resolve_runtime
+from pipeline.weights.pretrained import classifier_outputs, create_model, imagenet_view
+from utils.configuration.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,
+                                     with_label_count)
+from utils.configuration.config import Config
 from utils.evaluation import evaluate
-from utils.threads import ThreadGovernor
+from utils.output.progress import bar
+from utils.process import distributed as du
+from utils.process.inference import open_session
+from utils.process.threads import ThreadGovernor
 
 
 def paper_lam(spec: Backbone) -> float:

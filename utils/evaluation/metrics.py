@@ -19,8 +19,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from pipeline.data.labels import EVAL_UNKNOWN as UNKNOWN
 from pipeline.errors import CSRAError
-from pipeline.labels import EVAL_UNKNOWN as UNKNOWN
 
 IGNORE = 99
 

@@ -16,11 +16,11 @@ from typing import Dict, List, Tuple
 
 from pycocotools.coco import COCO
 
-from pipeline.dataset import read_json
-from utils.fileio import make_folder
-from utils.progress import bar
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.dataset import read_json
+from utils.output.fileio import make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 
 def load_coco(path: str) -> COCO:

@@ -17,11 +17,11 @@ import os
 import random
 from typing import Dict, List, Optional
 
-from pipeline.classes import load_class_names
-from pipeline.dataset import read_json
-from utils.entry import ScriptParser
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.classes import load_class_names
+from pipeline.data.dataset import read_json
+from utils.configuration.entry import ScriptParser
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 
 UNKNOWN_MARK = "?"   # "?cat": unknown whether the image shows a cat

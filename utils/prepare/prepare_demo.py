@@ -14,10 +14,10 @@ import random
 
 from PIL import Image, ImageDraw
 
-from pipeline.classes import DEMO_CLASSES
-from utils.fileio import OutputError, describe_os_error, make_folder
-from utils.entry import ScriptParser
-from utils.progress import bar
+from pipeline.data.classes import DEMO_CLASSES
+from utils.configuration.entry import ScriptParser
+from utils.output.fileio import OutputError, describe_os_error, make_folder
+from utils.output.progress import bar
 from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, run_main,
                                   write_class_names, write_split)
 

@@ -12,11 +12,11 @@ import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List
 
-from pipeline.classes import VOC_CLASSES
-from utils.fileio import make_folder
-from utils.progress import bar
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.classes import VOC_CLASSES
+from utils.output.fileio import make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 

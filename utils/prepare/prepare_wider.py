@@ -12,12 +12,12 @@ import math
 import os
 from typing import Dict, List
 
-from pipeline.classes import WIDER_ATTRIBUTES
-from pipeline.dataset import read_json
-from utils.fileio import make_folder
-from utils.progress import bar
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.classes import WIDER_ATTRIBUTES
+from pipeline.data.dataset import read_json
+from utils.output.fileio import make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 UNSPECIFIED_TEST = 99
 

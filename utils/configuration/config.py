@@ -1,19 +1,18 @@
 """Typed configuration: the options in force, in frozen sections (model, data, runtime, training, the run).
 
-The sections are made from the option table's help groups (``utils.configuration.options``): an option added to a group
-is a field of its section, typed from its argparse settings. A script parses and resolves its command line
-(recipe, dataset, run record, --resume) into an ``argparse.Namespace``, then freezes it with
+Each section is written out below with a field for every option of one help group of the option table
+(``utils.configuration.options``), typed as the table types it (``field_type``; tests/test_config.py holds
+the two equal, so an option added to one of those groups is a field added here). A script parses and resolves
+its command line (recipe, dataset, run record, --resume) into an ``argparse.Namespace``, then freezes it with
 ``Config.from_args``; what builds, trains and evaluates reads the Config, and nothing changes it: what the
 data decide (the class count and names, partial labels) makes a new one (``with_data``). The run record
-(args.json) is ``Config.record()``, the flat schema earlier runs wrote.
+(args.json) is ``Config.record()``, the flat schema earlier runs wrote, in the sections' field order.
 """
-from __future__ import annotations
-
 import argparse
-from dataclasses import dataclass, fields, make_dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple, get_type_hints
+from dataclasses import dataclass, fields, replace
+from typing import Any, List, Optional, Tuple, get_type_hints
 
-from utils.configuration.options import OPTIONS, Option
+from utils.configuration.options import Option
 
 
 def field_type(o: Option) -> Any:
@@ -29,21 +28,97 @@ def field_type(o: Option) -> Any:
     return kind if kw.get("default") is not None else Optional[kind]
 
 
-def _section(name: str, group: str) -> type:
-    rows: Dict[str, Option] = {}
-    for o in OPTIONS:
-        if o.group == group:
-            rows.setdefault(o.dest, o)  # a negating flag shares its option's field
-    cls = make_dataclass(name, [(dest, field_type(o)) for dest, o in rows.items()], frozen=True)
-    cls.__doc__ = f"The options of the help group '{group}': {', '.join(rows)}."
-    return cls
+@dataclass(frozen=True)
+class ModelConfig:
+    """The options of the help group 'model'."""
+    model: str
+    head: str
+    num_heads: int
+    lam: Optional[float]
+    num_cls: Optional[int]
+    img_size: int
+    normalize: Optional[str]
 
 
-ModelConfig = _section("ModelConfig", "model")
-DataConfig = _section("DataConfig", "data")
-RuntimeConfig = _section("RuntimeConfig", "runtime")
-TrainingConfig = _section("TrainingConfig", "training")
-RunConfig = _section("RunConfig", "the run")
+@dataclass(frozen=True)
+class DataConfig:
+    """The options of the help group 'data'."""
+    dataset: str
+    test_json: Optional[str]
+    classes: Optional[str]
+    data_root: Optional[str]
+    skip_bad_images: bool
+    batch_size: int
+    num_workers: int
+    fast_decode: bool
+    cache_images: bool
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The options of the help group 'runtime'."""
+    amp: str
+    no_channels_last: bool
+    threads: Optional[int]
+    head_float32: bool
+    eval_amp: str
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The options of the help group 'training'."""
+    train_json: Optional[str]
+    val_json: Optional[str]
+    val_split: Optional[float]
+    split_seed: int
+    init_from: Optional[str]
+    init_classes: Optional[str]
+    class_map: Optional[str]
+    cutmix: Optional[str]
+    pretrained: str
+    recipe: str
+    optimizer: str
+    scheduler: str
+    lr: float
+    head_lr_mult: float
+    loss: str
+    gamma_pos: Optional[float]
+    gamma_neg: Optional[float]
+    asl_clip: Optional[float]
+    partial_labels: bool
+    momentum: float
+    w_d: float
+    no_decay_norm_bias: bool
+    warmup_epoch: float
+    onecycle_peak: float
+    lr_floor: float
+    total_epoch: int
+    decay_every: int
+    randaugment: bool
+    cutout: float
+    ema: Optional[float]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The options of the help group 'the run'."""
+    print_freq: int
+    train_aug: Optional[Tuple[str, ...]]
+    test_aug: Optional[Tuple[str, ...]]
+    seed: int
+    compile: bool
+    eval_every: int
+    state_every: int
+    test_every_epoch: bool
+    keep_epochs: Optional[int]
+    output_dir: Optional[str]
+    report: Optional[str]
+    resume: Optional[str]
+    config: Optional[str]
+    tensorboard: bool
+    mlflow: Optional[str]
+    mlflow_experiment: str
+    mlflow_parent: Optional[str]
 
 
 def _frozen(value):
@@ -70,7 +145,8 @@ class Config:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "Config":
-        """Freeze a parsed and resolved command line (``utils.configuration.cli.parse_args`` completes every option)."""
+        """Freeze a parsed and resolved command line (``utils.configuration.cli.parse_args`` completes every
+        option)."""
         return cls(_section_from(ModelConfig, args), _section_from(DataConfig, args),
                    _section_from(RuntimeConfig, args), _section_from(TrainingConfig, args),
                    _section_from(RunConfig, args), _frozen(args.class_names), args.record_path,

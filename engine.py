@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -172,14 +173,19 @@ def score_batches(batches: Iterable, runtime: Runtime, forward: Callable[[torch.
         yield item, out
 
 
-def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
-            desc: str = "eval", return_indices: bool = False):
-    """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
+@dataclass(frozen=True)
+class Predictions:
+    """The scores of the images that could be read, in dataset order (rows skip unreadable images; several
+    WIDER records share one path, so paths do not identify records: ``indices`` does)."""
+    scores: np.ndarray                # (N, C) sigmoid scores
+    targets: Optional[np.ndarray]     # (N, C), None for a dataset without labels
+    paths: List[str]
+    indices: np.ndarray               # (N,) each row's dataset index
 
-    Returns (scores (N, C), targets (N, C) or None, paths) for the images that could be read, and
-    with ``return_indices`` their dataset indices (rows skip unreadable images; several WIDER
-    records share one path, so paths do not identify records).
-    """
+
+def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
+            desc: str = "eval") -> Predictions:
+    """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order."""
     model.eval()
     shard = list(range(du.rank(), len(dataset), du.world_size()))
     loader = make_loader(dataset, batch_size, num_workers, shard, runtime.device)
@@ -211,7 +217,7 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     scores = scores[order]
     all_paths = [all_paths[i] for i in order]
     targets = dataset.targets()[indices] if dataset.has_labels else None
-    return (scores, targets, all_paths, indices) if return_indices else (scores, targets, all_paths)
+    return Predictions(scores, targets, all_paths, indices)
 
 
 def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, size: int = 160, head: int = 0,

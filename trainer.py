@@ -443,13 +443,13 @@ class Trainer:
         """``net``'s scores and report on ``dataset`` (``what``: validation or test); non-finite scores stop
         the run."""
         d = self.cfg.data
-        scores, targets, paths, indices = predict(net, dataset, self.p.eval_runtime, batch_size=d.batch_size,
-                                                  num_workers=d.num_workers, desc=f"{what} {source}",
-                                                  return_indices=True)
+        got = predict(net, dataset, self.p.eval_runtime, batch_size=d.batch_size, num_workers=d.num_workers,
+                      desc=f"{what} {source}")
+        scores, targets, paths = got.scores, got.targets, got.paths
         if not np.isfinite(scores).all():
             raise DivergedError(f"the model diverged: its {source} scores on the {what} set are NaN or infinite "
                                 f"after epoch {epoch}; stopped; {self.run.last_good()}")
-        return Scored(net, dataset, evaluate(scores, targets, paths=paths), scores, targets, paths, indices)
+        return Scored(net, dataset, evaluate(scores, targets, paths=paths), scores, targets, paths, got.indices)
 
     def evaluate(self, epoch: int) -> dict:
         """Score the model (and its EMA) on the set that chooses (validation, else test); whenever one beats the

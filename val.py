@@ -77,8 +77,8 @@ def validate(args) -> dict:
         if session.warning:
             print(session.warning)
         print(f"{session.header}; {len(dataset)} images from {test_json}")
-    scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=cfg.data.batch_size,
-                                              num_workers=cfg.data.num_workers, return_indices=True)
+    got = predict(model, dataset, runtime, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    scores, targets, paths, indices = got.scores, got.targets, got.paths, got.indices
     result = {"scores": scores, "paths": paths}
     if du.is_main():
         names = session.class_names

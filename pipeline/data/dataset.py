@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pipeline.data.dataset_table import CUSTOM, DATASETS, DEMO_STRONG, DatasetSpec  # noqa: F401  (re-exported)
+from pipeline.data.dataset_table import CUSTOM, DATASETS  # noqa: F401  (re-exported)
 from pipeline.data.labels import DENSE_LIMIT, LabelTable, TableRows
 from pipeline.data.records import (PARTIAL_TRAIN_LABELS, TEST_LABELS, TRAIN_LABELS, load_records,  # noqa: F401
                                    load_table, relative_base, reroot)

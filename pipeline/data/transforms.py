@@ -39,7 +39,8 @@ def _resized_crop_box(w: int, h: int, rng: random.Random, scale=(0.7, 1.0), rati
 
 def make_randaugment():
     """torchvision's RandAugment (2 ops, magnitude 9 of 31) with its table of op magnitudes built once per
-    image size rather than on every call (the same ops and draws; 0.4 ms less per 448 px image)."""
+    image size rather than on every call (the same ops and draws; the time saved: the README's Development
+    notes)."""
     from torchvision.transforms import RandAugment
 
     class RandAugmentCachedSpace(RandAugment):
@@ -80,7 +81,7 @@ class ImageTransform:
         if self.train and rng.random() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.randaugment is not None:
-            generator = torch.default_generator  # (torch.manual_seed would cost 0.3 ms a call)
+            generator = torch.default_generator  # (torch.manual_seed costs more: the README's Development notes)
             saved = generator.get_state()
             generator.manual_seed(rng.getrandbits(63))
             try:

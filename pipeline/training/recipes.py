@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-from pipeline.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -41,12 +39,6 @@ assert all(tuple(r.values) == RECIPE_OPTIONS for r in RECIPES.values())
 # the training options the header shows, in its order: a recipe's, and the step schedule's decay period (the dataset's)
 _AT = RECIPE_OPTIONS.index("warmup_epoch") + 1
 TRAINING_OPTIONS = RECIPE_OPTIONS[:_AT] + ("decay_every",) + RECIPE_OPTIONS[_AT:]
-
-
-def get_recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)} (got {name!r})")
-    return RECIPES[name]
 
 
 # options that only some choices of another option read (typed with another choice: an error in main.py)

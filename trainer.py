@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import (NonFiniteLossError, SeededShardSampler, make_loader, non_finite_entries, predict,
-                    thumbnails_by_row, train_one_epoch)
+from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, non_finite_entries,
+                    predict, thumbnails_by_row)
 from pipeline.data.dataset import DATASETS, MultiLabelDataset
 from pipeline.data.splits import stratified_split
 from pipeline.errors import CSRAError
@@ -354,6 +354,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
         train_model = self.training_model()
+        self.loop = TrainingLoop(train_model, p.optimizer, p.runtime, p.criterion, p.lr_fn, p.iters_per_epoch,
+                                 cfg.training.total_epoch, p.scaler, p.ema, cfg.run.seed, cfg.run.print_freq)
         loader = make_loader(p.data.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
         self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter,
@@ -363,7 +365,7 @@ class Trainer:
             print(run_header(p, self.run.path))
         try:
             for epoch in range(self.start_epoch, cfg.training.total_epoch):
-                self.train_epoch(train_model, loader, epoch)
+                self.train_epoch(loader, epoch)
         finally:
             self.logs.close()
         if du.is_main() and self.final is not None:
@@ -387,23 +389,20 @@ class Trainer:
         if every and it % every == 0 and it < p.iters_per_epoch:
             self.save_state(epoch, it)
 
-    def train_epoch(self, train_model: nn.Module, loader, epoch: int) -> None:
+    def train_epoch(self, loader, epoch: int) -> None:
         cfg, p = self.cfg, self.p
         total = cfg.training.total_epoch
         p.sampler.set_epoch(epoch, self.start_iter * cfg.data.batch_size)
         try:
-            stats = train_one_epoch(train_model, loader, p.optimizer, p.runtime, criterion=p.criterion, epoch=epoch,
-                                    start_iter=self.start_iter, iters_per_epoch=p.iters_per_epoch, lr_fn=p.lr_fn,
-                                    scaler=p.scaler, ema=p.ema, print_freq=cfg.run.print_freq,
-                                    on_step=lambda it, loss: self.on_step(epoch, it, loss),
-                                    total_epochs=total, seed=cfg.run.seed)
+            stats = self.loop.run_epoch(loader, epoch, self.start_iter,
+                                        on_step=lambda it, loss: self.on_step(epoch, it, loss))
         except NonFiniteLossError as e:
             raise DivergedError(f"{e}; {self.run.last_good()}") from None
         self.ensure_finite(f"after epoch {epoch + 1}")
         self.start_iter = 0
-        entry = {"epoch": epoch + 1,
-                 **{k: stats[k] for k in ("train_loss", "images_per_s", "train_seconds", "skipped_images")},
-                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": cfg.training.loss, "amp": p.runtime.amp,
+        entry = {"epoch": epoch + 1, "train_loss": stats.train_loss, "images_per_s": stats.images_per_s,
+                 "train_seconds": stats.train_seconds, "skipped_images": stats.skipped_images,
+                 "lr_backbone": stats.lr[0], "lr_head": stats.lr[1], "loss": cfg.training.loss, "amp": p.runtime.amp,
                  "channels_last": p.runtime.channels_last, "threads": p.governor.choice.threads}
         changes = p.governor.take_changes()
         if changes:

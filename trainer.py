@@ -22,7 +22,7 @@ from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_l
 from pipeline.data.dataset import DATASETS, MultiLabelDataset
 from pipeline.data.splits import stratified_split
 from pipeline.errors import CSRAError
-from pipeline.models.model import CSRANet
+from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
 from pipeline.training.losses import make_criterion
 from pipeline.training.optim import make_optimizer, make_schedule, param_groups
@@ -158,7 +158,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
         note = precision_change_note(state["runtime"], runtime, rt.amp)
         if note:
             print(note)
-    net = CSRANet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
+    net = MultiLabelNet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
     init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
     net.head_product_follows_autocast(not rt.head_float32)
     model = runtime.prepare_model(net, train=True)
@@ -176,7 +176,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
                  data, sampler, iters_per_epoch, lr_fn, init)
 
 
-def start_from_trained(model: CSRANet, cfg: Config) -> InitSummary:
+def start_from_trained(model: MultiLabelNet, cfg: Config) -> InitSummary:
     """--init_from: the trained model's backbone, and its head's rows moved to this run's classes."""
     t = cfg.training
     old_names = init_class_names(t.init_from, t.init_classes)
@@ -199,7 +199,7 @@ def weights_in_use(training) -> str:
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
 
 
-def head_precision(model: CSRANet, runtime: Runtime) -> str:
+def head_precision(model: MultiLabelNet, runtime: Runtime) -> str:
     """What the head's score product trains in (a CSRA head's norms, softmax and sums are float32 always)."""
     follows = getattr(model.head, "scores_follow_autocast", None)
     if follows is None:

@@ -20,7 +20,7 @@ from utils.configuration.entry import ScriptParser
 
 import torch
 
-from pipeline.models.model import CSRANet
+from pipeline.models.model import MultiLabelNet
 from pipeline.weights.export import export, sample_inputs
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     for spec in a.configs.split(","):
         name, size = spec.split(":")
         torch.manual_seed(0)
-        model = CSRANet(name, 80, num_heads=1, img_size=int(size), pretrained="none").eval()
+        model = MultiLabelNet(name, 80, num_heads=1, img_size=int(size), pretrained="none").eval()
         path = os.path.join(tempfile.mkdtemp(), "m.onnx")
         export(model, [f"c{i}" for i in range(80)], "onnx", path)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

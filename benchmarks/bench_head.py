@@ -32,7 +32,7 @@ from utils.configuration.entry import ScriptParser
 import torch
 
 from pipeline.models.csra import MultiHeadCSRA
-from pipeline.models.model import CSRANet
+from pipeline.models.model import MultiLabelNet
 
 
 def sync(device: str) -> None:
@@ -84,9 +84,9 @@ def inference_table(a) -> None:
     rounds = a.rounds or (30 if cuda else 7)
     torch.manual_seed(0)
     x = torch.rand(batch, 3, a.img_size, a.img_size, device=a.device)
-    models = {"GAP": CSRANet(a.model, a.num_cls, head="gap", img_size=a.img_size, pretrained="none")}
+    models = {"GAP": MultiLabelNet(a.model, a.num_cls, head="gap", img_size=a.img_size, pretrained="none")}
     for h in (1, 4, 8):
-        models[f"CSRA H={h}"] = CSRANet(a.model, a.num_cls, num_heads=h, lam=0.1, img_size=a.img_size,
+        models[f"CSRA H={h}"] = MultiLabelNet(a.model, a.num_cls, num_heads=h, lam=0.1, img_size=a.img_size,
                                         pretrained="none")
     for k in models:
         models[k] = models[k].to(a.device).eval()
@@ -182,7 +182,7 @@ def step_functions(model_name: str, size: int, batch: int, c: int, device: str):
     runtime = resolve_runtime(torch.device(device), model_name, "auto", True, "unit")
     criterion = make_criterion("bce", None, None, None, partial_labels=True)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    net = CSRANet(model_name, c, img_size=size, pretrained="none").train()
+    net = MultiLabelNet(model_name, c, img_size=size, pretrained="none").train()
     net.head_product_follows_autocast(True)
     model = runtime.prepare_model(net, train=True)
     with torch.no_grad(), runtime.autocast():

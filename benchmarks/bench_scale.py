@@ -154,7 +154,7 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     """A training step's backbone (forward + backward) beside the CSRA head's (forward, loss, backward) as
     the class count grows, in the precision --amp auto picks, on features of the real size."""
     import torch
-    from pipeline.models.model import CSRANet
+    from pipeline.models.model import MultiLabelNet
     from pipeline.models.runtime import resolve_runtime
     from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device("cpu"), model_name, "auto", True, "unit")
@@ -171,7 +171,8 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     print(f"{'classes':>9s}{'backbone ms':>13s}{'CSRA head ms':>14s}{'head share':>12s}")
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     for c in class_counts:
-        model = runtime.prepare_model(CSRANet(model_name, c, img_size=size, pretrained="none").train(), train=True)
+        net = MultiLabelNet(model_name, c, img_size=size, pretrained="none")
+        model = runtime.prepare_model(net.train(), train=True)
         with torch.no_grad(), runtime.autocast():
             feats = model.forward_features(x).float()
         targets = torch.randint(-1, 2, (batch, c)).float()  # a third unknown, as partial labels

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 
 from engine import train_step
-from pipeline.models.model import CSRANet
+from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 
 Batches = List[Tuple[torch.Tensor, torch.Tensor]]
@@ -52,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 def new_model(name: str, size: int, classes: int, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return CSRANet(name, classes, num_heads=1, lam=0.1, img_size=size, pretrained="none").to(device).train()
+    return MultiLabelNet(name, classes, num_heads=1, lam=0.1, img_size=size, pretrained="none").to(device).train()
 
 
 def rate(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Batches, warmup: int,

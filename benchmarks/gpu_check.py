@@ -54,12 +54,13 @@ for workers in (8, 16):
 
 EVAL = r"""
 import time, torch
-from pipeline.models.model import CSRANet
+from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import resolve_runtime
 dev = torch.device("cuda")
 for amp in ("off", "bf16"):
     rt = resolve_runtime(dev, "resnet101", amp, True, "unit")
-    model = rt.prepare_model(CSRANet("resnet101", 80, num_heads=4, lam=0.5, img_size=448, pretrained="none").eval())
+    net = MultiLabelNet("resnet101", 80, num_heads=4, lam=0.5, img_size=448, pretrained="none")
+    model = rt.prepare_model(net.eval())
     x = torch.randint(0, 256, (64, 3, 448, 448), dtype=torch.uint8)
     with torch.no_grad():
         for i in range(8):

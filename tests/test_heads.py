@@ -72,3 +72,15 @@ def test_head_kinds_are_compared_by_name_in_the_table_only():
     offenders = [f"{f}:{n}" for f in files if not f.startswith(("tests/", "pipeline/models/heads.py"))
                  for n, line in enumerate(open(os.path.join(ROOT, f), encoding="utf-8"), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_every_head_is_a_head_and_the_model_keeps_the_name_users_import():
+    from pipeline.models.csra import GAPHead, MultiHeadCSRA
+    from pipeline.models.heads import Head
+    from pipeline.models.model import CSRANet, MultiLabelNet
+    for head in (GAPHead(8, 3), MultiHeadCSRA(4, 0.1, 8, 3), MaxPoolHead(8, 3)):
+        assert isinstance(head, Head), type(head).__name__
+        out = head.forward_with_maps(torch.randn(2, 8, 5, 5))
+        assert out.logits.shape == (2, 3) and len(out.score_maps) == len(head.temperatures)
+    assert not isinstance(nn.Linear(8, 3), Head)
+    assert CSRANet is MultiLabelNet and isinstance(CSRANet("small_cnn", 3, img_size=32, pretrained="none").head, Head)

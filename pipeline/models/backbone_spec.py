@@ -26,7 +26,7 @@ class Backbone:
     family: str                                 # "resnet", "vit", "cnn", "mobilenet", ...: --cutmix takes "resnet"
     build: Callable[..., nn.Module]             # the provider's whole model (its classifier too), random weights
     weights: Optional[object]                   # torchvision ImageNet weights enum, or None
-    parts: Tuple[str, ...]                      # attributes of that model that CSRANet keeps
+    parts: Tuple[str, ...]                      # attributes of that model that MultiLabelNet keeps
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # (model, images) -> (B, d, h, w)
     feat_dim: int
     # the input normalisation the weights were trained with; for the authors' backbones, what runs trained

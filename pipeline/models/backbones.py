@@ -2,8 +2,8 @@
 
 A ``Backbone`` (``pipeline.models.backbone_spec``) names how to build the provider's model (torchvision's
 here; timm's through ``pipeline.models.timm_backbones`` for ``--model timm/<name>``), its ImageNet weights, the
-modules of that model that ``CSRANet`` adopts (their names are the checkpoint keys, so state dicts keep the provider's
-layout, which for ResNets is the authors'), the function from input to feature map, the feature
+modules of that model that ``MultiLabelNet`` adopts (their names are the checkpoint keys, so state dicts keep
+the provider's layout, which for ResNets is the authors'), the function from input to feature map, the feature
 width, the weights' own input normalisation and, for the training-free rule on the provider's own
 classifier, the function from feature map to that classifier's logits. Adding a backbone is one
 ``register(...)`` call below; checkpoints are recognised by comparing their keys and shapes with the
@@ -48,7 +48,7 @@ def get_backbone(name: str) -> Backbone:
                       "timm/<name> for a timm model")
 
 
-# --- feature functions: run on the CSRANet that adopted the parts, or on the provider's model --------
+# --- feature functions: run on the MultiLabelNet that adopted the parts, or on the provider's model --------
 def resnet_features(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
     return m.layer4(m.layer3(m.layer2(m.layer1(x))))

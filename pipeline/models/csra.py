@@ -94,7 +94,7 @@ def score_products(x: torch.Tensor, weights: Sequence[torch.Tensor],
     OpenImages size, and as many again in the backward pass). The products are float32 (or wider) unless
     ``follow_autocast`` and autocast is on for x's device: then they run in autocast's dtype (bf16/fp16), the
     training precision, on the tensor cores or bf16 units the backbone uses (set for training through
-    ``CSRANet.head_product_follows_autocast``). A channels-last map is read as the (B, h*w, d) matrix it is in
+    ``MultiLabelNet.head_product_follows_autocast``). A channels-last map is read as the (B, h*w, d) matrix it is in
     memory, without a copy."""
     device = x.device.type
     if follow_autocast and torch.is_autocast_enabled(device):
@@ -265,7 +265,7 @@ class CSRAHead(nn.Module):
     Run alone it is a one-head CSRA; inside ``MultiHeadCSRA`` all heads are applied together.
     """
 
-    scores_follow_autocast = False  # the score maps' product in autocast's dtype (CSRANet.head_product_follows...)
+    scores_follow_autocast = False  # the score maps' product in autocast's dtype (see MultiLabelNet's setter)
 
     def __init__(self, in_dim: int, num_classes: int, T: float, lam: float):
         super().__init__()
@@ -314,7 +314,7 @@ class MultiHeadCSRA(nn.Module):
         for h in self.multi_head:
             h.lam = float(value)
 
-    scores_follow_autocast = False  # the score maps' product in autocast's dtype (CSRANet.head_product_follows...)
+    scores_follow_autocast = False  # the score maps' product in autocast's dtype (see MultiLabelNet's setter)
     pooling_fused = False           # the last training forward's pooling went through _FusedPool
 
     def score_products(self, x: torch.Tensor, follow_autocast: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -346,7 +346,7 @@ class GAPHead(nn.Linear):
     the linear layer at every location, score = mean + lam * max over locations.
     """
 
-    temperatures = [INF]  # its heatmap is the score map, as for a T = infinity head
+    temperatures = [INF]  # its one map is its score map, shown as it is (what T = infinity means for a map)
 
     def __init__(self, in_dim: int, num_classes: int, spatial_lam: float = 0.0):
         super().__init__(in_dim, num_classes, bias=True)

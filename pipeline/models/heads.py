@@ -3,9 +3,9 @@
 A ``HeadKind`` says how to build the head, under which model attribute it sits (its state-dict prefix,
 so checkpoints keep the authors' layout), how its weights are recognised in a state dict and named in
 the model-zoo toolbox's layout, whether ``--head_lr_mult`` applies, what ``lam`` means for it and how
-it is described. The head module itself answers ``forward``, ``forward_with_maps`` (a ``HeadMaps``),
-``lam`` (get and set) and ``temperatures``; export and the heatmaps use only that. Adding a head is one
-``register_head(...)`` call; ``--head``, checkpoint recognition, export and the sweep follow.
+it is described. The head module itself is a ``Head`` (below): what the model, export and the heatmaps use
+of it, and nothing else. Adding a head is one ``register_head(...)`` call; ``--head``, checkpoint
+recognition, export and the sweep follow.
 
 This is the only module that knows head kinds by name.
 """
@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
-import torch.nn as nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.csra import HeadMaps  # noqa: F401  (what heads return)
@@ -30,12 +29,27 @@ Recogniser = Callable[[Mapping[str, torch.Tensor]], Optional[Tuple[int, int]]]
 RowReader = Callable[[Mapping[str, torch.Tensor]], Dict[float, Dict[str, torch.Tensor]]]
 
 
+@runtime_checkable
+class Head(Protocol):
+    """What every head module is to the rest of the code: features (B, d, h, w) in, logits (B, C) out; with
+    ``forward_with_maps`` the logits and the maps they came from. ``lam``: the one number its kind gives a
+    meaning (``HeadKind.lam_help``: CSRA's residual weight, GAP's training-free mean + lam * max), set after
+    loading. ``temperatures``: one per map ``forward_with_maps`` returns, the temperature it is drawn with
+    (infinity: the map is a score map, shown as it is); export writes them into the file's metadata."""
+    lam: float
+    temperatures: Sequence[float]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_with_maps(self, x: torch.Tensor) -> HeadMaps: ...
+
+
 @dataclass(frozen=True)
 class HeadKind:
     name: str                                   # the --head value
     display: str                                # how messages name it: "a CSRA head"
     attribute: str                              # the model attribute holding it = its state-dict prefix
-    build: Callable[[int, int, int, float], nn.Module]   # (feat_dim, num_classes, num_heads, lam) -> head
+    build: Callable[[int, int, int, float], Head]   # (feat_dim, num_classes, num_heads, lam) -> head
     recognise: Recogniser
     zoo_prefix: str                             # its keys' prefix in the model-zoo toolbox's layout
     own_prefix: str = ""                        # the prefix zoo_prefix replaces (default: attribute + ".")

@@ -1,4 +1,5 @@
-"""CSRANet: a backbone from the table in ``pipeline.models.backbones`` with a head from ``pipeline.models.heads``.
+"""MultiLabelNet (``CSRANet``, the name it had): a backbone from the table in ``pipeline.models.backbones``
+with a head from ``pipeline.models.heads``.
 
 The backbone's modules sit at the top level of the model under the provider's names, as in the
 authors' ResNet subclass, so ``model.state_dict()`` is exactly their checkpoint layout for their
@@ -14,12 +15,12 @@ import torch.nn as nn
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import Backbone, get_backbone
 from pipeline.models.csra import HeadMaps
-from pipeline.models.heads import HeadKind, get_head
+from pipeline.models.heads import Head, HeadKind, get_head
 from pipeline.weights.checkpoint import load_model_weights
 from pipeline.weights.pretrained import create_model
 
 
-class CSRANet(nn.Module):
+class MultiLabelNet(nn.Module):
     """A backbone with a head of one of the kinds in ``pipeline.models.heads`` (``head="csra"``: multi-head CSRA,
     ``head="gap"``: the baseline), held under the kind's attribute (so the state dict is the authors')."""
 
@@ -69,7 +70,7 @@ class CSRANet(nn.Module):
         return get_head(self.head_type)
 
     @property
-    def head(self) -> nn.Module:
+    def head(self) -> Head:
         return getattr(self, self.head_kind.attribute)
 
     def head_parameters(self):
@@ -91,7 +92,7 @@ class CSRANet(nn.Module):
         mean + lam * max rule)."""
         self.head.lam = float(lam)
 
-    def train(self, mode: bool = True) -> "CSRANet":
+    def train(self, mode: bool = True) -> "MultiLabelNet":
         super().train(mode)
         if "provider_model" in self.__dict__:
             self.__dict__["provider_model"].train(mode)
@@ -116,6 +117,9 @@ class CSRANet(nn.Module):
                 sd[key] = fit(sd[key], self.img_size)
 
 
+CSRANet = MultiLabelNet  # the name it had: users' code imports it
+
+
 def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int], head: str = "csra",
                        num_heads: int = 1, lam: float = 0.1, img_size: int = 448,
                        num_classes_from: Optional[str] = None):
@@ -125,8 +129,8 @@ def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int]
     if num_classes is None:
         raise ConfigError(f"{path}: the number of classes is unknown (no run record beside it, and neither "
                           "--num_cls nor --classes): pass --num_cls N or --classes FILE")
-    model = CSRANet(model_name, num_classes, head=head, num_heads=num_heads, lam=lam, img_size=img_size,
-                    pretrained="none")
+    model = MultiLabelNet(model_name, num_classes, head=head, num_heads=num_heads, lam=lam,
+                                 img_size=img_size, pretrained="none")
     info = load_model_weights(model, path, num_classes_from)
     model.set_lam(lam)
     return model.eval(), info

@@ -3,7 +3,7 @@ feature map.
 
 The model's own ``forward_features`` gives the map: CNNs as (B, d, h, w), Swin-like models as
 (B, h, w, d) (turned to NCHW), ViT-like models as tokens, reshaped to the patch grid without their
-prefix (class, register, distillation) tokens. CSRANet adopts the top-level modules that
+prefix (class, register, distillation) tokens. MultiLabelNet adopts the top-level modules that
 ``forward_features`` runs (found once on the meta device), so its state dict holds timm's own keys
 and no unused parameter. ViT-like models are built for ``--img_size`` and their position embeddings
 resampled from the weights' grid, so a 224 px checkpoint trains at 448 px.
@@ -32,7 +32,7 @@ def import_timm():
 
 
 def _provider(m: nn.Module) -> nn.Module:
-    """The timm model itself: CSRANet keeps it beside the modules it adopted (the same objects)."""
+    """The timm model itself: MultiLabelNet keeps it beside the modules it adopted (the same objects)."""
     provider = m.__dict__.get("provider_model")
     return m if provider is None else provider
 

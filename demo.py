@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import argparse
 import os
@@ -15,14 +15,15 @@ import sys
 import torch
 
 from engine import score_batches
-from pipeline.dataset import ImageTransform
+from pipeline.data.dataset import ImageTransform
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
-from utils.cli import new_parser, parse_args, run_main
-from utils.config import Config
-from utils.inference import open_session
-from utils.predictions import class_thresholds, find_images, finish, label_record, prediction_line, thresholds_line
-from utils.visualize import save_heatmaps
+from utils.configuration.cli import new_parser, parse_args, run_main
+from utils.configuration.config import Config
+from utils.output.predictions import (class_thresholds, find_images, finish, label_record, prediction_line,
+                                      thresholds_line)
+from utils.output.visualize import save_heatmaps
+from utils.process.inference import open_session
 
 
 def get_args(argv=None) -> argparse.Namespace:

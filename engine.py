@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -11,11 +12,11 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 
-from pipeline.dataset import collate_skipping_bad
+from pipeline.data.dataset import collate_skipping_bad
 from pipeline.errors import CSRAError, DataError
-from pipeline.runtime import Runtime
-from utils import distributed as du
-from utils.progress import EpochProgress, bar
+from pipeline.models.runtime import Runtime
+from utils.output.progress import EpochProgress, bar
+from utils.process import distributed as du
 
 
 class NonFiniteLossError(CSRAError):
@@ -97,55 +98,95 @@ def train_step(model: nn.Module, criterion: Callable, optimizer: torch.optim.Opt
     return loss_value
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, runtime: Runtime, *,
-                    criterion: Callable, epoch: int, start_iter: int, iters_per_epoch: int,
-                    lr_fn: Callable[[int], float], scaler=None, ema=None,
-                    on_step: Optional[Callable[[int, Optional[float]], None]] = None, print_freq: int = 100,
-                    total_epochs: int = 0, seed: int = 0) -> dict:
-    """One epoch from iteration ``start_iter`` with ``criterion(logits, targets)`` (``pipeline.losses``);
-    ``on_step(iter_done, loss or None)`` runs after each step. Loss, LR and speed are shown every
-    ``print_freq`` iterations (a bar on a terminal, a plain line in a log file)."""
-    model.train()
-    loss_sum, seen, skipped = 0.0, 0, 0
-    t0 = time.time()
-    join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
-    progress = EpochProgress(epoch, total_epochs or epoch + 1, iters_per_epoch, start_iter, print_freq)
-    it = start_iter
-    try:
-        with join:
-            for batch, n_skipped in loader:
-                skipped += n_skipped
-                step = epoch * iters_per_epoch + it
-                factor = lr_fn(step)
-                for g in optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * factor
-                loss_value = None
-                if batch is not None:
-                    seed_step(seed, step, runtime.device)
-                    loss_value = train_step(model, criterion, optimizer, batch[0], batch[1], runtime, scaler)
-                    if not math.isfinite(loss_value):
-                        raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
-                                                 f"(global step {step + 1}); stopped")
-                    if ema is not None:
-                        ema.update_parameters(model.module if hasattr(model, "module") else model)
-                    loss_sum += loss_value * len(batch[0])
-                    seen += len(batch[0])
-                it += 1
-                elapsed = max(time.time() - t0, 1e-9)
-                progress.update(it, loss_sum / max(seen, 1), optimizer.param_groups[0]["lr"],
-                                seen * du.world_size() / elapsed)
-                if on_step is not None:
-                    on_step(it, loss_value)
-    finally:
-        progress.close()
-    totals = du.all_reduce_sum([loss_sum, float(seen), float(skipped)], runtime.device)
-    if totals[1] == 0:
-        raise DataError(f"{getattr(loader.dataset, 'json_path', 'the training set')}: no training image could be "
-                        f"read in epoch {epoch + 1} ({int(totals[2])} skipped)")
-    elapsed = max(time.time() - t0, 1e-9)
-    return {"train_loss": totals[0] / max(totals[1], 1), "images": int(totals[1]), "skipped_images": int(totals[2]),
-            "images_per_s": totals[1] / elapsed, "train_seconds": elapsed,
-            "lr": [g["lr"] for g in optimizer.param_groups]}
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch's training figures, summed over every rank."""
+    train_loss: float           # the mean loss of the images trained on
+    images: int
+    skipped_images: int         # unreadable (--skip_bad_images)
+    images_per_s: float
+    train_seconds: float
+    lr: List[float]             # each parameter group's LR at the epoch's last step
+
+
+@dataclass
+class TrainingLoop:
+    """The steps of one run: what every step uses, fixed for the run (the model as it trains, its optimiser
+    and runtime, ``criterion(logits, targets)`` from ``pipeline.training.losses``, the LR as a factor of each
+    group's ``base_lr`` by global step, the scaler and EMA, the seed), and an epoch of them (``run_epoch``).
+    Loss, LR and speed are shown every ``print_freq`` iterations (a bar on a terminal, a plain line in a log
+    file)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    runtime: Runtime
+    criterion: Callable
+    lr_fn: Callable[[int], float]
+    iters_per_epoch: int
+    total_epochs: int
+    scaler: Optional[torch.amp.GradScaler] = None
+    ema: Optional[nn.Module] = None
+    seed: int = 0
+    print_freq: int = 100
+
+    def step(self, batch, epoch: int, it: int) -> Optional[float]:
+        """Iteration ``it`` of ``epoch``: its LR, then one optimiser step on ``batch`` (None: every image of it
+        was unreadable; no step). Returns the loss, or None without a step."""
+        step = epoch * self.iters_per_epoch + it
+        factor = self.lr_fn(step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        if batch is None:
+            return None
+        seed_step(self.seed, step, self.runtime.device)
+        loss_value = train_step(self.model, self.criterion, self.optimizer, batch[0], batch[1], self.runtime,
+                                self.scaler)
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {it + 1} "
+                                     f"(global step {step + 1}); stopped")
+        if self.ema is not None:
+            self.ema.update_parameters(self.model.module if hasattr(self.model, "module") else self.model)
+        return loss_value
+
+    def run_epoch(self, loader: DataLoader, epoch: int, start_iter: int = 0,
+                  on_step: Optional[Callable[[int, Optional[float]], None]] = None) -> EpochStats:
+        """Epoch ``epoch`` from iteration ``start_iter``; ``on_step(iter_done, loss or None)`` runs after each
+        step."""
+        model = self.model
+        model.train()
+        loss_sum, seen, skipped = 0.0, 0, 0
+        t0 = time.time()
+        join = model.join() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+        progress = EpochProgress(epoch, self.total_epochs or epoch + 1, self.iters_per_epoch, start_iter,
+                                 self.print_freq)
+        it = start_iter
+        try:
+            with join:
+                for batch, n_skipped in loader:
+                    skipped += n_skipped
+                    loss_value = self.step(batch, epoch, it)
+                    if loss_value is not None:
+                        loss_sum += loss_value * len(batch[0])
+                        seen += len(batch[0])
+                    it += 1
+                    elapsed = max(time.time() - t0, 1e-9)
+                    progress.update(it, loss_sum / max(seen, 1), self.optimizer.param_groups[0]["lr"],
+                                    seen * du.world_size() / elapsed)
+                    if on_step is not None:
+                        on_step(it, loss_value)
+        finally:
+            progress.close()
+        return self.epoch_stats(loader, epoch, [loss_sum, float(seen), float(skipped)], t0)
+
+    def epoch_stats(self, loader: DataLoader, epoch: int, sums: List[float], t0: float) -> EpochStats:
+        """The epoch's figures from this rank's (loss sum, images, skipped), summed over the ranks, and its
+        time from ``t0``; an error when no rank could read a training image."""
+        totals = du.all_reduce_sum(sums, self.runtime.device)
+        if totals[1] == 0:
+            raise DataError(f"{getattr(loader.dataset, 'json_path', 'the training set')}: no training image could "
+                            f"be read in epoch {epoch + 1} ({int(totals[2])} skipped)")
+        elapsed = max(time.time() - t0, 1e-9)
+        return EpochStats(totals[0] / max(totals[1], 1), int(totals[1]), int(totals[2]), totals[1] / elapsed, elapsed,
+                          [g["lr"] for g in self.optimizer.param_groups])
 
 
 def loader_images(item) -> Optional[torch.Tensor]:
@@ -172,14 +213,19 @@ def score_batches(batches: Iterable, runtime: Runtime, forward: Callable[[torch.
         yield item, out
 
 
-def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
-            desc: str = "eval", return_indices: bool = False):
-    """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order.
+@dataclass(frozen=True)
+class Predictions:
+    """The scores of the images that could be read, in dataset order (rows skip unreadable images; several
+    WIDER records share one path, so paths do not identify records: ``indices`` does)."""
+    scores: np.ndarray                # (N, C) sigmoid scores
+    targets: Optional[np.ndarray]     # (N, C), None for a dataset without labels
+    paths: List[str]
+    indices: np.ndarray               # (N,) each row's dataset index
 
-    Returns (scores (N, C), targets (N, C) or None, paths) for the images that could be read, and
-    with ``return_indices`` their dataset indices (rows skip unreadable images; several WIDER
-    records share one path, so paths do not identify records).
-    """
+
+def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num_workers: int,
+            desc: str = "eval") -> Predictions:
+    """Sigmoid scores of every image exactly once, gathered from all ranks, in dataset order."""
     model.eval()
     shard = list(range(du.rank(), len(dataset), du.world_size()))
     loader = make_loader(dataset, batch_size, num_workers, shard, runtime.device)
@@ -211,7 +257,7 @@ def predict(model: nn.Module, dataset, runtime: Runtime, *, batch_size: int, num
     scores = scores[order]
     all_paths = [all_paths[i] for i in order]
     targets = dataset.targets()[indices] if dataset.has_labels else None
-    return (scores, targets, all_paths, indices) if return_indices else (scores, targets, all_paths)
+    return Predictions(scores, targets, all_paths, indices)
 
 
 def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, size: int = 160, head: int = 0,
@@ -219,7 +265,7 @@ def attention_thumbnails(model: nn.Module, dataset, runtime: Runtime, requests, 
     """Thumbnails of dataset images with a class's attention heatmap overlaid, from one forward pass
     over just the requested images. ``requests``: image index -> class indices; returns
     {(image index, class index): PIL image}."""
-    from utils.visualize import class_map, fit_thumbnail, overlay, upsample
+    from utils.output.visualize import class_map, fit_thumbnail, overlay, upsample
 
     model.eval()
     out = {}

@@ -11,18 +11,18 @@ difference is printed, and export fails above 1e-4. ``predict_onnx.py`` runs an 
 """
 from __future__ import annotations
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import argparse
 import os
 import shutil
 import tempfile
 
-from pipeline.export import TOLERANCE, ExportError, export
-from pipeline.model import load_for_inference
-from utils.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
-from utils.config import Config
-from utils.fileio import OutputError, atomic_write, make_folder
+from pipeline.models.model import load_for_inference
+from pipeline.weights.export import TOLERANCE, ExportError, export
+from utils.configuration.cli import describe_inference, model_kwargs, new_parser, parse_args, run_main
+from utils.configuration.config import Config
+from utils.output.fileio import OutputError, atomic_write, make_folder
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import shlex
 import sys
@@ -15,11 +15,11 @@ from typing import Optional
 import torch
 
 from trainer import Trainer, build
-from utils import distributed as du
-from utils.cli import resolve, run_main
-from utils.config import Config
-from utils.run_folder import claim_new, open_for_resume
-from utils.train_options import get_args, given_flags
+from utils.configuration.cli import resolve, run_main
+from utils.configuration.config import Config
+from utils.configuration.train_options import get_args, given_flags
+from utils.process import distributed as du
+from utils.runs.run_folder import claim_new, open_for_resume
 
 
 class ResumeHint:

@@ -11,8 +11,8 @@ scaled to [0, 1] and normalised, so labels, scores and the JSON/CSV equal demo.p
 # This file is also the repository's bottom layer: what a prediction needs and the project shares (the
 # root of the error family, JSON reading, the one image reader, atomic writes, the prediction records and
 # their output, the scripts' parser and error wrapper) is defined here once, and pipeline/ and utils/
-# import it from here (pipeline.errors, pipeline.jsonfile, pipeline.images, utils.fileio,
-# utils.predictions, utils.entry), so demo.py and this file cannot drift apart.
+# import it from here (pipeline.errors, pipeline.jsonfile, pipeline.images, utils.output.fileio,
+# utils.output.predictions, utils.configuration.entry), so demo.py and this file cannot drift apart.
 from __future__ import annotations
 
 import argparse
@@ -310,8 +310,8 @@ def run_main(main: Callable[[], object], interrupted_hint: Union[str, Callable[[
 
 
 # --- this script ------------------------------------------------------------------------------------------
-# Its options. Those demo.py takes too are rows of the option table (utils/options.py), which this file
-# cannot import: tests/test_export.py holds these settings and checks equal to those rows.
+# Its options. Those demo.py takes too are rows of the option table (utils/configuration/options.py), which
+# this file cannot import: tests/test_export.py holds these settings and checks equal to those rows.
 OPTIONS: Dict[str, dict] = {
     "onnx": dict(required=True, help="a model written by export.py --format onnx"),
     "img_dir": dict(required=True, nargs="+", help="image folders and/or image files"),

@@ -1,6 +1,6 @@
 """The training run: what main.py builds (``build``) and the epoch loop that owns it (``Trainer``):
 training, evaluation of the model and its EMA, the best checkpoint, the divergence stop, training-state
-saves, and the sinks and watchers that follow each step (``utils.loggers``, the ETA clock, the thread
+saves, and the sinks and watchers that follow each step (``utils.runs.loggers``, the ETA clock, the thread
 governor)."""
 from __future__ import annotations
 
@@ -17,33 +17,33 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import (NonFiniteLossError, SeededShardSampler, make_loader, non_finite_entries, predict,
-                    thumbnails_by_row, train_one_epoch)
-from pipeline.checkpoint import safe_load, to_authors_layout
-from pipeline.dataset import DATASETS, MultiLabelDataset
+from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, non_finite_entries,
+                    predict, thumbnails_by_row)
+from pipeline.data.dataset import DATASETS, MultiLabelDataset
+from pipeline.data.splits import stratified_split
 from pipeline.errors import CSRAError
-from pipeline.finetune import InitSummary, init_from, read_class_map, shipped_pairs
-from pipeline.labels import DENSE_LIMIT
-from pipeline.losses import make_criterion
-from pipeline.model import CSRANet
-from pipeline.optim import make_optimizer, make_schedule, param_groups
-from pipeline.recipes import RECIPES, TRAINING_OPTIONS, describe_options
-from pipeline.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
-from pipeline.splits import stratified_split
-from utils import distributed as du
-from utils.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs, plural,
-                       with_label_count)
-from utils.config import Config
+from pipeline.data.labels import DENSE_LIMIT
+from pipeline.models.model import MultiLabelNet
+from pipeline.models.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
+from pipeline.training.losses import make_criterion
+from pipeline.training.optim import make_optimizer, make_schedule, param_groups
+from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS, describe_options
+from pipeline.weights.checkpoint import safe_load, to_authors_layout
+from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
+from utils.configuration.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs,
+                                     plural, with_label_count)
+from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report
-from utils.evaluation.metrics import Report
 from utils.evaluation.html_report import report_targets, write_report
+from utils.evaluation.metrics import Report
 from utils.evaluation.report import global_sweep, threshold_advice, write_thresholds
-from utils.fileio import save_torch_atomic
-from utils.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
-from utils.progress import RunClock, say
-from utils.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
-from utils.threads import ThreadGovernor
-from utils.train_state import precision_change_note, restore_train_state, save_train_state
+from utils.output.fileio import save_torch_atomic
+from utils.output.progress import RunClock, say
+from utils.process import distributed as du
+from utils.process.threads import ThreadGovernor
+from utils.runs.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
+from utils.runs.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
+from utils.runs.train_state import precision_change_note, restore_train_state, save_train_state
 
 HEADER_WIDTH = 100
 FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "
@@ -160,7 +160,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
         note = precision_change_note(state["runtime"], runtime, rt.amp)
         if note:
             print(note)
-    net = CSRANet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
+    net = MultiLabelNet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
     init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
     net.head_product_follows_autocast(not rt.head_float32)
     model = runtime.prepare_model(net, train=True)
@@ -178,7 +178,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
                  data, sampler, iters_per_epoch, lr_fn, init)
 
 
-def start_from_trained(model: CSRANet, cfg: Config) -> InitSummary:
+def start_from_trained(model: MultiLabelNet, cfg: Config) -> InitSummary:
     """--init_from: the trained model's backbone, and its head's rows moved to this run's classes."""
     t = cfg.training
     old_names = init_class_names(t.init_from, t.init_classes)
@@ -201,7 +201,7 @@ def weights_in_use(training) -> str:
     return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
 
 
-def head_precision(model: CSRANet, runtime: Runtime) -> str:
+def head_precision(model: MultiLabelNet, runtime: Runtime) -> str:
     """What the head's score product trains in (a CSRA head's norms, softmax and sums are float32 always)."""
     follows = getattr(model.head, "scores_follow_autocast", None)
     if follows is None:
@@ -356,6 +356,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
         train_model = self.training_model()
+        self.loop = TrainingLoop(train_model, p.optimizer, p.runtime, p.criterion, p.lr_fn, p.iters_per_epoch,
+                                 cfg.training.total_epoch, p.scaler, p.ema, cfg.run.seed, cfg.run.print_freq)
         loader = make_loader(p.data.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
         self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter,
@@ -365,7 +367,7 @@ class Trainer:
             print(run_header(p, self.run.path))
         try:
             for epoch in range(self.start_epoch, cfg.training.total_epoch):
-                self.train_epoch(train_model, loader, epoch)
+                self.train_epoch(loader, epoch)
         finally:
             self.logs.close()
         if du.is_main() and self.final is not None:
@@ -389,23 +391,20 @@ class Trainer:
         if every and it % every == 0 and it < p.iters_per_epoch:
             self.save_state(epoch, it)
 
-    def train_epoch(self, train_model: nn.Module, loader, epoch: int) -> None:
+    def train_epoch(self, loader, epoch: int) -> None:
         cfg, p = self.cfg, self.p
         total = cfg.training.total_epoch
         p.sampler.set_epoch(epoch, self.start_iter * cfg.data.batch_size)
         try:
-            stats = train_one_epoch(train_model, loader, p.optimizer, p.runtime, criterion=p.criterion, epoch=epoch,
-                                    start_iter=self.start_iter, iters_per_epoch=p.iters_per_epoch, lr_fn=p.lr_fn,
-                                    scaler=p.scaler, ema=p.ema, print_freq=cfg.run.print_freq,
-                                    on_step=lambda it, loss: self.on_step(epoch, it, loss),
-                                    total_epochs=total, seed=cfg.run.seed)
+            stats = self.loop.run_epoch(loader, epoch, self.start_iter,
+                                        on_step=lambda it, loss: self.on_step(epoch, it, loss))
         except NonFiniteLossError as e:
             raise DivergedError(f"{e}; {self.run.last_good()}") from None
         self.ensure_finite(f"after epoch {epoch + 1}")
         self.start_iter = 0
-        entry = {"epoch": epoch + 1,
-                 **{k: stats[k] for k in ("train_loss", "images_per_s", "train_seconds", "skipped_images")},
-                 "lr_backbone": stats["lr"][0], "lr_head": stats["lr"][1], "loss": cfg.training.loss, "amp": p.runtime.amp,
+        entry = {"epoch": epoch + 1, "train_loss": stats.train_loss, "images_per_s": stats.images_per_s,
+                 "train_seconds": stats.train_seconds, "skipped_images": stats.skipped_images,
+                 "lr_backbone": stats.lr[0], "lr_head": stats.lr[1], "loss": cfg.training.loss, "amp": p.runtime.amp,
                  "channels_last": p.runtime.channels_last, "threads": p.governor.choice.threads}
         changes = p.governor.take_changes()
         if changes:
@@ -445,13 +444,13 @@ class Trainer:
         """``net``'s scores and report on ``dataset`` (``what``: validation or test); non-finite scores stop
         the run."""
         d = self.cfg.data
-        scores, targets, paths, indices = predict(net, dataset, self.p.eval_runtime, batch_size=d.batch_size,
-                                                  num_workers=d.num_workers, desc=f"{what} {source}",
-                                                  return_indices=True)
+        got = predict(net, dataset, self.p.eval_runtime, batch_size=d.batch_size, num_workers=d.num_workers,
+                      desc=f"{what} {source}")
+        scores, targets, paths = got.scores, got.targets, got.paths
         if not np.isfinite(scores).all():
             raise DivergedError(f"the model diverged: its {source} scores on the {what} set are NaN or infinite "
                                 f"after epoch {epoch}; stopped; {self.run.last_good()}")
-        return Scored(net, dataset, evaluate(scores, targets, paths=paths), scores, targets, paths, indices)
+        return Scored(net, dataset, evaluate(scores, targets, paths=paths), scores, targets, paths, got.indices)
 
     def evaluate(self, epoch: int) -> dict:
         """Score the model (and its EMA) on the set that chooses (validation, else test); whenever one beats the

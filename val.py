@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-import utils.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
 import argparse
 import os
@@ -14,17 +14,17 @@ import os
 import numpy as np
 
 from engine import predict, thumbnails_by_row
-from pipeline.dataset import MultiLabelDataset, read_json
+from pipeline.data.dataset import MultiLabelDataset, read_json
 from pipeline.errors import ConfigError, DataError
-from utils import distributed as du
-from utils.cli import (dataset_files, dataset_kwargs, describe_model, new_parser, parse_args, run_main,
-                       with_label_count)
-from utils.config import Config
+from utils.configuration.cli import (dataset_files, dataset_kwargs, describe_model, new_parser, parse_args, run_main,
+                                     with_label_count)
+from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report, report_to_dict
-from utils.inference import open_session
 from utils.evaluation.html_report import report_targets, write_report
 from utils.evaluation.report import (global_sweep, load_scores_binary, save_scores, threshold_advice,
                                      write_voc_submission)
+from utils.process import distributed as du
+from utils.process.inference import open_session
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -77,8 +77,8 @@ def validate(args) -> dict:
         if session.warning:
             print(session.warning)
         print(f"{session.header}; {len(dataset)} images from {test_json}")
-    scores, targets, paths, indices = predict(model, dataset, runtime, batch_size=cfg.data.batch_size,
-                                              num_workers=cfg.data.num_workers, return_indices=True)
+    got = predict(model, dataset, runtime, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    scores, targets, paths, indices = got.scores, got.targets, got.paths, got.indices
     result = {"scores": scores, "paths": paths}
     if du.is_main():
         names = session.class_names

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torchvision.transforms as T  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from pipeline.dataset import ImageTransform, MultiLabelDataset  # noqa: E402
-from pipeline.runtime import cpu_has_native_bf16, to_model_input  # noqa: E402
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.runtime import cpu_has_native_bf16, to_model_input
 
 
 def make_images(folder: str, n: int, size) -> list:

@@ -17,18 +17,15 @@ import io
 import json
 import os
 import shlex
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
-
-import main as train_main  # noqa: E402
-from pipeline.runtime import cpu_has_native_bf16  # noqa: E402
+import main as train_main
+from pipeline.models.runtime import cpu_has_native_bf16
 
 LOSS_VARIANTS = ["bce=--loss bce", "focal=--loss focal", "asl=--loss asl"]
 

@@ -11,20 +11,17 @@ checked), then both run the same inputs; best of --runs timed loops after a warm
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.export import export, sample_inputs  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
+from pipeline.models.model import MultiLabelNet
+from pipeline.weights.export import export, sample_inputs
 
 
 def best_rate(fn, batch: int, runs: int, reps: int) -> float:
@@ -53,7 +50,7 @@ def main() -> None:
     for spec in a.configs.split(","):
         name, size = spec.split(":")
         torch.manual_seed(0)
-        model = CSRANet(name, 80, num_heads=1, img_size=int(size), pretrained="none").eval()
+        model = MultiLabelNet(name, 80, num_heads=1, img_size=int(size), pretrained="none").eval()
         path = os.path.join(tempfile.mkdtemp(), "m.onnx")
         export(model, [f"c{i}" for i in range(80)], "onnx", path)
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

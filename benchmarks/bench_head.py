@@ -25,16 +25,14 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pipeline.csra import MultiHeadCSRA  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
+from pipeline.models.csra import MultiHeadCSRA
+from pipeline.models.model import MultiLabelNet
 
 
 def sync(device: str) -> None:
@@ -86,9 +84,9 @@ def inference_table(a) -> None:
     rounds = a.rounds or (30 if cuda else 7)
     torch.manual_seed(0)
     x = torch.rand(batch, 3, a.img_size, a.img_size, device=a.device)
-    models = {"GAP": CSRANet(a.model, a.num_cls, head="gap", img_size=a.img_size, pretrained="none")}
+    models = {"GAP": MultiLabelNet(a.model, a.num_cls, head="gap", img_size=a.img_size, pretrained="none")}
     for h in (1, 4, 8):
-        models[f"CSRA H={h}"] = CSRANet(a.model, a.num_cls, num_heads=h, lam=0.1, img_size=a.img_size,
+        models[f"CSRA H={h}"] = MultiLabelNet(a.model, a.num_cls, num_heads=h, lam=0.1, img_size=a.img_size,
                                         pretrained="none")
     for k in models:
         models[k] = models[k].to(a.device).eval()
@@ -179,12 +177,12 @@ def fixed_mmap_threshold() -> None:
 
 def step_functions(model_name: str, size: int, batch: int, c: int, device: str):
     """(runtime, {'backbone', 'head', 'reference': a training step's part}) for ``c`` classes."""
-    from pipeline.losses import make_criterion
-    from pipeline.runtime import resolve_runtime
+    from pipeline.models.runtime import resolve_runtime
+    from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device(device), model_name, "auto", True, "unit")
     criterion = make_criterion("bce", None, None, None, partial_labels=True)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    net = CSRANet(model_name, c, img_size=size, pretrained="none").train()
+    net = MultiLabelNet(model_name, c, img_size=size, pretrained="none").train()
     net.head_product_follows_autocast(True)
     model = runtime.prepare_model(net, train=True)
     with torch.no_grad(), runtime.autocast():

@@ -10,17 +10,14 @@ Full runtime on a 2-core CPU: about 40 seconds (the Python loop and the previous
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.runtime import cpu_has_native_bf16  # noqa: E402
-from utils.evaluation.metrics import evaluate, masks, precision_recall  # noqa: E402
+from pipeline.models.runtime import cpu_has_native_bf16
+from utils.evaluation.metrics import evaluate, masks, precision_recall
 
 
 def loop_map(scores: np.ndarray, targets: np.ndarray) -> float:

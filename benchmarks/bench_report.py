@@ -14,16 +14,12 @@ exist, so no thumbnails are drawn (with a model, they take one forward pass over
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-from benchmarks.bench_metrics import coco_like, coco_size_args  # noqa: E402
-from utils.evaluation.report import save_scores  # noqa: E402
-from val import get_args, report_from_scores  # noqa: E402
+from benchmarks.bench_metrics import coco_like, coco_size_args
+from utils.evaluation.report import save_scores
+from val import get_args, report_from_scores
 
 
 def main() -> None:

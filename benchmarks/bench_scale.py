@@ -4,7 +4,7 @@
     python benchmarks/bench_scale.py [--quick] [--json FILE]
 
 Loading: synthetic sparse files (about 10 known labels an image: 3 positives, 7 negatives, 9,605 classes,
-unlisted = unknown) of 10^4, 10^5 and 10^6 records, each read by ``pipeline.dataset.load_table`` in a fresh
+unlisted = unknown) of 10^4, 10^5 and 10^6 records, each read by ``pipeline.data.dataset.load_table`` in a fresh
 process: seconds, what loading adds to the process's peak memory (its ru_maxrss before and after), and the
 cost per record; the dense JSON format beside them where it fits (10^4 records). Evaluation: synthetic
 float32 scores and such labels at 10^4..125,436 images x 80..9,605 classes, ``utils.evaluation.evaluate``
@@ -28,20 +28,17 @@ import tempfile
 import time
 import tracemalloc
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from pipeline.labels import TableRows, read_sparse, write_sparse  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
+from pipeline.data.labels import TableRows, read_sparse, write_sparse
+from utils.configuration.entry import ScriptParser
+from utils.evaluation import evaluate
 
 CLASSES = 9605
 OPENIMAGES = (125_436, 9_605)
 LOADER = """
-import resource, sys, time
-sys.path.insert(0, {root!r})
-from pipeline.dataset import load_table
+import resource, time
+from pipeline.data.dataset import load_table
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 table = load_table({path!r})
@@ -79,8 +76,8 @@ def write_files(folder: str, n: int, classes: int, dense: bool):
 def time_load(path: str) -> tuple:
     """(seconds, MB added to the peak, records) of loading ``path`` in a fresh process."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", LOADER.format(root=root, path=path)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", LOADER.format(path=os.path.abspath(path))], capture_output=True,
+                         text=True, check=True, cwd=root).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])
 
 
@@ -157,9 +154,9 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     """A training step's backbone (forward + backward) beside the CSRA head's (forward, loss, backward) as
     the class count grows, in the precision --amp auto picks, on features of the real size."""
     import torch
-    from pipeline.losses import make_criterion
-    from pipeline.model import CSRANet
-    from pipeline.runtime import resolve_runtime
+    from pipeline.models.model import MultiLabelNet
+    from pipeline.models.runtime import resolve_runtime
+    from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device("cpu"), model_name, "auto", True, "unit")
     criterion = make_criterion("bce", None, None, None, partial_labels=True)
 
@@ -174,7 +171,8 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     print(f"{'classes':>9s}{'backbone ms':>13s}{'CSRA head ms':>14s}{'head share':>12s}")
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     for c in class_counts:
-        model = runtime.prepare_model(CSRANet(model_name, c, img_size=size, pretrained="none").train(), train=True)
+        net = MultiLabelNet(model_name, c, img_size=size, pretrained="none")
+        model = runtime.prepare_model(net.train(), train=True)
         with torch.no_grad(), runtime.autocast():
             feats = model.forward_features(x).float()
         targets = torch.randint(-1, 2, (batch, c)).float()  # a third unknown, as partial labels

@@ -25,18 +25,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
+import torch.nn as nn
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from engine import train_step  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
-from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime  # noqa: E402
+from engine import train_step
+from pipeline.models.model import MultiLabelNet
+from pipeline.models.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 
 Batches = List[Tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,7 +52,7 @@ def sync(device: torch.device) -> None:
 
 def new_model(name: str, size: int, classes: int, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return CSRANet(name, classes, num_heads=1, lam=0.1, img_size=size, pretrained="none").to(device).train()
+    return MultiLabelNet(name, classes, num_heads=1, lam=0.1, img_size=size, pretrained="none").to(device).train()
 
 
 def rate(step: Callable[[torch.Tensor, torch.Tensor], None], batches: Batches, warmup: int,
@@ -150,12 +148,12 @@ class Policy:
 
 def contended_table(configs: str, seconds: float, device: torch.device, busy: int) -> None:
     """Each thread policy timed quietly, then while ``busy`` busy-loop processes share the cores, in one
-    run: the default (utils.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
+    run: the default (utils.process.threads: the CPUs allowed less the others' load, re-fitted every few seconds),
     one thread, and every allowed CPU (the thread count before the default was fitted to the load). The
     quiet spells of the three alternate (ROUNDS rounds, the best of each kept), so machine noise does not
     favour one; then each meets the load, which arrives while it runs."""
     import subprocess
-    from utils.threads import CHECK_SECONDS, ThreadGovernor, cpu_budget
+    from utils.process.threads import CHECK_SECONDS, ThreadGovernor, cpu_budget
     budget, why = cpu_budget()
     kind = "native bf16 (AVX512-BF16/AMX)" if cpu_has_native_bf16() else "AVX2, no native bf16"
     print(f"CPU: {kind}; {why}; {busy} busy processes in the contended column (a fair share is "

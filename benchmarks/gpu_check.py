@@ -21,20 +21,17 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.entry import ScriptParser  # noqa: E402
+from utils.configuration.entry import ScriptParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
 LOADER = r"""
-import os, sys, tempfile, time
+import os, tempfile, time
 import numpy as np, torch
 from PIL import Image
-sys.path.insert(0, os.getcwd())
 from engine import SeededShardSampler, make_loader
-from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
 tmp = tempfile.mkdtemp()
 rng = np.random.default_rng(0)
 recs = []
@@ -56,14 +53,14 @@ for workers in (8, 16):
 """
 
 EVAL = r"""
-import os, sys, time, torch
-sys.path.insert(0, os.getcwd())
-from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime
+import time, torch
+from pipeline.models.model import MultiLabelNet
+from pipeline.models.runtime import resolve_runtime
 dev = torch.device("cuda")
 for amp in ("off", "bf16"):
     rt = resolve_runtime(dev, "resnet101", amp, True, "unit")
-    model = rt.prepare_model(CSRANet("resnet101", 80, num_heads=4, lam=0.5, img_size=448, pretrained="none").eval())
+    net = MultiLabelNet("resnet101", 80, num_heads=4, lam=0.5, img_size=448, pretrained="none")
+    model = rt.prepare_model(net.eval())
     x = torch.randint(0, 256, (64, 3, 448, 448), dtype=torch.uint8)
     with torch.no_grad():
         for i in range(8):

@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.entry import ScriptParser, run_main  # noqa: E402
-from utils.fileio import write_json_atomic  # noqa: E402
-from utils.prepare.prepare_demo import ensure_demo_files  # noqa: E402
+from pipeline.data.classes import DEMO_CLASSES
+from utils.configuration.entry import ScriptParser, run_main
+from utils.output.fileio import write_json_atomic
+from utils.prepare.prepare_demo import ensure_demo_files
 
 
 def class_rules(num_cls: int, seed: int = 0):

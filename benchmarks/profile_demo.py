@@ -14,25 +14,22 @@ the test set; the checkpoint writes of one epoch.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from engine import SeededShardSampler, make_loader, predict, train_step  # noqa: E402
-from pipeline.dataset import ImageTransform, MultiLabelDataset  # noqa: E402
-from pipeline.model import CSRANet  # noqa: E402
-from pipeline.runtime import Runtime, resolve_runtime  # noqa: E402
-from utils.fileio import save_torch_atomic  # noqa: E402
-from utils.prepare.prepare_demo import generate_demo  # noqa: E402
-from utils.train_state import save_train_state  # noqa: E402
+from engine import SeededShardSampler, make_loader, predict, train_step
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.model import MultiLabelNet
+from pipeline.models.runtime import Runtime, resolve_runtime
+from utils.output.fileio import save_torch_atomic
+from utils.prepare.prepare_demo import generate_demo
+from utils.runs.train_state import save_train_state
 
 CPU = torch.device("cpu")
 
@@ -52,7 +49,7 @@ def loader_epoch(ds, workers: int, batch: int = 32) -> float:
 
 def step_rate(runtime: Runtime, batches) -> float:
     torch.manual_seed(0)
-    model = runtime.prepare_model(CSRANet("small_cnn", 6, img_size=64, pretrained="none")).train()
+    model = runtime.prepare_model(MultiLabelNet("small_cnn", 6, img_size=64, pretrained="none")).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     crit = torch.nn.BCEWithLogitsLoss()
     for images, targets in batches[:3]:
@@ -82,7 +79,7 @@ def main() -> None:
     auto = resolve_runtime(CPU, "small_cnn", "auto")
     r_fp32, r_auto = step_rate(fp32, batches), step_rate(auto, batches)
     test = MultiLabelDataset(files["test"], ImageTransform(64, train=False), cache_images=True)
-    model = auto.prepare_model(CSRANet("small_cnn", 6, img_size=64, pretrained="none"))
+    model = auto.prepare_model(MultiLabelNet("small_cnn", 6, img_size=64, pretrained="none"))
     t_eval, _ = timed(lambda: predict(model, test, auto, batch_size=32, num_workers=0))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ckpt = os.path.join(out, "ckpt")

@@ -14,10 +14,10 @@ from PIL import Image
 
 import main as train_main
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.backbones import BACKBONES, get_backbone, identify
 from pipeline.errors import ConfigError, PretrainedWeightsError
-from pipeline.model import CSRANet
-from pipeline.pretrained import create_model
+from pipeline.models.backbones import BACKBONES, get_backbone, identify
+from pipeline.models.model import CSRANet
+from pipeline.weights.pretrained import create_model
 
 STRIDE = {"vit": 16, "cnn": 8}
 
@@ -57,7 +57,7 @@ def test_unknown_models_name_close_matches(monkeypatch):
     with pytest.raises(ConfigError, match=r"timm has no model 'resnet181'.*timm/resnet18"):
         get_backbone("timm/resnet181")
     monkeypatch.setitem(__import__("sys").modules, "timm", None)  # as if timm were not installed
-    from pipeline import timm_backbones
+    from pipeline.models import timm_backbones
     timm_backbones.timm_backbone.cache_clear()
     with pytest.raises(ConfigError, match="pip install timm") as e:
         get_backbone("timm/resnet34")

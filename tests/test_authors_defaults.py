@@ -14,12 +14,12 @@ from PIL import Image
 import main as train_main
 import val as val_script
 from helpers import image_kinds, run_py, tiny_demo, train_argv
-from pipeline.checkpoint import load_model_weights
-from pipeline.dataset import MultiLabelDataset, ImageTransform
+from pipeline.data.dataset import MultiLabelDataset, ImageTransform
 from pipeline.errors import CheckpointError, ConfigError, DataError
 from pipeline.images import read_rgb
-from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import resolve_runtime
+from pipeline.weights.checkpoint import load_model_weights
 from utils.prepare.prepare_wider import prepare as prepare_wider
 
 
@@ -104,7 +104,7 @@ def test_export_metadata_carries_the_records_normalisation(run, tmp_path):
     out = tmp_path / "m.pt"
     r = run_py("export.py", "--load_from", folder / "best.pth", "--format", "torchscript", "--out", out)
     assert r.returncode == 0, r.stderr
-    from pipeline.export import read_metadata
+    from pipeline.weights.export import read_metadata
     meta = read_metadata(str(out), "torchscript")
     assert meta["normalize"] == "half" and json.loads(meta["mean"]) == [0.5] * 3 and json.loads(meta["std"]) == [0.5] * 3
     assert json.loads(meta["classes"]) == ["circle", "square", "triangle", "cross", "ring", "bar"]

@@ -5,15 +5,15 @@ import pytest
 import torch
 import torchvision
 
-from pipeline import backbones
-from pipeline.backbones import IMAGENET, Backbone, identify
-from pipeline.checkpoint import load_model_weights
-from pipeline.csra import check_temperatures
 from pipeline.errors import CheckpointError, ConfigError
-from pipeline.model import CSRANet
-from pipeline.runtime import legacy_normalize
-from utils.cli import new_parser, parse_args
-from utils.options import add_options
+from pipeline.models import backbones
+from pipeline.models.backbones import IMAGENET, Backbone, identify
+from pipeline.models.csra import check_temperatures
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import legacy_normalize
+from pipeline.weights.checkpoint import load_model_weights
+from utils.configuration.cli import new_parser, parse_args
+from utils.configuration.options import add_options
 
 
 @pytest.fixture

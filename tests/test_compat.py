@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 
 from helpers import run_py
-from pipeline.checkpoint import load_model_weights, rename_vit
-from pipeline.dataset import ImageTransform, MultiLabelDataset
-from pipeline.model import CSRANet
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.model import CSRANet
+from pipeline.weights.checkpoint import load_model_weights, rename_vit
 from tools.convert_checkpoint import convert
 from utils.evaluation.metrics import evaluate
 

@@ -1,5 +1,6 @@
-"""The typed configuration (utils/config.py): sections made from the option table's groups, frozen, and
-the run record written from it."""
+"""The typed configuration (utils/configuration/config.py): sections written out with the option table's groups,
+frozen, and the run record written from it."""
+import ast
 import dataclasses
 import json
 from typing import Optional, Tuple
@@ -7,9 +8,11 @@ from typing import Optional, Tuple
 import pytest
 
 from helpers import run_py, tiny_demo, train_argv
-from utils.config import Config, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainingConfig
-from utils.options import OPTIONS
-from utils.train_options import get_args
+from utils.configuration import config
+from utils.configuration.config import (Config, DataConfig, ModelConfig, RunConfig, RuntimeConfig, TrainingConfig,
+                                         field_type)
+from utils.configuration.options import OPTIONS
+from utils.configuration.train_options import get_args
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "runtime": RuntimeConfig, "training": TrainingConfig,
             "the run": RunConfig}
@@ -24,6 +27,24 @@ def test_each_section_holds_exactly_the_options_of_its_help_group():
     assert types["num_cls"] == Optional[int] and types["ema"] == Optional[float] and types["amp"] is str
     assert types["train_aug"] == Optional[Tuple[str, ...]] and types["no_decay_norm_bias"] is bool
 
+
+
+def test_each_section_is_written_out_with_the_table_types_in_the_table_order():
+    """Declared, not made at import: an editor and a type checker see cfg.model.lam; the fields are the help
+    group's options in the table's order (the record's order) with the types the table gives."""
+    source = open(config.__file__, encoding="utf-8").read()
+    classes = {n.name: n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)}
+    assert "make_dataclass" not in source
+    for group, cls in SECTIONS.items():
+        rows = {}
+        for o in OPTIONS:
+            if o.group == group:
+                rows.setdefault(o.dest, o)  # a negating flag shares its option's field
+        declared = [n.target.id for n in classes[cls.__name__].body if isinstance(n, ast.AnnAssign)]
+        assert declared == [f.name for f in dataclasses.fields(cls)] == list(rows), group
+        assert {f.name: f.type for f in dataclasses.fields(cls)} == {d: field_type(o) for d, o in rows.items()}
+        assert cls.__dataclass_params__.frozen, group
+    assert ModelConfig.__annotations__["lam"] == Optional[float]
 
 def test_a_config_is_frozen_and_the_data_make_a_new_one():
     args = get_args(["--dataset", "demo", "--train_json", "t.json", "--test_json", "v.json", "--lr", "0.02"])

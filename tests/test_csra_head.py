@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.csra import CSRAHead, GAPHead, MultiHeadCSRA, canonical_temperature, temperatures_for
+from pipeline.models.csra import CSRAHead, GAPHead, MultiHeadCSRA, canonical_temperature, temperatures_for
 
 SPEC_TEMPS = {1: [1], 2: [1, math.inf], 4: [1, 2, 4, math.inf], 6: [1, 2, 3, 4, 5, math.inf],
               8: [1, 2, 3, 4, 5, 6, 7, math.inf]}

@@ -11,9 +11,9 @@ import torch
 from conftest import ROOT
 from engine import train_step
 from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv
-from pipeline.losses import make_criterion
-from pipeline.model import CSRANet
-from pipeline.runtime import resolve_runtime
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import resolve_runtime
+from pipeline.training.losses import make_criterion
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=(
     "needs a CUDA GPU (torch sees none here); benchmarks/gpu_check.py runs these on a GPU machine"))

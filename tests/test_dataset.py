@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records
-from pipeline.runtime import normalization, to_model_input
+from pipeline.data.dataset import DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records
+from pipeline.models.runtime import normalization, to_model_input
 
 
 def write(path, obj):

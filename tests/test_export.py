@@ -18,9 +18,9 @@ import torch
 import main as train_main
 from conftest import ROOT
 from helpers import image_kinds, run_py, tiny_demo, train_argv
-from pipeline import export as ex
 from pipeline.errors import ConfigError
-from pipeline.model import CSRANet
+from pipeline.models.model import CSRANet
+from pipeline.weights import export as ex
 
 ort = pytest.importorskip("onnxruntime")
 NAMES = [f"c{i}" for i in range(5)]
@@ -143,7 +143,7 @@ def test_predictor_options_are_the_option_tables_rows():
     """The options predict_onnx.py shares with demo.py are declared as the table's rows declare them
     (it cannot import the table), and refuse the same values with the same line."""
     import predict_onnx
-    from utils.options import BY_NAME, CHECKS
+    from utils.configuration.options import BY_NAME, CHECKS
     shared = sorted(n for n in predict_onnx.OPTIONS if n in BY_NAME)
     assert shared == ["batch_size", "img_dir", "output", "threshold", "thresholds", "topk"]
     assert all("D" in BY_NAME[n].scripts for n in shared)

@@ -15,7 +15,7 @@ import main as train_main
 from conftest import ROOT
 from faults import broken_dir
 from helpers import run_py, tiny_demo, train_argv, write_nuswide, write_openimages
-from utils.run_lock import LOCK_FILE
+from utils.runs.run_lock import LOCK_FILE
 
 
 def one_line_error(r, *needles, code=1):
@@ -127,7 +127,7 @@ def test_resume_where_auto_picks_another_precision_says_so_and_may_keep_it(tmp_p
     """A run with --amp auto resumed on another kind of machine: simulated by recording the other choice
     in its state. A note names both precisions; --amp with the old one is taken (a run with a typed
     precision still refuses another)."""
-    from pipeline.runtime import resolve_runtime
+    from pipeline.models.runtime import resolve_runtime
     files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
     train_main.main(train_argv(files, tmp_path / "a", "--total_epoch", "1"))
     here = resolve_runtime(torch.device("cpu"), "small_cnn", "auto").amp
@@ -180,7 +180,7 @@ def test_starting_weight_files_with_non_finite_tensors_are_refused_naming_the_te
     import torchvision
     from safetensors.torch import save_file
 
-    from pipeline.backbones import get_backbone
+    from pipeline.models.backbones import get_backbone
     root, files = trained
     small = get_backbone("small_cnn").create(32).state_dict()
     key = next(k for k, v in small.items() if v.is_floating_point() and v.dim() > 1)
@@ -211,7 +211,7 @@ def test_starting_weight_files_with_non_finite_tensors_are_refused_naming_the_te
 def test_export_failure_names_the_output_not_a_temporary(trained, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
     root, _ = trained
-    import pipeline.export as ex
+    import pipeline.weights.export as ex
     real = ex.run_exported
     monkeypatch.setattr(ex, "run_exported", lambda *a: [o + 1.0 for o in real(*a)])  # a broken exporter
     r = run_py("export.py", "--load_from", root / "run" / "best.pth", "--format", "onnx", "--out", tmp_path / "m.onnx")

@@ -9,10 +9,10 @@ import torch
 import main as train_main
 import trainer
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.classes import COCO_CLASSES, VOC_CLASSES
-from pipeline.finetune import match_classes, normalise, shipped_pairs
-from pipeline.model import CSRANet
-from utils.config import Config
+from pipeline.data.classes import COCO_CLASSES, VOC_CLASSES
+from pipeline.models.model import CSRANet
+from pipeline.weights.finetune import match_classes, normalise, shipped_pairs
+from utils.configuration.config import Config
 
 
 def built(argv):

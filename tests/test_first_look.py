@@ -19,9 +19,9 @@ import main as train_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
 from trainer import HEADER_WIDTH
-from utils import progress
 from utils.evaluation.html_report import write_report
 from utils.evaluation.metrics import evaluate
+from utils.output import progress
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import pipeline.csra as csra
-from pipeline.csra import MultiHeadCSRA, csra_pool
-from pipeline.model import CSRANet
+import pipeline.models.csra as csra
+from pipeline.models.csra import MultiHeadCSRA, csra_pool
+from pipeline.models.model import CSRANet
 from test_csra_head import SPEC_TEMPS, head_weights, reference_logits
 
 
@@ -154,7 +154,7 @@ def test_a_training_step_in_float32_is_the_same_either_way():
 
 
 def test_cudas_float32_policy_is_stated_set_and_recorded():
-    from pipeline.runtime import Runtime, set_tf32_policy
+    from pipeline.models.runtime import Runtime, set_tf32_policy
     rt = Runtime(torch.device("cuda"), "off", True, (0.0,) * 3, (1.0,) * 3)
     assert "float32 matmuls without TF32, convolutions with" in rt.describe()
     assert rt.as_dict()["tf32"] == {"matmul": False, "convolution": True}

@@ -11,9 +11,9 @@ import torch.nn as nn
 import main as train_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
-from pipeline import heads
-from pipeline.csra import INF, HeadMaps, attention_maps
-from pipeline.heads import HeadKind
+from pipeline.models import heads
+from pipeline.models.csra import INF, HeadMaps, attention_maps
+from pipeline.models.heads import HeadKind
 
 
 class MaxPoolHead(nn.Module):
@@ -59,7 +59,7 @@ def test_a_third_head_kind_from_one_table_entry(tmp_path, max_head):
     r = run_py("export.py", "--load_from", os.path.join(out["folder"], "best.pth"), "--format", "onnx", "--out",
                tmp_path / "max.onnx", "--with_maps")
     assert r.returncode == 0, r.stderr
-    from pipeline.export import read_metadata
+    from pipeline.weights.export import read_metadata
     assert read_metadata(str(tmp_path / "max.onnx"), "onnx")["head"] == "max"
     from tools.convert_checkpoint import convert
     zoo = convert(os.path.join(out["folder"], "best.pth"), "zoo")
@@ -69,6 +69,18 @@ def test_a_third_head_kind_from_one_table_entry(tmp_path, max_head):
 def test_head_kinds_are_compared_by_name_in_the_table_only():
     files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
     pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["'](csra|gap)["']|["'](csra|gap)["']\s*(==|!=)""")
-    offenders = [f"{f}:{n}" for f in files if not f.startswith(("tests/", "pipeline/heads.py"))
+    offenders = [f"{f}:{n}" for f in files if not f.startswith(("tests/", "pipeline/models/heads.py"))
                  for n, line in enumerate(open(os.path.join(ROOT, f), encoding="utf-8"), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_every_head_is_a_head_and_the_model_keeps_the_name_users_import():
+    from pipeline.models.csra import GAPHead, MultiHeadCSRA
+    from pipeline.models.heads import Head
+    from pipeline.models.model import CSRANet, MultiLabelNet
+    for head in (GAPHead(8, 3), MultiHeadCSRA(4, 0.1, 8, 3), MaxPoolHead(8, 3)):
+        assert isinstance(head, Head), type(head).__name__
+        out = head.forward_with_maps(torch.randn(2, 8, 5, 5))
+        assert out.logits.shape == (2, 3) and len(out.score_maps) == len(head.temperatures)
+    assert not isinstance(nn.Linear(8, 3), Head)
+    assert CSRANet is MultiLabelNet and isinstance(CSRANet("small_cnn", 3, img_size=32, pretrained="none").head, Head)

@@ -10,9 +10,9 @@ import main as train_main
 from engine import train_step
 from helpers import run_py, tiny_demo, train_argv
 from pipeline.errors import ConfigError
-from pipeline.losses import make_criterion
-from pipeline.model import CSRANet
-from pipeline.runtime import Runtime
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime
+from pipeline.training.losses import make_criterion
 
 
 def sigmoid(x):

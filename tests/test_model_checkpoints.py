@@ -7,10 +7,10 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.checkpoint import load_model_weights
 from pipeline.errors import CheckpointError, PretrainedWeightsError
-from pipeline.model import CSRANet
-from utils.train_state import FORMAT as TRAIN_STATE_FORMAT
+from pipeline.models.model import CSRANet
+from pipeline.weights.checkpoint import load_model_weights
+from utils.runs.train_state import FORMAT as TRAIN_STATE_FORMAT
 
 
 def spelled_out_state_dict(num_heads=2, num_classes=5, depth=18, seed=0):

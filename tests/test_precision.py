@@ -9,11 +9,11 @@ import torch
 import main as train_main
 from engine import predict, score_batches, train_step
 from helpers import tiny_demo, train_argv
-from pipeline.csra import MultiHeadCSRA
-from pipeline.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
 from pipeline.errors import ConfigError
-from pipeline.model import CSRANet
-from pipeline.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
+from pipeline.models.csra import MultiHeadCSRA
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import Runtime, cpu_has_native_bf16, resolve_runtime
 from test_csra_head import SPEC_TEMPS, head_weights, reference_logits
 
 CPU = torch.device("cpu")
@@ -83,8 +83,8 @@ def test_evaluation_scores_close_to_float32(tmp_path, amp, tol):
     ds = MultiLabelDataset(files["test"], ImageTransform(32, train=False))
     torch.manual_seed(1)
     model = CSRANet("small_cnn", 6, img_size=32, pretrained="none").eval()
-    ref, _, _ = predict(model, ds, runtime("off"), batch_size=8, num_workers=0)
-    got, _, _ = predict(model, ds, runtime(amp, amp == "bf16"), batch_size=8, num_workers=0)
+    ref = predict(model, ds, runtime("off"), batch_size=8, num_workers=0).scores
+    got = predict(model, ds, runtime(amp, amp == "bf16"), batch_size=8, num_workers=0).scores
     assert np.abs(got - ref).max() < tol
     assert np.abs(got - ref).max() > 0  # it did run in lower precision
 

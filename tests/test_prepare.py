@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import SHARED_SAMPLES, needs_voc_samples
 from helpers import run_in_process
-from pipeline.classes import VOC_CLASSES, WIDER_ATTRIBUTES
+from pipeline.data.classes import VOC_CLASSES, WIDER_ATTRIBUTES
 
 VOC = {c: i for i, c in enumerate(VOC_CLASSES)}
 

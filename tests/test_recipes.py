@@ -10,9 +10,9 @@ import torch.nn as nn
 
 import main as train_main
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.dataset import ImageTransform, cut_out
-from pipeline.model import CSRANet
-from pipeline.optim import make_optimizer, make_schedule, onecycle_factor, param_groups
+from pipeline.data.dataset import ImageTransform, cut_out
+from pipeline.models.model import CSRANet
+from pipeline.training.optim import make_optimizer, make_schedule, onecycle_factor, param_groups
 
 RECIPE_KEYS = ("optimizer", "scheduler", "lr", "momentum", "w_d", "no_decay_norm_bias", "warmup_epoch",
                "onecycle_peak", "total_epoch", "ema", "loss", "gamma_pos", "gamma_neg", "asl_clip", "randaugment",
@@ -190,7 +190,7 @@ def test_randaugment_and_cutout_are_seeded_per_sample_and_leave_torchs_rng_alone
 
 def test_our_randaugment_is_torchvisions():
     from torchvision.transforms import RandAugment
-    from pipeline.dataset import make_randaugment
+    from pipeline.data.dataset import make_randaugment
     img = sample_image(40)
     ours, theirs = make_randaugment(), RandAugment()
     for seed in range(30):

@@ -40,9 +40,9 @@ import main as train_main
 import val as val_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv, wrap_training_loss
-from pipeline.checkpoint import safe_load
-from pipeline.dataset import DataError, ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import DataError, ImageTransform, MultiLabelDataset
 from pipeline.errors import CheckpointError
+from pipeline.weights.checkpoint import safe_load
 
 
 def one_line_exit(fn, *args):
@@ -133,10 +133,10 @@ def kill_points(monkeypatch, point):
     """Raise Killed at one moment around the end of epoch 1's saves: before its checkpoint, before or after its
     log.jsonl line, half-way through writing its training state (the temporary file left behind), after it."""
     import trainer
-    import utils.loggers
-    import utils.train_state
-    real_save, real_log, real_state = trainer.save_torch_atomic, utils.loggers.EpochLog.epoch, \
-        utils.train_state.save_torch_atomic
+    import utils.runs.loggers
+    import utils.runs.train_state
+    real_save, real_log, real_state = trainer.save_torch_atomic, utils.runs.loggers.EpochLog.epoch, \
+        utils.runs.train_state.save_torch_atomic
 
     def save(obj, path):
         if point == "before checkpoint" and path.endswith("epoch_1.pth"):
@@ -162,8 +162,8 @@ def kill_points(monkeypatch, point):
             return
         real_state(obj, path)
     monkeypatch.setattr(trainer, "save_torch_atomic", save)
-    monkeypatch.setattr(utils.loggers.EpochLog, "epoch", log)
-    monkeypatch.setattr(utils.train_state, "save_torch_atomic", state)
+    monkeypatch.setattr(utils.runs.loggers.EpochLog, "epoch", log)
+    monkeypatch.setattr(utils.runs.train_state, "save_torch_atomic", state)
 
 
 @pytest.mark.parametrize("point", ["before checkpoint", "before log line", "after log line", "writing state",
@@ -359,7 +359,7 @@ def test_real_full_disk_on_a_tiny_tmpfs(tmp_path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (mounting needs root); the test above simulates the full disk instead")
     try:
-        from utils.fileio import OutputError, save_torch_atomic
+        from utils.output.fileio import OutputError, save_torch_atomic
         save_torch_atomic({"w": torch.zeros(10)}, str(mnt / "small.pth"))
         with pytest.raises(OutputError, match="no space left on the disk"):
             save_torch_atomic({"w": torch.zeros(200_000)}, str(mnt / "big.pth"))

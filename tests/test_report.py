@@ -148,9 +148,9 @@ def test_thumbnails_follow_dataset_indices_when_records_share_a_path(tmp_path):
     from PIL import Image
 
     from engine import thumbnails_by_row
-    from pipeline.dataset import ImageTransform, MultiLabelDataset
-    from pipeline.model import CSRANet
-    from pipeline.runtime import Runtime
+    from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+    from pipeline.models.model import CSRANet
+    from pipeline.models.runtime import Runtime
 
     Image.new("RGB", (60, 60), "gray").save(tmp_path / "group.jpg")
     recs = [{"img_path": str(tmp_path / "group.jpg"), "target": [1], "bbox": [0, 0, 40, 10]},   # wide person

@@ -1,8 +1,8 @@
-"""The start-up ETA (utils.progress.RunClock) and its warning for a run of more than a few hours, on a fake
+"""The start-up ETA (utils.output.progress.RunClock) and its warning for a run of more than a few hours, on a fake
 clock."""
 import pytest
 
-from utils.progress import RunClock
+from utils.output.progress import RunClock
 
 
 class FakeClock:

@@ -11,9 +11,9 @@ import torch
 
 import main as train_main
 from helpers import run_py, tiny_demo, touch_images, train_argv, write_nuswide, write_openimages
-from pipeline.dataset import ImageTransform, MultiLabelDataset, load_table
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset, load_table
+from pipeline.data.labels import LabelTable, TableRows, read_sparse, write_sparse
 from pipeline.errors import DataError
-from pipeline.labels import LabelTable, TableRows, read_sparse, write_sparse
 from utils.evaluation.html_report import MANY_CLASSES, figure_classes
 from utils.evaluation.metrics import evaluate as evaluate_dense
 from utils.evaluation.sparse import evaluate_table

@@ -12,8 +12,8 @@ from PIL import Image
 import main as train_main
 from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv
 from pipeline.errors import ConfigError
-from pipeline.optim import cosine_factor, make_schedule, step_factor
-from pipeline.recipes import describe_options
+from pipeline.training.optim import cosine_factor, make_schedule, step_factor
+from pipeline.training.recipes import describe_options
 
 
 def cosine_by_hand(t, total, warm, floor):

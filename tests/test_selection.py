@@ -9,8 +9,8 @@ import torch
 import main as train_main
 import trainer
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.labels import EVAL_UNKNOWN, from_dense, read_sparse, write_sparse
-from pipeline.splits import stratified_split
+from pipeline.data.labels import EVAL_UNKNOWN, from_dense, read_sparse, write_sparse
+from pipeline.data.splits import stratified_split
 
 
 def random_labels(n=300, c=12, seed=3):
@@ -81,7 +81,7 @@ def test_classes_that_cannot_split_are_named():
 
 
 def test_a_partial_label_files_unknowns_stay_unknown_in_its_validation_split(tmp_path):
-    from pipeline.dataset import ImageTransform, MultiLabelDataset
+    from pipeline.data.dataset import ImageTransform, MultiLabelDataset
     records = [{"img_path": f"im{i}.jpg", "target": [1, -1, 0] if i % 2 else [0, 1, -1]} for i in range(10)]
     path = tmp_path / "train.json"
     path.write_text(json.dumps(records))

@@ -16,7 +16,7 @@ from conftest import ROOT
 from helpers import run_py, tiny_demo
 from utils.experiments.launch import slots
 from utils.experiments.stats import paired_difference, t_central_probability, t_quantile
-from utils.run_lock import RunLock
+from utils.runs.run_lock import RunLock
 
 SWEEP = os.path.join(ROOT, "tools", "sweep.py")
 

@@ -10,7 +10,7 @@ import torch
 
 from helpers import run_py, tiny_demo, train_argv
 from pipeline.errors import ConfigError
-from utils import threads as T
+from utils.process import threads as T
 
 
 def test_threads_for_a_budget_and_a_load():

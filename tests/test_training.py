@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main as train_main
-from pipeline.optim import step_factor as lr_factor
+from pipeline.training.optim import step_factor as lr_factor
 from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv, wrap_training_loss
 
 

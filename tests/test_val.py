@@ -9,9 +9,9 @@ import torch
 import torchvision
 
 from helpers import run_py, tiny_demo
-from pipeline.dataset import ImageTransform, MultiLabelDataset
-from pipeline.runtime import to_model_input
-from pipeline.model import CSRANet
+from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.models.model import CSRANet
+from pipeline.models.runtime import to_model_input
 from utils.evaluation import evaluate
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 import main as train_main
 from conftest import SHARED_SAMPLES, needs_voc_samples
 from helpers import run_py, tiny_demo, train_argv
-from pipeline.csra import MultiHeadCSRA
-from utils.visualize import CAPTION_HEIGHT, PANEL_HEIGHT, SCALE_WIDTH, class_map, overlay, upsample
+from pipeline.models.csra import MultiHeadCSRA
+from utils.output.visualize import CAPTION_HEIGHT, PANEL_HEIGHT, SCALE_WIDTH, class_map, overlay, upsample
 
 
 @pytest.fixture(scope="module")

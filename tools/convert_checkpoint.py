@@ -16,18 +16,15 @@ existing file without ``--force``.
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
-
-from pipeline.backbones import get_backbone  # noqa: E402
-from pipeline.checkpoint import checkpoint_contents, rename_vit, safe_load, to_authors_layout, to_zoo_layout  # noqa: E402
-from pipeline.errors import CheckpointError  # noqa: E402
-from utils.cli import run_main  # noqa: E402
-from utils.fileio import OutputError, save_torch_atomic  # noqa: E402
-from utils.run_record import find_record  # noqa: E402
+from pipeline.errors import CheckpointError
+from pipeline.models.backbones import get_backbone
+from pipeline.weights.checkpoint import checkpoint_contents, rename_vit, safe_load, to_authors_layout, to_zoo_layout
+from utils.configuration.cli import run_main
+from utils.output.fileio import OutputError, save_torch_atomic
+from utils.runs.run_record import find_record
 
 LAYOUTS = ("ours", "authors", "zoo")
 

@@ -5,20 +5,16 @@ the ImageNet weights come from (``--markdown``: as the README's table).
 """
 from __future__ import annotations
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.backbones import BACKBONES, TIMM_PREFIX, Backbone, get_backbone  # noqa: E402
-from pipeline.runtime import normalization_name  # noqa: E402
-from utils.entry import ScriptParser, run_main  # noqa: E402
+from pipeline.models.backbones import BACKBONES, TIMM_PREFIX, Backbone, get_backbone
+from pipeline.models.runtime import normalization_name
+from utils.configuration.entry import ScriptParser, run_main
 
 
 def row(spec: Backbone) -> list:
     normalize = "by dataset (the authors' rule)" if spec.authors else normalization_name(spec.normalization)
     if spec.provider == "timm":
-        from pipeline.timm_backbones import hub_id
+        from pipeline.models.timm_backbones import hub_id
         source = hub_id(spec)
     else:
         source = f"torchvision {spec.weights.__class__.__name__}.{spec.weights.name} ({spec.weights_file})" \

@@ -10,30 +10,27 @@ import io
 import json
 import math
 import os
-import sys
 import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils.configuration.entry import ScriptParser
 
-from utils.entry import ScriptParser  # noqa: E402
-
-import matplotlib  # noqa: E402
+import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from pipeline.dataset_table import DATASETS  # noqa: E402
-from pipeline.errors import CSRAError, DataError  # noqa: E402
-from pipeline.heads import HEAD_KINDS  # noqa: E402
-from pipeline.recipes import APPLIES_TO, RECIPES, SWITCHES, TRAINING_OPTIONS, show_option  # noqa: E402
-from utils.cli import plural, run_main  # noqa: E402
-from utils.fileio import save_figure_atomic  # noqa: E402
-from utils.options import RUN_DEFINING  # noqa: E402
-from utils.run_record import read_record  # noqa: E402
-from utils.train_options import get_args as main_options  # noqa: E402
+from pipeline.data.dataset_table import DATASETS
+from pipeline.errors import CSRAError, DataError
+from pipeline.models.heads import HEAD_KINDS
+from pipeline.training.recipes import APPLIES_TO, RECIPES, SWITCHES, TRAINING_OPTIONS, show_option
+from utils.configuration.cli import plural, run_main
+from utils.configuration.options import RUN_DEFINING
+from utils.configuration.train_options import get_args as main_options
+from utils.output.fileio import save_figure_atomic
+from utils.runs.run_record import read_record
 
 
 def read_log(run: str) -> List[Dict]:

@@ -13,24 +13,21 @@ resumes the unfinished ones, so a sweep killed at any moment ends with the table
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from pipeline.dataset_table import DATASETS  # noqa: E402
-from pipeline.errors import ConfigError  # noqa: E402
-from utils.cli import plural  # noqa: E402
-from utils.entry import ScriptParser, run_main  # noqa: E402
-from utils.experiments.launch import Cluster, Launch, launch_here, launch_on_cluster, outcome  # noqa: E402
-from utils.experiments.plan import (attempts, check_commands, check_plan, make_plan, open_sweep,  # noqa: E402
-                                    parse_grid, read_plan, run_folder)
-from utils.experiments.results import parse_baseline, write_results  # noqa: E402
-from utils.experiments.tracking import log_sweep_results, resolve_uri, sweep_parent  # noqa: E402
-from utils.prepare.prepare_demo import ensure_demo_files  # noqa: E402
+from pipeline.data.dataset_table import DATASETS
+from pipeline.errors import ConfigError
+from utils.configuration.cli import plural
+from utils.configuration.entry import ScriptParser, run_main
+from utils.experiments.launch import Cluster, Launch, launch_here, launch_on_cluster, outcome
+from utils.experiments.plan import (attempts, check_commands, check_plan, make_plan, open_sweep, parse_grid,
+                                    read_plan, run_folder)
+from utils.experiments.results import parse_baseline, write_results
+from utils.experiments.tracking import log_sweep_results, resolve_uri, sweep_parent
+from utils.prepare.prepare_demo import ensure_demo_files
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,32 +14,29 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP before torch loads it)
 
-import utils.openmp_env  # noqa: F401,E402  (first: it configures OpenMP before torch loads it)
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from engine import loader_images, make_loader, score_batches  # noqa: E402
-from pipeline.backbones import Backbone, get_backbone  # noqa: E402
-from pipeline.dataset import MultiLabelDataset  # noqa: E402
-from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.heads import get_head  # noqa: E402
-from pipeline.imagefolder import ImageFolderSet  # noqa: E402
-from pipeline.pretrained import classifier_outputs, create_model, imagenet_view  # noqa: E402
-from pipeline.runtime import Runtime, normalization_name, resolve_runtime  # noqa: E402
-from utils import distributed as du  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,  # noqa: E402
-                       with_label_count)
-from utils.config import Config  # noqa: E402
-from utils.inference import open_session  # noqa: E402
-from utils.evaluation import evaluate  # noqa: E402
-from utils.threads import ThreadGovernor  # noqa: E402
+from engine import loader_images, make_loader, score_batches
+from pipeline.data.dataset import MultiLabelDataset
+from pipeline.data.imagefolder import ImageFolderSet
+from pipeline.errors import ConfigError
+from pipeline.models.backbones import Backbone, get_backbone
+from pipeline.models.heads import get_head
+from pipeline.models.runtime import Runtime, normalization_name, resolve_runtime
+from pipeline.weights.pretrained import classifier_outputs, create_model, imagenet_view
+from utils.configuration.cli import (dataset_files, dataset_kwargs, new_parser, parse_args, run_main, typed_flags,
+                                     with_label_count)
+from utils.configuration.config import Config
+from utils.evaluation import evaluate
+from utils.output.progress import bar
+from utils.process import distributed as du
+from utils.process.inference import open_session
+from utils.process.threads import ThreadGovernor
 
 
 def paper_lam(spec: Backbone) -> float:

@@ -38,10 +38,6 @@ def pr_curve(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> ClassCurve
     return ClassCurve(tp[gained] / n_pos, tp[gained] / (tp[gained] + fp[gained]))
 
 
-def curve_area(curve: ClassCurve) -> float:
-    return float(np.sum(np.diff(np.concatenate([[0.0], curve.recall])) * curve.precision))
-
-
 def best_f1_threshold(scores: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Tuple[float, float]:
     """(threshold, F1): predicting ``score >= threshold`` for this class gives the best F1 over every
     distinct score (ties of F1 go to the higher threshold). (0.5, 0.0) when there is no positive."""

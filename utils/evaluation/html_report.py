@@ -14,14 +14,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from pipeline.data.labels import DENSE_LIMIT, TableRows
 from pipeline.errors import ConfigError, DataError
-from pipeline.labels import DENSE_LIMIT, TableRows
 from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
 from utils.evaluation.metrics import UNKNOWN, Report, masks
 from utils.evaluation.report import KEYS, class_name, thresholds_file
-from utils.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic
-from utils.visualize import fit_thumbnail, scale_colours
+from utils.output.fileio import atomic_write, make_folder, save_figure_atomic, save_image_atomic
+from utils.output.visualize import fit_thumbnail, scale_colours
 
 THUMB = 160
 # (image index, class index) -> thumbnail with that class's heatmap; called once with every request
@@ -174,7 +174,7 @@ def draw_threshold_sweep(path: str, a: ClassAnalysis) -> None:
 
 
 def colour_bar(width: int = 240, height: int = 14) -> Image.Image:
-    """The heatmaps' colour scale as utils.visualize.overlay draws it (each level's colour over white at
+    """The heatmaps' colour scale as utils.output.visualize.overlay draws it (each level's colour over white at
     the opacity the overlay gives it), labelled low to high."""
     from PIL import ImageDraw
 

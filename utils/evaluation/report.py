@@ -6,12 +6,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.classes import load_class_names
+from pipeline.data.classes import load_class_names
+from pipeline.data.labels import TableRows, header_classes_file, read_sparse, write_sparse
 from pipeline.errors import DataError
-from pipeline.labels import TableRows, header_classes_file, read_sparse, write_sparse
 from utils.evaluation.analysis import best_global_threshold, class_thresholds, threshold_sweep
 from utils.evaluation.metrics import UNKNOWN, Report
-from utils.fileio import atomic_write, make_folder, write_json_atomic
+from utils.output.fileio import atomic_write, make_folder, write_json_atomic
 
 KEYS = ["CP", "CR", "CF1", "OP", "OR", "OF1"]
 

@@ -1,4 +1,4 @@
-"""The paper's metrics from a label table (``pipeline.labels.LabelTable``) instead of a dense target
+"""The paper's metrics from a label table (``pipeline.data.labels.LabelTable``) instead of a dense target
 matrix, for OpenImages-size evaluation (125,436 images x 9,605 classes: 4.8 GB of float32 scores).
 
 The numbers are the dense evaluator's (``metrics.evaluate``) on the same labels, entry for entry: AP over
@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from pipeline.labels import LabelTable
+from pipeline.data.labels import LabelTable
 from utils.evaluation.metrics import (MetricsError, PR_CONVENTIONS, Report, pr_from_counts, refuse_non_finite_rows,
                                       top_k_indices)
 

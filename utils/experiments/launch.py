@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from pipeline.errors import ConfigError
 from utils.experiments.plan import Launch, final_entry
-from utils.fileio import make_folder
+from utils.output.fileio import make_folder
 
 MAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "main.py")
 SUBMITIT_INSTALL = "pip install submitit"

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from pipeline.errors import ConfigError, CSRAError
-from utils.fileio import make_folder, write_json_atomic
-from utils.options import BY_NAME, NEGATIONS
-from utils.run_folder import LOG_FILE
-from utils.run_lock import RunLock
-from utils.run_record import read_record
-from utils.train_state import STATE_FILE
+from utils.configuration.options import BY_NAME, NEGATIONS
+from utils.output.fileio import make_folder, write_json_atomic
+from utils.runs.run_folder import LOG_FILE
+from utils.runs.run_lock import RunLock
+from utils.runs.run_record import read_record
+from utils.runs.train_state import STATE_FILE
 
 FORMAT, VERSION = "csra-sweep", 1
 PLAN_FILE = "sweep.json"
@@ -246,7 +246,7 @@ def clear_attempt(folder: str) -> None:
 def check_commands(plan: Plan) -> bool:
     """Each cell's main.py command line, parsed as main.py parses it: a bad value is one line before anything
     starts, naming the run. Returns whether a run trains on the built-in demo data (made once, before them)."""
-    from utils.train_options import get_args
+    from utils.configuration.train_options import get_args
     checked, demo = set(), False
     for run in plan.runs:
         key = tuple(sorted(run.cell.items()))

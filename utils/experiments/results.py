@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 from pipeline.errors import ConfigError
 from utils.experiments.plan import Plan, PlannedRun, final_entry, run_folder
 from utils.experiments.stats import Paired, mean_sd, paired_difference
-from utils.fileio import atomic_write, save_figure_atomic
+from utils.output.fileio import atomic_write, save_figure_atomic
 
 METRICS = (("test_mAP", "test mAP"), ("val_mAP", "val mAP"), ("test_CF1", "CF1"), ("test_OF1", "OF1"))
 MAIN_METRIC = "test_mAP"

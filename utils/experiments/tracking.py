@@ -13,8 +13,8 @@ import time
 from typing import Dict, List, Optional
 
 from pipeline.errors import ConfigError
-from utils.fileio import write_json_atomic
-from utils.loggers import Sink
+from utils.output.fileio import write_json_atomic
+from utils.runs.loggers import Sink
 
 INSTALL = "pip install mlflow"
 LOCAL = "local"                 # --mlflow without a URI

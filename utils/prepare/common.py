@@ -5,8 +5,8 @@ import os
 from typing import List, Optional, Sequence
 
 from pipeline.errors import CSRAError
-from utils.entry import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
-from utils.fileio import atomic_write, write_json_atomic
+from utils.configuration.entry import run_main  # noqa: F401  (the prepare scripts' entry wrapper)
+from utils.output.fileio import atomic_write, write_json_atomic
 
 
 class PrepareError(CSRAError):
@@ -39,7 +39,7 @@ def add_force_flag(p) -> None:
 
 def dataset_parser(description: str, data_help: str, out_dir: Optional[str], out_help: Optional[str] = None):
     """The parser of a script that prepares a downloaded dataset: --data_path, --out_dir, --force."""
-    from utils.entry import ScriptParser
+    from utils.configuration.entry import ScriptParser
     p = ScriptParser(description=description)
     p.add_argument("--data_path", required=True, help=data_help)
     p.add_argument("--out_dir", default=out_dir, help=out_help)

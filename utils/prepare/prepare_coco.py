@@ -12,18 +12,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import sys
 from typing import Dict, List, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from pycocotools.coco import COCO
 
-from pycocotools.coco import COCO  # noqa: E402
-
-from pipeline.dataset import read_json  # noqa: E402
-from utils.fileio import make_folder  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.dataset import read_json
+from utils.output.fileio import make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 
 def load_coco(path: str) -> COCO:

@@ -15,16 +15,13 @@ from __future__ import annotations
 import csv
 import os
 import random
-import sys
 from typing import Dict, List, Optional
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from pipeline.classes import load_class_names  # noqa: E402
-from pipeline.dataset import read_json  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite,  # noqa: E402
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.classes import load_class_names
+from pipeline.data.dataset import read_json
+from utils.configuration.entry import ScriptParser
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 
 UNKNOWN_MARK = "?"   # "?cat": unknown whether the image shows a cat

@@ -11,17 +11,14 @@ from __future__ import annotations
 import colorsys
 import os
 import random
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from PIL import Image, ImageDraw
 
-from PIL import Image, ImageDraw  # noqa: E402
-
-from pipeline.classes import DEMO_CLASSES  # noqa: E402
-from utils.fileio import OutputError, describe_os_error, make_folder  # noqa: E402
-from utils.entry import ScriptParser  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, run_main,  # noqa: E402
+from pipeline.data.classes import DEMO_CLASSES
+from utils.configuration.entry import ScriptParser
+from utils.output.fileio import OutputError, describe_os_error, make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, add_force_flag, refuse_overwrite, run_main,
                                   write_class_names, write_split)
 
 

@@ -1,4 +1,4 @@
-"""Prepare NUS-WIDE's 81 concepts in the sparse format (``pipeline.labels``): data/nuswide/.
+"""Prepare NUS-WIDE's 81 concepts in the sparse format (``pipeline.data.labels``): data/nuswide/.
 
     python utils/prepare/prepare_nuswide.py --data_path Dataset/NUS-WIDE [--image_dir Dataset/NUS-WIDE/Flickr]
 
@@ -18,16 +18,13 @@ error. Writes train_nuswide.jsonl, test_nuswide.jsonl and classes.txt.
 from __future__ import annotations
 
 import os
-import sys
 from typing import Dict, List, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from utils.fileio import atomic_write, make_folder  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
-                                   require_dir, require_file, run_main, write_class_names)
-from pipeline.labels import write_sparse  # noqa: E402
+from pipeline.data.labels import write_sparse
+from utils.output.fileio import atomic_write, make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names)
 
 SPLITS = {"train": ("TrainImagelist.txt", "Train"), "test": ("TestImagelist.txt", "Test")}
 

@@ -1,4 +1,4 @@
-"""Prepare OpenImages V6 image-level labels in the sparse format (``pipeline.labels``): data/openimages/.
+"""Prepare OpenImages V6 image-level labels in the sparse format (``pipeline.data.labels``): data/openimages/.
 
     python utils/prepare/prepare_openimages.py --data_path Dataset/OpenImages [--out_dir data/openimages]
 
@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 from typing import Dict, Iterator, List, Set, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from utils.fileio import atomic_write, make_folder  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
-                                   require_dir, require_file, run_main, write_class_names)
-from pipeline.labels import write_sparse  # noqa: E402
+from pipeline.data.labels import write_sparse
+from utils.output.fileio import atomic_write, make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names)
 
 SPLITS = {"train": "oidv6-train-annotations-human-imagelabels.csv",
           "validation": "validation-annotations-human-imagelabels.csv",

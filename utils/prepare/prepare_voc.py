@@ -9,18 +9,14 @@ VOC2012: trainval, plus a test list without labels when ImageSets/Main/test.txt 
 from __future__ import annotations
 
 import os
-import sys
 import xml.etree.ElementTree as ET
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-
-from pipeline.classes import VOC_CLASSES  # noqa: E402
-from utils.fileio import make_folder  # noqa: E402
-from utils.progress import bar  # noqa: E402
-from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite,  # noqa: E402
-                                   require_dir, require_file, run_main, write_class_names, write_split)
+from pipeline.data.classes import VOC_CLASSES
+from utils.output.fileio import make_folder
+from utils.output.progress import bar
+from utils.prepare.common import (CLASS_FILE, PrepareError, dataset_parser, refuse_overwrite, require_dir, require_file,
+                                  run_main, write_class_names, write_split)
 
 CLASS_INDEX: Dict[str, int] = {c: i for i, c in enumerate(VOC_CLASSES)}
 

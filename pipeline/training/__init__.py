@@ -1,0 +1,1 @@
+"""What training is made of: the loss table, optimisers and LR schedules, the --recipe presets."""

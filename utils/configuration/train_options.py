@@ -1,0 +1,88 @@
+"""main.py's command line: its parser (from the option table, ``utils.configuration.options``), the checks that involve
+several options, and the flags typed as --resume compares them."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipeline.data.dataset_table import DATASETS
+from pipeline.errors import ConfigError
+from pipeline.training.losses import resolved_options
+from pipeline.training.optim import check_schedule
+from pipeline.training.recipes import APPLIES_TO
+from pipeline.weights.pretrained import check_source
+from utils.configuration.cli import new_parser, parse_args, typed_flags
+from utils.configuration.options import NEGATIONS
+from utils.experiments.tracking import resolve_uri
+
+
+def given_flags(argv) -> set:
+    """The options typed on the command line, a negating flag counted as the option it negates (for --resume)."""
+    return {NEGATIONS.get(f, f) for f in typed_flags(argv)}
+
+
+def _origin(args: argparse.Namespace, typed: set, key: str) -> str:
+    """' (--recipe paper's)': where an untyped value came from, for a message that names it."""
+    if key in typed:
+        return ""
+    if args.config:
+        return f" (from --config {args.config})"
+    by_dataset = key in DATASETS[args.dataset].recipe_overrides.get(args.recipe, {})
+    return f" (--recipe {args.recipe}'s" + (f" on --dataset {args.dataset})" if by_dataset else ")")
+
+
+def check_run_schedule(args: argparse.Namespace, typed: set) -> None:
+    """A new run's schedule, from its options alone: before the data are read (the steps per epoch come with
+    them; trainer.build checks the rest, through pipeline.training.optim.make_schedule)."""
+    check_schedule(args.scheduler, args.total_epoch, args.warmup_epoch, origin=_origin(args, typed, "warmup_epoch"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return new_parser("Train CSRA.", "T")
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(build_parser(), argv, train=True)
+    check_source(args.pretrained)
+    if args.cutmix:
+        check_source(args.cutmix, "--cutmix")
+    typed = given_flags(argv)
+    check_combinations(args, typed)
+    if args.mlflow:
+        args.mlflow = resolve_uri(args.mlflow)  # recorded as the store it is, wherever the run resumes
+    if not args.resume:  # a resumed run's options come from its record: trainer.build checks them there
+        check_run_schedule(args, typed)
+    # the loss's own defaults for its options left unset: args.json records every value in force
+    args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
+                                                                    args.asl_clip)
+    return args
+
+
+def check_combinations(args: argparse.Namespace, typed: set) -> None:
+    """One line for options that do not go together, or an option whose partner is missing."""
+    if args.config and args.resume:
+        raise ConfigError("--config starts a new run from a recorded one; --resume continues a run: use one")
+    if args.val_json and args.val_split is not None:
+        raise ConfigError("--val_json names a validation file; --val_split draws one from the training records: "
+                          "use one")
+    if args.test_every_epoch and not args.val_json and args.val_split is None:
+        raise ConfigError("--test_every_epoch applies with a validation set (--val_split F or --val_json FILE): "
+                          "without one the test set is scored every epoch anyway")
+    if args.val_json and not os.path.isfile(args.val_json):
+        raise ConfigError(f"--val_json {args.val_json}: no such file")
+    if args.init_from:
+        clash = [f"--{k}" for k in ("pretrained", "cutmix") if k in typed]
+        if clash:
+            raise ConfigError(f"--init_from supplies the backbone's weights; drop {' and '.join(clash)}")
+        if not os.path.isfile(args.init_from):
+            raise ConfigError(f"--init_from {args.init_from}: no such file")
+    elif args.init_classes or args.class_map:
+        raise ConfigError(f"--{'init_classes' if args.init_classes else 'class_map'} applies to --init_from")
+    if args.mlflow_parent and not args.mlflow:
+        raise ConfigError("--mlflow_parent applies to --mlflow")
+    for flag, (option, choices) in APPLIES_TO.items():
+        if flag in typed and getattr(args, option) not in choices:
+            raise ConfigError(f"--{flag} applies to --{option} {' or '.join(choices)}, but this run uses --{option} "
+                              f"{getattr(args, option)} (--recipe {args.recipe})")

@@ -1,0 +1,1 @@
+"""The process a script runs as: torchrun ranks, the thread count, OpenMP settings, the inference session."""

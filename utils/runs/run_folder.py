@@ -1,0 +1,165 @@
+"""A training run's folder: its name (never an existing run: ``_2``, ``_3``, ...), its lock, its record
+(``args.json``), its training state and the truncation of its logs on resume. main.py and the trainer
+reach the folder's files only through here."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from typing import Optional, Tuple
+
+from pipeline.errors import CheckpointError
+from utils.output.fileio import OutputError, atomic_write, make_folder
+from utils.process import distributed as du
+from utils.runs.run_lock import RunLock, RunLockedError
+from utils.runs.run_record import RECORD_FILE, RECORD_VERSION
+from utils.runs.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run,
+                                    load_train_state, read_recorded_args, reconcile_args, remove_stale_temporaries)
+
+LOG_FILE = "log.jsonl"
+STEPS_FILE = "steps.csv"
+BEST_FILE = "best.pth"
+THRESHOLDS_FILE = "thresholds.json"  # with a validation set: per-class thresholds chosen on it
+
+
+class RunFolder:
+    """One run folder: its files, its lock (rank 0 holds it for every rank until ``release``) and its record."""
+
+    def __init__(self, path: str, run_id: Optional[str] = None):
+        self.path = path
+        self.run_id = run_id  # a training state carries it: it resumes only this run (None: a run from before ids)
+        self._lock: Optional[RunLock] = None
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    @property
+    def state_path(self) -> str:
+        return self.file(STATE_FILE)
+
+    def epoch_path(self, epoch: int) -> str:
+        return self.file(f"epoch_{epoch}.pth")
+
+    def last_good(self) -> str:
+        """The line a diverged run ends with: the last epoch checkpoint kept, or that there is none."""
+        epochs = sorted(int(n[6:-4]) for n in os.listdir(self.path) if re.fullmatch(r"epoch_\d+\.pth", n)) \
+            if os.path.isdir(self.path) else []
+        return f"last good checkpoint kept: {self.epoch_path(epochs[-1])}" if epochs else \
+            "no checkpoint had been saved yet"
+
+    # --- the lock ----------------------------------------------------------------------------------
+    def lock(self) -> None:
+        """Rank 0 takes the folder's lock (the other ranks share it); ``release`` ends it."""
+        if du.is_main():
+            lock = RunLock(self.path)
+            note = lock.acquire()
+            self._lock = lock
+            if note:
+                print(note)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # --- the record --------------------------------------------------------------------------------
+    def read_record(self) -> dict:
+        return read_recorded_args(self.path)
+
+    def write_record(self, record: dict) -> None:
+        """The one writer of the record (in the current schema: RECORD_VERSION)."""
+        with atomic_write(self.file(RECORD_FILE)) as f:
+            json.dump(dict(record, record_version=RECORD_VERSION), f, indent=1, default=str)
+
+
+def run_base(output_dir: Optional[str], model: str) -> str:
+    """checkpoint/<model> or --output_dir, without a trailing slash (so no run is nested in another)."""
+    return os.path.normpath(output_dir or os.path.join("checkpoint", model))
+
+
+def new_run_path(output_dir: Optional[str], model: str) -> str:
+    """A fresh folder for a new run: an existing run is never overwritten; a new one gets a suffix."""
+    base = run_base(output_dir, model)
+    folder, n = base, 1
+    while os.path.exists(folder) and (not os.path.isdir(folder) or os.listdir(folder)):
+        if not os.path.isdir(folder) and n == 1 and output_dir:
+            raise OutputError(f"--output_dir {folder}: is a file, not a folder")
+        n += 1
+        folder = f"{base}_{n}"
+    if folder != base:
+        print(f"note: {base} already holds a run; this run writes to {folder}")
+    return folder
+
+
+def claim_new(output_dir: Optional[str], model: str) -> RunFolder:
+    """A fresh run folder, locked by rank 0 and named to every rank; a folder another new run took a moment
+    earlier is skipped. Gives the run its id, the same on every rank (a training state must carry it to
+    resume this run)."""
+    run_id = du.broadcast_object(uuid.uuid4().hex)
+    run = None
+    if du.is_main():
+        while True:
+            run = RunFolder(new_run_path(output_dir, model), run_id)
+            make_folder(run.path)
+            try:
+                run.lock()
+                break
+            except RunLockedError:
+                continue
+    path = du.broadcast_object(run.path if run is not None else None)
+    return run if run is not None else RunFolder(path, run_id)
+
+
+def resume_target(args) -> Tuple[str, str]:
+    """(run folder, training-state file) --resume continues: the named folder or state file, else the
+    one unfinished run."""
+    if args.resume == "auto":
+        folder = find_unfinished_run(run_base(args.output_dir, args.model))
+    elif os.path.isdir(args.resume):
+        folder = args.resume
+    else:
+        return os.path.dirname(args.resume) or ".", args.resume
+    return folder, os.path.join(folder, STATE_FILE)
+
+
+def open_for_resume(args, given, resolve) -> Tuple[RunFolder, str, dict]:
+    """Find the run to continue, lock it, restore its recorded options (see utils.runs.train_state; ``resolve``
+    fills the options that follow from them) and read its state once, checking that the state belongs to
+    this run. Returns (run folder, state file, state)."""
+    folder, path = du.broadcast_object(resume_target(args) if du.is_main() else None)
+    run = RunFolder(folder)
+    run.lock()
+    try:
+        state = _check_and_restore(run, path, args, given, resolve)
+    except BaseException:
+        run.release()
+        raise
+    return run, path, state
+
+
+def _check_and_restore(run: RunFolder, path: str, args, given, resolve) -> dict:
+    """open_for_resume's checks and record update, with the folder locked."""
+    folder = run.path
+    recorded = run.read_record()  # read once: the options come back from it, the state is checked against it
+    changes = reconcile_args(args, recorded, folder, given)
+    resolve(args)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: no training state at {path}")
+    state = load_train_state(path)
+    run.run_id = recorded.get("run_id")
+    check_state_identity(state, path, recorded, run.file(RECORD_FILE))
+    if state.get("runtime") is None:  # a state from before states recorded their runtime
+        state["runtime"] = recorded.get("runtime")
+    if state["epoch"] >= args.total_epoch:
+        raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {args.total_epoch} "
+                              "epochs); raise --total_epoch to train it further")
+    if du.is_main():
+        for name in remove_stale_temporaries(folder):
+            print(f"removed {run.file(name)}, left by an interrupted write")
+        if changes:
+            recorded.update({k: getattr(args, k) for k in SAFE_TO_CHANGE})
+            recorded.setdefault("resume_changes", []).extend(changes)
+            run.write_record(recorded)
+        print(f"resuming {folder}" + (f" with {', '.join(changes)}" if changes else ""))
+    return state

@@ -1,0 +1,206 @@
+"""The training-state file (``train_state.pth``): everything ``main.py --resume`` needs, saved,
+loaded and checked in one place.
+
+Layout: ``{"format": FORMAT, "version": VERSION, "model", "optimizer", "scaler", "ema", "epoch",
+"iter", "best", "epoch_files", "args"}``. ``epoch`` counts finished epochs and ``iter`` the finished
+iterations of the next one; ``epoch_files`` lists the epochs whose checkpoint this run wrote and keeps
+(``--keep_epochs`` removes only those). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
+demo.py load the file like any checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import List, Optional, Set, Tuple
+
+from pipeline.errors import CheckpointError
+from pipeline.models.runtime import bf16_is_emulated, precision_name
+from pipeline.training.optim import SPANS_THE_RUN
+from pipeline.weights.checkpoint import safe_load
+from utils.configuration.options import RUN_DEFINING, SAFE_TO_CHANGE
+from utils.output.fileio import save_torch_atomic
+from utils.runs.run_record import RECORD_FILE, read_record
+
+FORMAT = "csra-train-state"
+VERSION = 1
+REQUIRED = ("model", "optimizer", "epoch", "iter", "best")
+
+
+def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, progress: dict,
+                     args: Optional[dict] = None, run_id: Optional[str] = None,
+                     runtime: Optional[dict] = None) -> None:
+    """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best`` and
+    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps); ``runtime``: what the steps up
+    to this state ran in (``Runtime.as_dict``), for the resume note."""
+    save_torch_atomic({
+        "format": FORMAT, "version": VERSION, "run_id": run_id, "runtime": runtime,
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "epoch": progress["epoch"], "iter": progress["iter"], "best": progress["best"],
+        "epoch_files": list(progress.get("epoch_files", [])),
+        "args": {k: str(v) for k, v in (args or {}).items()},
+    }, path)
+
+
+def load_train_state(path: str, mmap: bool = False) -> dict:
+    """Read and check a training-state file (format tag, version, required entries)."""
+    state = safe_load(path, mmap=mmap)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a training-state file written by main.py")
+    version = state.get("version")
+    if not isinstance(version, int) or version > VERSION:
+        raise CheckpointError(f"{path}: training-state version {version!r}; this code reads up to {VERSION}")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: training state lacks {', '.join(missing)}")
+    return state
+
+
+def restore_train_state(state: dict, path: str, *, model, optimizer, scaler=None, ema=None) -> None:
+    """Put a loaded state back into the training objects; one line when it does not fit them."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: does not fit this run's model and optimizer ({first[:160]})") from None
+
+
+def check_state_identity(state: dict, path: str, recorded: dict, args_path: str) -> None:
+    """A training state resumes only the run that wrote it: its run id must be the run record's; a state
+    from before run ids must agree with the record on every run-defining option."""
+    mine, theirs = recorded.get("run_id"), state.get("run_id")
+    if mine and theirs:
+        if mine != theirs:
+            raise CheckpointError(f"--resume: {path} belongs to run {theirs}, but {args_path} records run {mine}; "
+                                  "a training state resumes only the run that wrote it")
+        return
+    saved = state.get("args") or {}
+    for key in RUN_DEFINING:
+        if key in saved and key in recorded and saved[key] != str(recorded[key]):
+            raise CheckpointError(f"--resume: {path} was written by a run with --{key} {saved[key]}, but {args_path} "
+                                  f"records {recorded[key]}; a training state resumes only the run that wrote it")
+
+
+# --- which run --resume continues, and with which options --------------------------------
+STATE_FILE = "train_state.pth"
+def read_recorded_args(folder: str) -> dict:
+    """The record of a run folder that --resume continues (utils.runs.run_record.read_record); an error when
+    the folder holds none of main.py's."""
+    record = read_record(folder)
+    if record is None:
+        raise CheckpointError(f"{os.path.join(folder, RECORD_FILE)}: missing or not main.py's; this folder does "
+                              "not hold a run of main.py")
+    return record
+
+
+def progress(folder: str) -> Optional[Tuple[int, int]]:
+    """(finished epochs, recorded total epochs) of a run folder, or None when it holds no training
+    state. The state file is memory-mapped: its weights are not read."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    done = int(load_train_state(path, mmap=True)["epoch"])
+    total = read_recorded_args(folder).get("total_epoch")
+    return done, int(total) if isinstance(total, int) else done
+
+
+def run_folders(base: str) -> List[str]:
+    """``base`` and its numbered siblings ``base_2``, ``base_3``, ... that exist."""
+    base = os.path.normpath(base)
+    parent, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"_(\d+)$")
+    found = [base] if os.path.isdir(base) else []
+    siblings = []
+    for entry in os.listdir(parent or "."):
+        m = pattern.match(entry)
+        if m and os.path.isdir(os.path.join(parent, entry)):
+            siblings.append((int(m.group(1)), os.path.join(parent, entry)))
+    return found + [p for _, p in sorted(siblings)]
+
+
+def find_unfinished_run(base: str) -> str:
+    """The one unfinished run among ``base``, ``base_2``, ...; an error naming the candidates when
+    there is none or more than one."""
+    unfinished, finished = [], []
+    for folder in run_folders(base):
+        p = progress(folder)
+        if p is not None:
+            (unfinished if p[0] < p[1] else finished).append((folder, p))
+    named = lambda runs: ", ".join(f"{f} ({done}/{total} epochs)" for f, (done, total) in runs)  # noqa: E731
+    if len(unfinished) == 1:
+        return unfinished[0][0]
+    if not unfinished:
+        seen = f"; finished: {named(finished)} (raise --total_epoch and name it with --resume PATH)" \
+            if finished else ""
+        raise CheckpointError(f"--resume: no training state of an unfinished run in {base} or its numbered "
+                              f"siblings{seen}")
+    raise CheckpointError(f"--resume: several unfinished runs: {named(unfinished)}; "
+                          "name one with --resume PATH")
+
+
+def _as_recorded(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def reconcile_args(args, recorded: dict, folder: str, given: Set[str]) -> List[str]:
+    """Bring a resumed run's options back from its record (``recorded``, the args.json of ``folder``). A
+    run-defining option typed with another value is an error naming both; a safe one is applied
+    (total_epoch only upwards). Returns the changes applied, for the record."""
+    changes = []
+    for key in RUN_DEFINING:
+        if key not in recorded:
+            continue
+        now, then = _as_recorded(getattr(args, key)), recorded[key]
+        if key == "amp" and then == "auto" and key in given and now != then:
+            changes.append(f"--amp auto -> {now}")  # 'auto' never fixed the precision: each machine picks its own
+            continue
+        if key in given and now != then:
+            raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
+                                  "drop the flag to continue it, or start a new run")
+        setattr(args, key, then)
+    for key in SAFE_TO_CHANGE:
+        if key not in recorded:
+            continue
+        if key in given and _as_recorded(getattr(args, key)) != recorded[key]:
+            if key == "total_epoch" and args.total_epoch < recorded[key]:
+                raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's "
+                                      f"{recorded[key]}; it can only be raised")
+            if key == "total_epoch" and recorded.get("scheduler") in SPANS_THE_RUN:
+                raise CheckpointError(f"--resume: the run in {folder} uses --scheduler {recorded['scheduler']}, whose "
+                                      "LR curve spans its recorded --total_epoch; it cannot be changed (start a new "
+                                      "run to train longer)")
+            changes.append(f"--{key} {recorded[key]} -> {getattr(args, key)}")
+        else:
+            setattr(args, key, recorded[key])
+    return changes
+
+
+def precision_change_note(trained: Optional[dict], runtime, amp_flag: str) -> str:
+    """One line when a resumed run goes on in another precision than its last steps used ('' if the same,
+    unknown, or typed). ``trained``: the state's runtime (main.prepare_resume fills it from the run record for
+    states written before states recorded it); ``amp_flag``: --amp now."""
+    then = (trained or {}).get("amp")
+    if amp_flag != "auto" or then is None or then == runtime.amp:
+        return ""
+    now = precision_name(runtime.amp)
+    slow = " (emulated on this CPU: several times slower)" if bf16_is_emulated(runtime.device, then) else ""
+    return (f"note: this run's last steps trained in {precision_name(then)} on {trained.get('device', '?')}; here "
+            f"--amp auto picks {now}, so it goes on in {now} (not bit-equal to an uninterrupted run); "
+            f"add --amp {then} to keep {precision_name(then)}{slow}")
+
+
+def remove_stale_temporaries(folder: str) -> List[str]:
+    """Temporary files left by writes interrupted in this run folder (see utils.output.fileio.atomic_write)."""
+    removed = []
+    for name in os.listdir(folder):
+        if name.startswith(".") and re.search(r"\.tmp\d+$", name):
+            os.remove(os.path.join(folder, name))
+            removed.append(name)
+    return removed

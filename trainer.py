@@ -1,14 +1,14 @@
 """The training run: what main.py builds (``build``) and the epoch loop that owns it (``Trainer``):
 training, evaluation of the model and its EMA, the best checkpoint, the divergence stop, training-state
 saves, and the sinks and watchers that follow each step (``utils.runs.loggers``, the ETA clock, the thread
-governor)."""
+governor). Its datasets come from ``utils.runs.run_data``, what it prints about itself from
+``utils.output.run_header``."""
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
 import os
-import textwrap
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -19,19 +19,16 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, non_finite_entries,
                     predict, thumbnails_by_row)
-from pipeline.data.dataset import DATASETS, MultiLabelDataset
-from pipeline.data.splits import stratified_split
-from pipeline.errors import CSRAError
+from pipeline.data.dataset import MultiLabelDataset
 from pipeline.data.labels import DENSE_LIMIT
+from pipeline.errors import CSRAError
 from pipeline.models.model import MultiLabelNet
-from pipeline.models.runtime import Runtime, precision_name, resolve_runtime, runtime_warning
+from pipeline.models.runtime import Runtime, resolve_runtime, runtime_warning
 from pipeline.training.losses import make_criterion
 from pipeline.training.optim import make_optimizer, make_schedule, param_groups
-from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS, describe_options
 from pipeline.weights.checkpoint import safe_load, to_authors_layout
 from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
-from utils.configuration.cli import (dataset_files, dataset_kwargs, describe_model, init_class_names, model_kwargs,
-                                     plural, with_label_count)
+from utils.configuration.cli import describe_model, init_class_names, model_kwargs
 from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import report_targets, write_report
@@ -39,51 +36,17 @@ from utils.evaluation.metrics import Report
 from utils.evaluation.report import global_sweep, threshold_advice, write_thresholds
 from utils.output.fileio import save_torch_atomic
 from utils.output.progress import RunClock, say
+from utils.output.run_header import FUSED_NOTE, choice_lines, run_header
 from utils.process import distributed as du
 from utils.process.threads import ThreadGovernor
 from utils.runs.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
+from utils.runs.run_data import RunData, load_data
 from utils.runs.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
 from utils.runs.train_state import precision_change_note, restore_train_state, save_train_state
-
-HEADER_WIDTH = 100
-FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "
-              "backward pass,\n      which keeps one copy of the products instead of several float32 ones (and is "
-              "faster there)")
 
 
 class DivergedError(CSRAError):
     """Training diverged: non-finite loss, weights or scores. Nothing diverged was saved."""
-
-
-def ensure_demo_data(cfg: Config) -> None:
-    if cfg.data.dataset != "demo" or cfg.training.train_json or cfg.data.test_json:
-        return
-    if du.is_main():
-        from utils.prepare.prepare_demo import ensure_demo_files
-        ensure_demo_files(DATASETS["demo"].train_json, DATASETS["demo"].test_json)
-    du.barrier()
-
-
-@dataclass
-class RunData:
-    """The run's datasets: training, the set that chooses (validation when there is one, else test) and test."""
-    train_set: MultiLabelDataset
-    test_set: MultiLabelDataset
-    test_json: str
-    val_set: Optional[MultiLabelDataset] = None
-    val_source: str = ""       # what the validation set is, for the header and the record
-
-    @property
-    def chooser(self) -> MultiLabelDataset:
-        return self.test_set if self.val_set is None else self.val_set
-
-    @property
-    def selected_on(self) -> str:
-        return "test" if self.val_set is None else "val"
-
-    def selection(self) -> dict:
-        """For the run record: the set that chooses, and what the validation set is."""
-        return {"on": self.selected_on, "validation": self.val_source or None}
 
 
 @dataclass
@@ -103,48 +66,6 @@ class Parts:
     iters_per_epoch: int
     lr_fn: Callable[[int], float]
     init: Optional[InitSummary] = None        # --init_from: what came from the trained model
-
-
-def load_data(cfg: Config) -> Tuple[RunData, Config]:
-    """The training, validation and test sets, and the config as the training data complete it."""
-    ensure_demo_data(cfg)
-    train_json, test_json = dataset_files(cfg, train=True)
-    partial = cfg.training.partial_labels
-    train_set = MultiLabelDataset(train_json, **dataset_kwargs(cfg, train=True), partial_labels=partial)
-    if train_set.table.unknown and not partial:  # OpenImages-style: unlisted classes are unknown
-        partial = True
-        if du.is_main():
-            print(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
-    cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial, counted_in=train_json)
-    test_set = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=False)
-    if not test_set.has_labels and du.is_main():
-        print(f"note: {test_json} has no labels (e.g. VOC2012 test): "
-              + ("the test set is not scored; use val.py --voc_submission on best.pth" if
-                 cfg.training.val_json or cfg.training.val_split else
-                 "training without evaluation; use val.py --voc_submission on the saved epochs"))
-    return validation_data(cfg, train_set, train_json, test_set, test_json), cfg
-
-
-def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, test_set: MultiLabelDataset,
-                    test_json: str) -> RunData:
-    """The run's data with its validation set: --val_json's file, or --val_split's records held out of the
-    training file (then the training set is the rest); none for the authors' protocol."""
-    t = cfg.training
-    eval_kwargs = dataset_kwargs(cfg, train=False)
-    if t.val_json:  # (with --partial_labels its -1 is unknown too, as in the training file)
-        val_set = MultiLabelDataset(t.val_json, **eval_kwargs, partial_labels=t.partial_labels)
-        return RunData(train_set, test_set, test_json, val_set, f"{t.val_json} ({len(val_set)} images)")
-    if t.val_split is None:
-        return RunData(train_set, test_set, test_json)
-    split = stratified_split(train_set.table, t.val_split, t.split_seed)
-    if split.unsplit and du.is_main():
-        names = [cfg.class_names[c] for c in split.unsplit]
-        print(f"note: --val_split: {plural(len(names), 'class', 'classes')} could not keep a positive on each side "
-              f"(their positives overlap other rare classes'): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
-    source = (f"{len(split.val)} of the {len(train_set)} records of {train_json} (--val_split {t.val_split:g}, "
-              f"stratified, split seed {t.split_seed})")
-    return RunData(train_set.subset(split.train, train_set.transform), test_set, test_json,
-                   train_set.subset(split.val, eval_kwargs["transform"], eval_kwargs["fast_decode"]), source)
 
 
 def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
@@ -187,71 +108,6 @@ def start_from_trained(model: MultiLabelNet, cfg: Config) -> InitSummary:
     return init_from(model, sd, t.init_from, old_names, list(cfg.class_names), pairs)
 
 
-# --- the start-up header -------------------------------------------------------------------------------
-def describe_in_force(cfg: Config) -> str:
-    """The training options in force; those that differ from the recipe's are marked with '*'."""
-    flat = cfg.record()
-    return describe_options({k: flat[k] for k in TRAINING_OPTIONS}, RECIPES[cfg.training.recipe].values)
-
-
-def weights_in_use(training) -> str:
-    if training.init_from:
-        return f"from the trained model {training.init_from}"
-    source = training.cutmix or training.pretrained
-    return {"none": "from scratch", "imagenet": "from ImageNet weights"}.get(source, f"from {source}")
-
-
-def head_precision(model: MultiLabelNet, runtime: Runtime) -> str:
-    """What the head's score product trains in (a CSRA head's norms, softmax and sums are float32 always)."""
-    follows = getattr(model.head, "scores_follow_autocast", None)
-    if follows is None:
-        return "head in float32"
-    return f"CSRA head product in {runtime.amp if follows and runtime.amp != 'off' else 'float32'}"
-
-
-def selection_rows(data: RunData) -> List[Tuple[str, str]]:
-    """The header's rows on the test set and, when there is one, the validation set: which of them chooses
-    the epoch, the weights (EMA or not) and the thresholds."""
-    if data.val_set is None:
-        return [("test data", data.test_json)]  # (the data row says that it chooses)
-    return [("validation", f"{data.val_source}: chooses the epoch, EMA or not and the thresholds"),
-            ("test data", f"{data.test_json}, scored once at the end on the chosen weights")]
-
-
-def run_header(p: Parts, folder: str) -> str:
-    """The start-up block: one topic a line, none wider than HEADER_WIDTH (lists break between items)."""
-    cfg = p.config
-    options = describe_in_force(cfg)
-    threads = p.governor.choice
-    rows = [
-        ("model", f"{describe_model(cfg.model)}, {weights_in_use(cfg.training)}"),
-        ("data", f"{len(p.data.train_set)} training images ({cfg.data.dataset})" +
-                 (", partial labels" if cfg.training.partial_labels else "") +
-                 (", epoch chosen on the test set (authors' protocol)" if p.data.val_set is None else "")),
-        *selection_rows(p.data),
-        ("recipe", f"{cfg.training.recipe}: {options}"),
-        ("runtime", f"{plural(du.world_size(), 'process', 'processes')} on {p.runtime.describe()}; "
-                    f"{head_precision(p.model, p.runtime)}; evaluation in {precision_name(p.eval_runtime.amp)}"),
-        ("threads", threads.describe() + ("" if threads.fixed else "; fitted to the load while training")),
-        ("run folder", folder),
-    ]
-    if p.init is not None:
-        rows.insert(1, ("init", p.init.describe()))
-    if "*" in options:
-        note = f"* = changed from --recipe {cfg.training.recipe} by a flag or by the dataset's defaults"
-        rows.insert([r[0] for r in rows].index("recipe") + 1, ("", note))
-    if cfg.run.config:
-        typed = ", ".join(f"--{k}" for k in cfg.config_changes) or "none"
-        rows.insert(0, ("config", f"the options of {cfg.run.config}; typed now: {typed}"))
-    lines = []
-    for label, text in rows:
-        glued = ", ".join(item.replace(" ", "\u00a0") for item in text.split(", "))  # no break inside an item
-        lines += [ln.replace("\u00a0", " ") for ln in textwrap.wrap(
-            glued, HEADER_WIDTH, initial_indent=f"{label:<11s}", subsequent_indent=" " * 11,
-            break_on_hyphens=False, break_long_words=False)]
-    return "\n".join(lines)
-
-
 # --- the loop ------------------------------------------------------------------------------------------
 @dataclass
 class Scored:
@@ -270,25 +126,6 @@ def metric_fields(source: str, key: str, report: Report) -> dict:
     a validation set; the EMA's with 'ema_' in front."""
     prefix = ("" if source == "model" else f"{source}_") + key
     return {prefix + "mAP": report.map, prefix + "CF1": report.overall["CF1"], prefix + "OF1": report.overall["OF1"]}
-
-
-def choice_lines(best: dict, final: dict, data: RunData, best_path: str) -> List[str]:
-    """The run's last lines: what was chosen, on which set, and what the test set says of it."""
-    if best["epoch"] is None:
-        return []
-    if data.val_set is None:
-        return [f"best mAP {best['mAP']:.2f} at epoch {best['epoch']} ({best['source']} weights), saved as {best_path}",
-                f"chosen on the test set (the authors' protocol), which flatters it: the last epoch scored "
-                f"{final['last_test_mAP']:.2f}",
-                "(--val_split F or --val_json FILE choose on held-out data instead)"]
-    lines = [f"chosen on the validation set: epoch {best['epoch']} ({best['source']} weights, val mAP "
-             f"{best['mAP']:.2f}), saved as {best_path}"]
-    if "test_mAP" in final:
-        lines.append(f"test set, scored once on those weights: mAP {final['test_mAP']:.2f}, CF1 "
-                     f"{final['test_CF1']:.2f}, OF1 {final['test_OF1']:.2f}")
-    else:
-        lines.append(f"{data.test_json} has no labels: the test set was not scored")
-    return lines
 
 
 class Trainer:

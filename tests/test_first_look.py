@@ -18,7 +18,7 @@ from PIL import Image
 import main as train_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
-from trainer import HEADER_WIDTH
+from utils.output.run_header import HEADER_WIDTH
 from utils.evaluation.html_report import write_report
 from utils.evaluation.metrics import evaluate
 from utils.output import progress

@@ -5,8 +5,8 @@ A row says the flag's argparse settings, the scripts that take it (``T`` main.py
 run (``--resume`` keeps the recorded value) or may change on resume, whether a checkpoint's run record fixes
 it (``model``) or only suggests it (``data``), and which option a negating flag turns off. The parsers
 (``add_options``), the value checks, the resume rules and the record rules are made from it, and help that
-quotes a recipe's or a dataset's value is written from those tables. Adding an option is one row here plus
-the code that uses it (and a recipe's value where a recipe sets it).
+quotes a recipe's or a dataset's value is written from those tables (``option_help``). Adding an option is one
+row here plus the code that uses it (and a recipe's value where a recipe sets it).
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from pipeline.models.heads import HEAD_KINDS
 from pipeline.models.runtime import AMP_CHOICES, NORMALIZE_HELP
 from pipeline.training.losses import LOSSES
 from pipeline.training.optim import OPTIMIZERS, SCHEDULE_HELP, SCHEDULERS
-from pipeline.training.recipes import RECIPE_OPTIONS, RECIPES, SWITCHES, describe_options, show_option
+from pipeline.training.recipes import RECIPE_OPTIONS, RECIPES
+from utils.configuration.option_help import (AUTHORS_SCRIPTS, INFERENCE_AMP_HELP, PRETRAINED_HELP, dataset_note,
+                                             loss_defaults, overrides_note, recipe_note, recipes_help)
 
 SCRIPTS = "TVDES"  # main.py, val.py, demo.py, export.py, the sweep
 Check = Tuple[Callable[[object], bool], str]
@@ -96,52 +98,6 @@ def kept_epochs(text: str) -> Optional[int]:
     return value
 
 
-# --- help written from the tables --------------------------------------------------------------------
-def _value(key: str, value) -> str:
-    """How a help note shows an option's value: a switch as on/off, others as show_option does."""
-    if key in SWITCHES:
-        return "on" if value else "off"
-    return show_option(key, value).split(" ", 1)[1]
-
-
-def recipe_note(key: str) -> str:
-    """'(paper: 0.01; strong: 0.0001; --dataset demo: paper 0.05, strong 0.002)': a recipe option's values."""
-    parts = [f"{name}: {_value(key, r.values[key])}" for name, r in RECIPES.items()]
-    for name, spec in DATASETS.items():
-        changed = [f"{recipe} {_value(key, v[key])}" for recipe, v in spec.recipe_overrides.items() if key in v]
-        if key in spec.train_overrides:
-            changed.append(_value(key, spec.train_overrides[key]))
-        if changed:
-            parts.append(f"--dataset {name}: {', '.join(changed)}")
-    return " (" + "; ".join(parts) + ")"
-
-
-def dataset_note(key: str) -> str:
-    """'the dataset's: 448 voc07/voc12/coco/..., 224 wider, 64 demo': a dataset-row value of each dataset."""
-    by_value: Dict[object, list] = {}
-    for name, spec in DATASETS.items():
-        by_value.setdefault(getattr(spec, key), []).append(name)
-    return "the dataset's: " + ", ".join(f"{v} {'/'.join(names)}" for v, names in by_value.items())
-
-
-def overrides_note(key: str) -> str:
-    """'--dataset demo: 0': what a dataset row's train_overrides set."""
-    notes = [f"--dataset {name}: {_value(key, spec.train_overrides[key])}" for name, spec in DATASETS.items()
-             if key in spec.train_overrides]
-    return f" ({'; '.join(notes)})" if notes else ""
-
-
-def recipes_help() -> str:
-    """Each preset's values and the datasets' changes to them, from the recipe and dataset tables."""
-    text = "; ".join(f"{r.name} ({r.description}): {describe_options(r.values)}" for r in RECIPES.values())
-    for name, spec in DATASETS.items():
-        if spec.recipe_overrides:
-            text += f". --dataset {name} changes them: " + "; ".join(
-                f"{recipe}: " + ", ".join(show_option(k, v) for k, v in changes.items())
-                for recipe, changes in spec.recipe_overrides.items())
-    return text
-
-
 def recipe_option(name: str, help_text: str, **kwargs) -> Option:
     """A training option every recipe sets: its literal default is the paper recipe's; its help lists each
     recipe's value (a choice's values show in --recipe's help and as the default in force)."""
@@ -159,18 +115,6 @@ RECIPE_CHECKS: Dict[str, Check] = {
     "onecycle_peak": (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"),
     "lr_floor": (lambda v: 0 <= v <= 1, "a fraction of the LR in [0, 1]"),
 }
-INFERENCE_AMP_HELP = ("precision: off = float32 (the published numbers' precision); bf16/fp16 opt into autocast (faster "
-                      "on GPUs; scores move by up to a few 0.01); auto = bf16 where the GPU or CPU computes it natively")
-PRETRAINED_HELP = ("backbone weights: the provider's ImageNet weights (torchvision's, or timm's default for timm/<name>), "
-                   "none, or a local .pth/.pt/.safetensors file in the provider's own layout ('module.' and "
-                   "state_dict/model wrappers accepted)")
-AUTHORS_SCRIPTS = "ignored: accepted so the authors' scripts run"
-
-
-def _loss_defaults(key: str) -> str:
-    return ", ".join(f"{k.name} {k.defaults[key]:g}" for k in LOSSES.values())
-
-
 OPTIONS: Tuple[Option, ...] = (
     # --- the model ---------------------------------------------------------------------------------
     Option("model", SCRIPTS, "model", dict(default="resnet101", help="backbone: a name of the backbone table "
@@ -287,11 +231,11 @@ OPTIONS: Tuple[Option, ...] = (
                   type=float),
     recipe_option("loss", "; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()), choices=list(LOSSES)),
     Option("gamma_pos", "T", "training", dict(type=float, default=None, help="focusing exponent on positives (the "
-           f"loss's default: {_loss_defaults('gamma_pos')})"), check=FINITE_AT_LEAST_0, resume="defines"),
+           f"loss's default: {loss_defaults('gamma_pos')})"), check=FINITE_AT_LEAST_0, resume="defines"),
     Option("gamma_neg", "T", "training", dict(type=float, default=None, help="focusing exponent on negatives "
-           f"({_loss_defaults('gamma_neg')})"), check=FINITE_AT_LEAST_0, resume="defines"),
+           f"({loss_defaults('gamma_neg')})"), check=FINITE_AT_LEAST_0, resume="defines"),
     Option("asl_clip", "T", "training", dict(type=float, default=None, help="ASL probability shift of negatives "
-           f"({_loss_defaults('asl_clip')})"), check=(lambda v: 0 <= v < 1, "in [0, 1)"), resume="defines"),
+           f"({loss_defaults('asl_clip')})"), check=(lambda v: 0 <= v < 1, "in [0, 1)"), resume="defines"),
     Option("partial_labels", "T", "training", dict(action="store_true", help="a -1 in the training file means unknown: "
            "left out of the loss and its normalisation (without the flag a -1 there is an error; sparse files whose "
            "unlisted classes are unknown imply it)"), resume="defines"),

@@ -15,11 +15,12 @@ from typing import Optional
 import torch
 
 from trainer import Trainer, build
-from utils.configuration.cli import resolve, run_main
+from utils.configuration.cli import run_main
 from utils.configuration.config import Config
-from utils.configuration.train_options import get_args, given_flags
+from utils.configuration.train_options import get_args
 from utils.process import distributed as du
-from utils.runs.run_folder import claim_new, open_for_resume
+from utils.runs.resume import open_for_resume
+from utils.runs.run_folder import claim_new
 
 
 class ResumeHint:
@@ -48,12 +49,15 @@ class ResumeHint:
         return f"continue with: {self.command()}"
 
 
-def train(args, given=frozenset(), hint: Optional[ResumeHint] = None) -> dict:
-    """A new run in a fresh folder, or with --resume the run it names; its folder stays locked until it ends."""
+def train(args, hint: Optional[ResumeHint] = None) -> dict:
+    """A new run in a fresh folder, or with --resume the run it names (``args.resume_plan``, see
+    utils.runs.resume); its folder stays locked until it ends."""
     device = du.init_distributed()
-    run, state_path, state = open_for_resume(args, given, resolve) if args.resume else (None, None, None)
+    cfg = Config.from_args(args)  # the options in force, frozen: the Namespace is not read after this
+    plan = args.resume_plan
+    run, state = open_for_resume(plan) if plan else (None, None)
+    state_path = plan.state_path if plan else None
     try:
-        cfg = Config.from_args(args)  # the options in force, frozen: the Namespace is not read after this
         torch.manual_seed(cfg.run.seed)
         parts = build(cfg, device, state)
         if run is None:
@@ -74,7 +78,7 @@ def train(args, given=frozenset(), hint: Optional[ResumeHint] = None) -> dict:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     hint = ResumeHint(argv)
-    run_main(lambda: train(get_args(argv), given_flags(argv), hint), interrupted_hint=hint)
+    run_main(lambda: train(get_args(argv), hint), interrupted_hint=hint)
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ def test_resume_is_exact_with_stochastic_depth(tmp_path):
 
     def run(out, *extra):
         argv = train_argv(files, tmp_path / out, "--model", "convnext_tiny", "--img_size", "64", *extra)
-        return train_main.train(train_main.get_args(argv), train_main.given_flags(argv))
+        return train_main.train(train_main.get_args(argv))
     run("full")
     run("part", "--total_epoch", "1")
     run("part", "--resume", str(tmp_path / "part"))

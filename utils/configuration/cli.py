@@ -1,12 +1,16 @@
 """Parsing the entry scripts' command lines: the defaults in force, the values' checks and the options
 that follow from others (the options themselves are the table in ``utils.configuration.options``).
 
-Defaults live in five places, applied in this order, the user's flags last:
-literal values in the option table; the dataset's row of ``pipeline.data.dataset.DATASETS``
-(classes, input size, batch, decay period, normalisation, default backbone); for main.py the
-``--recipe`` (``pipeline.training.recipes``), the dataset's changes to it and its other training overrides;
-the backbone's row of ``pipeline.models.backbones.BACKBONES`` (ViTs dictate 224 px and batch 64); the run
-record beside ``--load_from`` (``utils.runs.run_record``: the model as it was trained).
+A value comes from the first of these, read from the last: the flag typed now; for main.py --resume, the
+resumed run's record (``utils.runs.resume``: what defines the run and what may change on resume); the record
+given to main.py's ``--config`` (every option but a run's bookkeeping, ``NOT_REPEATED``), or for the other scripts
+the run record beside ``--load_from`` (``utils.runs.run_record``: the model as it was trained); the head's
+default (``--lam``, when the table leaves it unset); the backbone's row of ``pipeline.models.backbones.BACKBONES``
+(ViTs dictate 224 px and batch 64); for main.py the ``--recipe`` (``pipeline.training.recipes``), the dataset's
+changes to it and its other training overrides; the dataset's row of ``pipeline.data.dataset.DATASETS``
+(classes, input size, batch, decay period, normalisation, default backbone); the literal value in the option
+table. ``parse_args`` applies them in that order, bottom first, in one place; tests/test_sources.py shows each
+overriding the one below.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from utils.configuration.config import Config, ModelConfig
 from utils.configuration.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 from utils.configuration.options import (BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, PRE_PARSED, add_options,
                                          complete)
+from utils.runs.resume import resume_defaults
 from utils.runs.run_record import (RECORD_FILE, check_flags, check_record_values, find_record, read_record,
                                    record_defaults)
 from predict_onnx import DefaultsHelpFormatter as HelpFormatter  # '(default: X)' where a default is literal
@@ -113,33 +118,40 @@ def blame_record(error: ConfigError, typed: Set[str], config_path: Optional[str]
     return type(error)(f"{error} (--{key} came from the record given to --config {config_path})")
 
 
-def _pre_parse(argv: Sequence[str]) -> argparse.Namespace:
+def pre_parse(argv: Sequence[str]) -> argparse.Namespace:
     """The options that decide other options' defaults (``PRE_PARSED`` in the table), read first."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for name in PRE_PARSED:
-        if BY_NAME[name].kwargs.get("action") == "store_true":
+        kwargs = BY_NAME[name].kwargs
+        if kwargs.get("action") == "store_true":
             pre.add_argument(f"--{name}", action="store_true")
         else:
-            pre.add_argument(f"--{name}", default=None)
+            pre.add_argument(f"--{name}", default=None, **{k: kwargs[k] for k in ("nargs", "const") if k in kwargs})
     known, _ = pre.parse_known_args(argv)
     return known
 
 
+def dataset_in_force(pre: argparse.Namespace, record: dict) -> str:
+    """--dataset typed, else the record's, else a custom one when a JSON is named, else voc07."""
+    return pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
+
+
 def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None, train: bool = False,
-               usage_error: Optional[Callable[[argparse.Namespace], Optional[str]]] = None) -> argparse.Namespace:
-    """Parse with the defaults in force (also in --help): the checkpoint's run record (see
-    utils.runs.run_record), then the dataset's row, then the backbone's; then fill the options whose
-    default depends on other options (--lam, --num_cls, class names)."""
+               usage_error: Optional[Callable[[argparse.Namespace], Optional[str]]] = None,
+               resumed: Optional[dict] = None) -> argparse.Namespace:
+    """Parse with the defaults in force (also in --help), in the order of this module's docstring;
+    ``resumed``: the record of the run main.py --resume continues (utils.runs.resume). Then fill the options
+    whose default depends on other options (--lam, --num_cls, class names)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    pre = _pre_parse(argv)
+    pre = pre_parse(argv)
     typed = typed_flags(argv)
     known = {a.dest for a in p._actions}
     found = find_record(pre.load_from) if pre.load_from and "load_from" in known and not pre.no_record else None
     if found:
         check_record_values(found[1], MODEL_OPTIONS + DATA_OPTIONS, found[0])
     config = read_config(pre.config) if pre.config and "config" in known else None
-    record = found[1] if found else (config or {})
-    dataset = pre.dataset or record.get("dataset") or (CUSTOM if pre.train_json or pre.test_json else "voc07")
+    record = found[1] if found else (config or resumed or {})
+    dataset = dataset_in_force(pre, record)
     spec = DATASETS.get(dataset)
     defaults = {}
     if spec is not None:
@@ -161,6 +173,8 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         defaults.update(record_defaults(record, typed))
     if config:  # a recorded run's every option, below the flags typed now
         defaults.update({k: v for k, v in config.items() if k not in NOT_REPEATED})
+    if resumed:  # the resumed run's options (--config and --resume exclude each other)
+        defaults.update(resume_defaults(resumed))
     p.set_defaults(**{k: v for k, v in defaults.items() if k in known})
     args = complete(p.parse_args(argv))
     if usage_error is not None and usage_error(args):  # a script's own rule between its flags

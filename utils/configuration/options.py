@@ -285,13 +285,13 @@ OPTIONS: Tuple[Option, ...] = (
     Option("keep_epochs", "T", "the run", dict(type=kept_epochs, default=None, metavar="N|all", help="keep the "
            "epoch_<i>.pth of the last N epochs only (best.pth, the last epoch's and train_state.pth are always kept; "
            "only files this run wrote are removed); default all, as the authors' code"), resume="may change"),
-    Option("output_dir", "T", "the run", dict(default=None, help="run folder (default checkpoint/<model>)")),
+    Option("output_dir", "T", "the run", dict(default=None, help="run folder (default checkpoint/<model>)"), pre=True),
     Option("report", "TV", "the run", dict(default=None, metavar="DIR", help="after the last evaluation, write the "
            "HTML evaluation report into DIR (see val.py --report)"),
            per_script={"V": dict(group=None, help="write an HTML report (figures, per-class table, thresholds.json, "
                                  "worst mistakes with their heatmaps) into DIR")}),
     Option("resume", "T", "the run", dict(nargs="?", const="auto", default=None, metavar="PATH", help="continue an "
-           "interrupted run: its folder or train_state.pth (default: --output_dir)")),
+           "interrupted run: its folder or train_state.pth (default: --output_dir)"), pre=True),
     Option("config", "T", "the run", dict(default=None, metavar="RUN", help="start a new run with a recorded run's "
            "options (its folder or args.json); flags typed now win and the header lists them"), pre=True),
     Option("tensorboard", "T", "the run", dict(action="store_true", help="also write TensorBoard scalars (loss, LR, "

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Optional
 
 from pipeline.data.dataset_table import DATASETS
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, CSRAError
+from pipeline.models.backbones import get_backbone
 from pipeline.training.losses import resolved_options
 from pipeline.training.optim import check_schedule
 from pipeline.training.recipes import APPLIES_TO
 from pipeline.weights.pretrained import check_source
-from utils.configuration.cli import new_parser, parse_args, typed_flags
+from utils.configuration.cli import dataset_in_force, new_parser, parse_args, pre_parse, typed_flags
 from utils.configuration.options import NEGATIONS
 from utils.experiments.tracking import resolve_uri
+from utils.runs.resume import ResumePlan, find_resumed_run, settle
+
+CONFIG_AND_RESUME = "--config starts a new run from a recorded one; --resume continues a run: use one"
 
 
 def given_flags(argv) -> set:
@@ -42,9 +47,31 @@ def build_parser() -> argparse.ArgumentParser:
     return new_parser("Train CSRA.", "T")
 
 
+def resumed_run(argv) -> Optional[ResumePlan]:
+    """The run --resume continues, found from the flags that name it before the others are parsed (its
+    record is a source of defaults); None without --resume."""
+    pre = pre_parse(argv)
+    if not pre.resume:
+        return None
+    if pre.config:
+        raise ConfigError(CONFIG_AND_RESUME)
+    spec = DATASETS.get(dataset_in_force(pre, {}))
+    if pre.resume == "auto" and not pre.output_dir and spec is None:
+        return None  # an unknown --dataset: the parser names it
+    return find_resumed_run(pre.resume, pre.output_dir, get_backbone(pre.model or spec.model).name)
+
+
 def get_args(argv=None) -> argparse.Namespace:
+    """main.py's options, resolved once: the sources of utils.configuration.cli (a resumed run's record
+    among them), the checks between options, and with --resume the flags typed against the record
+    (``args.resume_plan``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(build_parser(), argv, train=True)
+    try:
+        plan = resumed_run(argv)
+    except CSRAError:
+        build_parser().parse_args(argv)  # a flag the parser refuses is the first thing to mend
+        raise
+    args = parse_args(build_parser(), argv, train=True, resumed=plan.record if plan else None)
     check_source(args.pretrained)
     if args.cutmix:
         check_source(args.cutmix, "--cutmix")
@@ -57,13 +84,14 @@ def get_args(argv=None) -> argparse.Namespace:
     # the loss's own defaults for its options left unset: args.json records every value in force
     args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
                                                                     args.asl_clip)
+    args.resume_plan = settle(plan, args, typed) if plan else None
     return args
 
 
 def check_combinations(args: argparse.Namespace, typed: set) -> None:
     """One line for options that do not go together, or an option whose partner is missing."""
     if args.config and args.resume:
-        raise ConfigError("--config starts a new run from a recorded one; --resume continues a run: use one")
+        raise ConfigError(CONFIG_AND_RESUME)
     if args.val_json and args.val_split is not None:
         raise ConfigError("--val_json names a validation file; --val_split draws one from the training records: "
                           "use one")
@@ -76,7 +104,7 @@ def check_combinations(args: argparse.Namespace, typed: set) -> None:
         clash = [f"--{k}" for k in ("pretrained", "cutmix") if k in typed]
         if clash:
             raise ConfigError(f"--init_from supplies the backbone's weights; drop {' and '.join(clash)}")
-        if not os.path.isfile(args.init_from):
+        if not os.path.isfile(args.init_from) and not args.resume:  # (a resumed run's state holds the weights)
             raise ConfigError(f"--init_from {args.init_from}: no such file")
     elif args.init_classes or args.class_map:
         raise ConfigError(f"--{'init_classes' if args.init_classes else 'class_map'} applies to --init_from")

@@ -1,21 +1,19 @@
 """A training run's folder: its name (never an existing run: ``_2``, ``_3``, ...), its lock, its record
 (``args.json``), its training state and the truncation of its logs on resume. main.py and the trainer
-reach the folder's files only through here."""
+reach the folder's files only through here (what --resume reads and checks: utils.runs.resume)."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import uuid
-from typing import Optional, Tuple
+from typing import Optional
 
-from pipeline.errors import CheckpointError
 from utils.output.fileio import OutputError, atomic_write, make_folder
 from utils.process import distributed as du
 from utils.runs.run_lock import RunLock, RunLockedError
 from utils.runs.run_record import RECORD_FILE, RECORD_VERSION
-from utils.runs.train_state import (SAFE_TO_CHANGE, STATE_FILE, check_state_identity, find_unfinished_run,
-                                    load_train_state, read_recorded_args, reconcile_args, remove_stale_temporaries)
+from utils.runs.train_state import STATE_FILE, read_recorded_args
 
 LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
@@ -109,57 +107,3 @@ def claim_new(output_dir: Optional[str], model: str) -> RunFolder:
                 continue
     path = du.broadcast_object(run.path if run is not None else None)
     return run if run is not None else RunFolder(path, run_id)
-
-
-def resume_target(args) -> Tuple[str, str]:
-    """(run folder, training-state file) --resume continues: the named folder or state file, else the
-    one unfinished run."""
-    if args.resume == "auto":
-        folder = find_unfinished_run(run_base(args.output_dir, args.model))
-    elif os.path.isdir(args.resume):
-        folder = args.resume
-    else:
-        return os.path.dirname(args.resume) or ".", args.resume
-    return folder, os.path.join(folder, STATE_FILE)
-
-
-def open_for_resume(args, given, resolve) -> Tuple[RunFolder, str, dict]:
-    """Find the run to continue, lock it, restore its recorded options (see utils.runs.train_state; ``resolve``
-    fills the options that follow from them) and read its state once, checking that the state belongs to
-    this run. Returns (run folder, state file, state)."""
-    folder, path = du.broadcast_object(resume_target(args) if du.is_main() else None)
-    run = RunFolder(folder)
-    run.lock()
-    try:
-        state = _check_and_restore(run, path, args, given, resolve)
-    except BaseException:
-        run.release()
-        raise
-    return run, path, state
-
-
-def _check_and_restore(run: RunFolder, path: str, args, given, resolve) -> dict:
-    """open_for_resume's checks and record update, with the folder locked."""
-    folder = run.path
-    recorded = run.read_record()  # read once: the options come back from it, the state is checked against it
-    changes = reconcile_args(args, recorded, folder, given)
-    resolve(args)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"--resume: no training state at {path}")
-    state = load_train_state(path)
-    run.run_id = recorded.get("run_id")
-    check_state_identity(state, path, recorded, run.file(RECORD_FILE))
-    if state.get("runtime") is None:  # a state from before states recorded their runtime
-        state["runtime"] = recorded.get("runtime")
-    if state["epoch"] >= args.total_epoch:
-        raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {args.total_epoch} "
-                              "epochs); raise --total_epoch to train it further")
-    if du.is_main():
-        for name in remove_stale_temporaries(folder):
-            print(f"removed {run.file(name)}, left by an interrupted write")
-        if changes:
-            recorded.update({k: getattr(args, k) for k in SAFE_TO_CHANGE})
-            recorded.setdefault("resume_changes", []).extend(changes)
-            run.write_record(recorded)
-        print(f"resuming {folder}" + (f" with {', '.join(changes)}" if changes else ""))
-    return state

@@ -9,16 +9,14 @@ demo.py load the file like any checkpoint.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-from typing import List, Optional, Set, Tuple
+from typing import List, Optional, Tuple
 
 from pipeline.errors import CheckpointError
 from pipeline.models.runtime import bf16_is_emulated, precision_name
-from pipeline.training.optim import SPANS_THE_RUN
 from pipeline.weights.checkpoint import safe_load
-from utils.configuration.options import RUN_DEFINING, SAFE_TO_CHANGE
+from utils.configuration.options import RUN_DEFINING
 from utils.output.fileio import save_torch_atomic
 from utils.runs.run_record import RECORD_FILE, read_record
 
@@ -117,6 +115,8 @@ def run_folders(base: str) -> List[str]:
     parent, name = os.path.split(base)
     pattern = re.compile(re.escape(name) + r"_(\d+)$")
     found = [base] if os.path.isdir(base) else []
+    if not os.path.isdir(parent or "."):
+        return found
     siblings = []
     for entry in os.listdir(parent or "."):
         m = pattern.match(entry)
@@ -145,46 +145,9 @@ def find_unfinished_run(base: str) -> str:
                           "name one with --resume PATH")
 
 
-def _as_recorded(value):
-    return json.loads(json.dumps(value, default=str))
-
-
-def reconcile_args(args, recorded: dict, folder: str, given: Set[str]) -> List[str]:
-    """Bring a resumed run's options back from its record (``recorded``, the args.json of ``folder``). A
-    run-defining option typed with another value is an error naming both; a safe one is applied
-    (total_epoch only upwards). Returns the changes applied, for the record."""
-    changes = []
-    for key in RUN_DEFINING:
-        if key not in recorded:
-            continue
-        now, then = _as_recorded(getattr(args, key)), recorded[key]
-        if key == "amp" and then == "auto" and key in given and now != then:
-            changes.append(f"--amp auto -> {now}")  # 'auto' never fixed the precision: each machine picks its own
-            continue
-        if key in given and now != then:
-            raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
-                                  "drop the flag to continue it, or start a new run")
-        setattr(args, key, then)
-    for key in SAFE_TO_CHANGE:
-        if key not in recorded:
-            continue
-        if key in given and _as_recorded(getattr(args, key)) != recorded[key]:
-            if key == "total_epoch" and args.total_epoch < recorded[key]:
-                raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's "
-                                      f"{recorded[key]}; it can only be raised")
-            if key == "total_epoch" and recorded.get("scheduler") in SPANS_THE_RUN:
-                raise CheckpointError(f"--resume: the run in {folder} uses --scheduler {recorded['scheduler']}, whose "
-                                      "LR curve spans its recorded --total_epoch; it cannot be changed (start a new "
-                                      "run to train longer)")
-            changes.append(f"--{key} {recorded[key]} -> {getattr(args, key)}")
-        else:
-            setattr(args, key, recorded[key])
-    return changes
-
-
 def precision_change_note(trained: Optional[dict], runtime, amp_flag: str) -> str:
     """One line when a resumed run goes on in another precision than its last steps used ('' if the same,
-    unknown, or typed). ``trained``: the state's runtime (main.prepare_resume fills it from the run record for
+    unknown, or typed). ``trained``: the state's runtime (utils.runs.resume fills it from the run record for
     states written before states recorded it); ``amp_flag``: --amp now."""
     then = (trained or {}).get("amp")
     if amp_flag != "auto" or then is None or then == runtime.amp:

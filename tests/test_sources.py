@@ -1,0 +1,72 @@
+"""Where main.py's options come from (utils/configuration/cli.py's docstring): each source, in order from the
+bottom, overrides the one below it, and the whole resolution happens before training starts (--resume's
+record included: opening the run changes no option). Expected values are the tables' literal numbers,
+written here by hand."""
+import dataclasses
+import os
+
+import pytest
+
+from pipeline.errors import CheckpointError
+from utils.configuration.config import Config
+from utils.configuration.train_options import get_args
+from utils.runs.run_folder import RunFolder
+
+RECORDED_ARGV = ["--dataset", "demo", "--img_size", "96", "--lr", "0.3", "--lam", "0.4", "--print_freq", "5",
+                 "--batch_size", "8", "--total_epoch", "3"]
+
+
+def recorded_run(folder) -> str:
+    """A run folder holding the record main.py writes for RECORDED_ARGV (its options are all a source needs)."""
+    os.makedirs(folder)
+    record = Config.from_args(get_args(RECORDED_ARGV + ["--output_dir", str(folder)])).record()
+    RunFolder(str(folder)).write_record(dict(record, run_id="0" * 32, runtime={"device": "cpu"}))
+    return str(folder)
+
+
+def test_each_source_overrides_the_one_below(tmp_path):
+    run = recorded_run(tmp_path / "run")
+    # 1. the option table's literal values (voc07's row repeats them for these)
+    voc = get_args(["--dataset", "voc07"])
+    assert (voc.print_freq, voc.img_size, voc.lr, voc.optimizer, voc.model) == (100, 448, 0.01, "sgd", "resnet101")
+    # 2. the dataset's row over the table: demo trains small_cnn at 64 px, batch 32
+    demo = get_args(["--dataset", "demo"])
+    assert (demo.model, demo.img_size, demo.batch_size) == ("small_cnn", 64, 32)
+    # 3. the recipe over the table, and the dataset's changes to a recipe over the recipe
+    strong = get_args(["--dataset", "voc07", "--recipe", "strong"])
+    assert (strong.optimizer, strong.lr, strong.loss, strong.total_epoch) == ("adamw", 0.0001, "asl", 40)
+    assert (demo.lr, demo.total_epoch, demo.warmup_epoch) == (0.05, 10, 1)  # paper's 0.01, 30, 2 on demo
+    # 4. the backbone's row over the dataset's: a ViT dictates 224 px and batch 64 on voc07 (448, 16)
+    vit = get_args(["--dataset", "voc07", "--model", "vit_B16_224"])
+    assert (vit.img_size, vit.batch_size) == (224, 64)
+    # 5. the head's default --lam where the table leaves it unset
+    assert (demo.lam, get_args(["--dataset", "demo", "--head", "gap"]).lam) == (0.1, 0.0)
+    # 6. the record given to --config over all of those (dataset row 64/32, demo's recipe 0.05, head 0.1)
+    config = get_args(["--config", run])
+    assert (config.img_size, config.batch_size, config.lr, config.lam, config.print_freq) == (96, 8, 0.3, 0.4, 5)
+    # 7. a resumed run's record over the same sources, found before the flags are parsed
+    resumed = get_args(["--resume", run])
+    assert (resumed.img_size, resumed.batch_size, resumed.lr, resumed.lam, resumed.print_freq) == (96, 8, 0.3, 0.4, 5)
+    assert resumed.dataset == "demo" and resumed.resume_plan.changes == ()
+    # 8. typed flags over a record (--config's, or --resume's where the option may change)
+    assert get_args(["--config", run, "--lr", "0.5"]).lr == 0.5
+    typed = get_args(["--resume", run, "--print_freq", "7", "--total_epoch", "4"])
+    assert (typed.print_freq, typed.total_epoch) == (7, 4)
+    assert set(typed.resume_plan.changes) == {"--print_freq 5 -> 7", "--total_epoch 3 -> 4"}
+    assert typed.resume_plan.options["print_freq"] == 7
+
+
+def test_a_typed_option_that_defines_the_run_is_refused_against_its_record(tmp_path):
+    run = recorded_run(tmp_path / "run")
+    with pytest.raises(CheckpointError, match=r"--lr is 0.5 but the run in .* was started with 0.3"):
+        get_args(["--resume", run, "--lr", "0.5"])
+    with pytest.raises(CheckpointError, match=r"--total_epoch 2 is below the run's 3"):
+        get_args(["--resume", run, "--total_epoch", "2"])
+    assert get_args(["--resume", run, "--lr", "0.3"]).resume_plan.changes == ()  # the same value is no change
+
+
+def test_the_configuration_is_frozen_once_resolved(tmp_path):
+    cfg = Config.from_args(get_args(["--resume", recorded_run(tmp_path / "run")]))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.training.lr = 1.0
+    assert cfg.training.lr == 0.3 and cfg.model.lam == 0.4

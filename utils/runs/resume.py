@@ -1,0 +1,136 @@
+"""--resume as a source of options. Before main.py parses its flags it finds the run to continue and reads its
+record (``find_resumed_run``); the record's values are the defaults below the typed flags
+(``resume_defaults``, one layer of utils.configuration.cli.parse_args); the flags typed against the record are
+checked once the options are resolved (``settle``: a run-defining one that differs is an error, a safe one
+is a change written to the record). ``open_for_resume`` then only locks the folder, checks that the record
+is still the one the options came from, and reads the training state."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from typing import Dict, Optional, Set, Tuple
+
+from pipeline.errors import CheckpointError
+from pipeline.training.optim import SPANS_THE_RUN
+from utils.configuration.options import RUN_DEFINING, SAFE_TO_CHANGE
+from utils.process import distributed as du
+from utils.runs.run_folder import RunFolder, run_base
+from utils.runs.run_record import RECORD_FILE
+from utils.runs.train_state import (STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
+                                    read_recorded_args, remove_stale_temporaries)
+
+RECORDED = RUN_DEFINING + SAFE_TO_CHANGE  # what a resumed run takes back from its record
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    """The run --resume continues: its folder, its training-state file, the record its options came from,
+    and the changes the typed flags make (with the values then in force of the options that may change)."""
+    folder: str
+    state_path: str
+    record: dict
+    changes: Tuple[str, ...] = ()
+    options: Optional[Dict[str, object]] = None  # SAFE_TO_CHANGE's values in force (settle fills it)
+
+
+def resume_target(resume: str, output_dir: Optional[str], model: str) -> Tuple[str, str]:
+    """(run folder, training-state file) --resume continues: the named folder or state file, else the
+    one unfinished run under --output_dir (or checkpoint/<model>)."""
+    if resume == "auto":
+        folder = find_unfinished_run(run_base(output_dir, model))
+    elif os.path.isdir(resume):
+        folder = resume
+    else:
+        return os.path.dirname(resume) or ".", resume
+    return folder, os.path.join(folder, STATE_FILE)
+
+
+def find_resumed_run(resume: str, output_dir: Optional[str], model: str) -> ResumePlan:
+    folder, path = resume_target(resume, output_dir, model)
+    return ResumePlan(folder, path, read_recorded_args(folder))
+
+
+def resume_defaults(record: dict) -> dict:
+    """The options a resumed run takes from its record, as defaults (flags typed now sit above them)."""
+    return {k: record[k] for k in RECORDED if k in record}
+
+
+def _as_recorded(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def settle(plan: ResumePlan, args, given: Set[str]) -> ResumePlan:
+    """``plan`` with the changes the flags typed now (``given``) make to the recorded run, whose options
+    ``args`` holds resolved. A run-defining option typed with another value is an error naming both (except
+    --amp over a recorded 'auto'); a safe one is a change (--total_epoch only upwards)."""
+    record, folder, changes = plan.record, plan.folder, []
+    for key in RUN_DEFINING:
+        if key not in record or key not in given:
+            continue
+        now, then = _as_recorded(getattr(args, key)), record[key]
+        if now == then:
+            continue
+        if key == "amp" and then == "auto":
+            changes.append(f"--amp auto -> {now}")  # 'auto' never fixed the precision: each machine picks its own
+            continue
+        raise CheckpointError(f"--resume: --{key} is {now} but the run in {folder} was started with {then}; "
+                              "drop the flag to continue it, or start a new run")
+    for key in SAFE_TO_CHANGE:
+        if key not in record or key not in given or _as_recorded(getattr(args, key)) == record[key]:
+            continue
+        if key == "total_epoch" and args.total_epoch < record[key]:
+            raise CheckpointError(f"--resume: --total_epoch {args.total_epoch} is below the run's {record[key]}; "
+                                  "it can only be raised")
+        if key == "total_epoch" and record.get("scheduler") in SPANS_THE_RUN:
+            raise CheckpointError(f"--resume: the run in {folder} uses --scheduler {record['scheduler']}, whose LR "
+                                  "curve spans its recorded --total_epoch; it cannot be changed (start a new run to "
+                                  "train longer)")
+        changes.append(f"--{key} {record[key]} -> {getattr(args, key)}")
+    return replace(plan, changes=tuple(changes), options={k: getattr(args, k) for k in SAFE_TO_CHANGE})
+
+
+def open_for_resume(plan: ResumePlan) -> Tuple[RunFolder, dict]:
+    """Lock the run ``plan`` continues and read its state once, checking that the state belongs to this run
+    and that the record is still the one the options came from; rank 0 records the changes. Returns
+    (run folder, state)."""
+    folder = du.broadcast_object(plan.folder if du.is_main() else None)
+    if folder != plan.folder:
+        raise CheckpointError(f"--resume: this process chose {plan.folder} but rank 0 chose {folder}")
+    run = RunFolder(folder)
+    run.lock()
+    try:
+        state = _check_and_record(run, plan)
+    except BaseException:
+        run.release()
+        raise
+    return run, state
+
+
+def _check_and_record(run: RunFolder, plan: ResumePlan) -> dict:
+    """open_for_resume's checks and record update, with the folder locked."""
+    folder, path = run.path, plan.state_path
+    recorded = run.read_record()
+    if resume_defaults(recorded) != resume_defaults(plan.record):
+        raise CheckpointError(f"--resume: {run.file(RECORD_FILE)} changed while this run was starting (resumed by "
+                              "another process?); run the command again")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: no training state at {path}")
+    state = load_train_state(path)
+    run.run_id = recorded.get("run_id")
+    check_state_identity(state, path, recorded, run.file(RECORD_FILE))
+    if state.get("runtime") is None:  # a state from before states recorded their runtime
+        state["runtime"] = recorded.get("runtime")
+    total = (plan.options or {}).get("total_epoch", recorded.get("total_epoch"))
+    if state["epoch"] >= total:
+        raise CheckpointError(f"--resume: the run in {folder} is finished ({state['epoch']} of {total} epochs); "
+                              "raise --total_epoch to train it further")
+    if du.is_main():
+        for name in remove_stale_temporaries(folder):
+            print(f"removed {run.file(name)}, left by an interrupted write")
+        if plan.changes:
+            recorded.update(plan.options)
+            recorded.setdefault("resume_changes", []).extend(plan.changes)
+            run.write_record(recorded)
+        print(f"resuming {folder}" + (f" with {', '.join(plan.changes)}" if plan.changes else ""))
+    return state

@@ -22,7 +22,7 @@ from utils.configuration.cli import new_parser, parse_args, run_main
 from utils.configuration.config import Config
 from utils.output.predictions import (class_thresholds, find_images, finish, label_record, prediction_line,
                                       thresholds_line)
-from utils.output.visualize import save_heatmaps
+from utils.output.visualize import ImageMaps, save_heatmaps
 from utils.process.inference import open_session
 
 
@@ -119,9 +119,9 @@ def run(args) -> list:
             rec = label_record(f, names, scores, cut, args.topk)
             print(prediction_line(rec))
             if args.heatmaps:
-                rec["heatmaps"] = save_heatmaps(args.heatmaps, f, read_rgb(f), out, i,
-                                                chosen_classes(args, names, scores, cut), names, scores,
-                                                head=args.heatmap_head, stem=stems[f])
+                rec["heatmaps"] = save_heatmaps(args.heatmaps, stems[f], read_rgb(f),
+                                                ImageMaps(out, i, args.heatmap_head),
+                                                chosen_classes(args, names, scores, cut), names, scores)
             results.append(rec)
     finish(results, files, args.output, names)
     if args.heatmaps:

@@ -31,18 +31,18 @@ from pipeline.weights.finetune import InitSummary, init_from, read_class_map, sh
 from utils.configuration.cli import describe_model, init_class_names, model_kwargs
 from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report
-from utils.evaluation.html_report import report_targets, write_report
+from utils.evaluation.html_report import ScoredImages, report_targets, write_report
 from utils.evaluation.metrics import Report
 from utils.evaluation.report import global_sweep, threshold_advice, write_thresholds
 from utils.output.fileio import save_torch_atomic
-from utils.output.progress import RunClock, say
+from utils.output.progress import RankZero, RunClock
 from utils.output.run_header import FUSED_NOTE, choice_lines, run_header
 from utils.process import distributed as du
 from utils.process.threads import ThreadGovernor
 from utils.runs.loggers import EpochLog, Loggers, StepsCsv, TensorBoard
 from utils.runs.run_data import RunData, load_data
 from utils.runs.run_folder import BEST_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE, RunFolder
-from utils.runs.train_state import precision_change_note, restore_train_state, save_train_state
+from utils.runs.train_state import TrainedObjects, precision_change_note, restore_train_state, save_train_state
 
 
 class DivergedError(CSRAError):
@@ -65,22 +65,22 @@ class Parts:
     sampler: SeededShardSampler
     iters_per_epoch: int
     lr_fn: Callable[[int], float]
+    out: RankZero                             # what the run prints and writes goes through it (rank 0 only)
     init: Optional[InitSummary] = None        # --init_from: what came from the trained model
+
+    def trained_objects(self) -> TrainedObjects:
+        return TrainedObjects(self.model, self.optimizer, self.scaler, self.ema)
 
 
 def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     """Data, runtime, model, optimiser, loss, EMA and schedule from the run's options."""
-    data, cfg = load_data(cfg)
+    out = RankZero(du.is_main())
+    data, cfg = load_data(cfg, out)
     m, rt, t = cfg.model, cfg.runtime, cfg.training
     runtime = resolve_runtime(device, m.model, rt.amp, not rt.no_channels_last, m.normalize)
     eval_runtime = resolve_runtime(device, m.model, rt.eval_amp, runtime.channels_last, m.normalize)
     governor = ThreadGovernor(rt.threads)
-    if runtime_warning(runtime) and du.is_main():
-        print(runtime_warning(runtime))
-    if state is not None and du.is_main():
-        note = precision_change_note(state["runtime"], runtime, rt.amp)
-        if note:
-            print(note)
+    out.say(runtime_warning(runtime), state and precision_change_note(state["runtime"], runtime, rt.amp))
     net = MultiLabelNet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
     init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
     net.head_product_follows_autocast(not rt.head_float32)
@@ -96,7 +96,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
                           warmup_epochs=t.warmup_epoch, decay_every=t.decay_every, onecycle_peak=t.onecycle_peak,
                           lr_floor=t.lr_floor)
     return Parts(cfg, model, optimizer, runtime.grad_scaler(), criterion, ema, runtime, eval_runtime, governor,
-                 data, sampler, iters_per_epoch, lr_fn, init)
+                 data, sampler, iters_per_epoch, lr_fn, out, init)
 
 
 def start_from_trained(model: MultiLabelNet, cfg: Config) -> InitSummary:
@@ -132,17 +132,16 @@ class Trainer:
     """The epoch loop of one run in ``run`` (its folder), resumed from ``state`` when given."""
 
     def __init__(self, p: Parts, run: RunFolder, state: Optional[dict], state_path: str):
-        self.cfg, self.p, self.run, self.state_path = p.config, p, run, state_path
+        self.cfg, self.p, self.run, self.state_path, self.out = p.config, p, run, state_path, p.out
         self.start_epoch, self.start_iter = 0, 0
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
         self.resumed = state is not None
         self.epoch_files: List[int] = []  # the epochs whose checkpoint this run wrote and keeps (--keep_epochs)
         if state is not None:
-            restore_train_state(state, state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema)
+            restore_train_state(state, state_path, p.trained_objects())
             self.start_epoch, self.start_iter, self.best = state["epoch"], state["iter"], state["best"]
             self.epoch_files = list(state.get("epoch_files") or [])  # (a state from before lists none: none go)
-            if du.is_main():
-                print(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
+            self.out.say(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
         self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
         self.last_scored: Optional[Scored] = None  # the model's last evaluation
@@ -152,7 +151,7 @@ class Trainer:
 
     def open_logs(self) -> None:
         """The sinks, on the rank that writes; a resumed run first drops what it is about to redo."""
-        if not du.is_main():
+        if not self.out.on:
             return
         sinks = [EpochLog(self.run.file(LOG_FILE), self.start_epoch if self.resumed else None),
                  StepsCsv(self.run.file(STEPS_FILE), self.start_epoch * self.p.iters_per_epoch + self.start_iter)]
@@ -184,11 +183,9 @@ class Trainer:
         if not checked:
             self.ensure_finite(f"at epoch {epoch + 1}, iteration {it}")
         self.logs.flush()  # every step up to the state is on disk before the state is
-        if du.is_main():
-            p = self.p
-            save_train_state(self.state_path, model=p.model, optimizer=p.optimizer, scaler=p.scaler, ema=p.ema,
-                             progress={"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files},
-                             args=self.cfg.record(), run_id=self.run.run_id, runtime=p.runtime.as_dict())
+        progress = {"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files}
+        self.out.do(save_train_state, self.state_path, self.p.trained_objects(), progress=progress,
+                    args=self.cfg.record(), run_id=self.run.run_id, runtime=self.p.runtime.as_dict())
 
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
@@ -200,15 +197,14 @@ class Trainer:
         self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter,
                               device=p.runtime.device.type)
         self.first_step = self.start_iter
-        if du.is_main():
-            print(run_header(p, self.run.path))
+        self.out.say(run_header(p, self.run.path))
         try:
             for epoch in range(self.start_epoch, cfg.training.total_epoch):
                 self.train_epoch(loader, epoch)
         finally:
             self.logs.close()
-        if du.is_main() and self.final is not None:
-            self.finish()
+        if self.final is not None:
+            self.out.do(self.finish)
         du.cleanup()
         return {"folder": self.run.path, "best": self.best}
 
@@ -220,10 +216,7 @@ class Trainer:
         eta = self.clock.after_step(steps_here)
         change = p.governor.after_step(f"epoch {epoch + 1} step {it}")
         fused = steps_here == 1 and getattr(p.model.head, "pooling_fused", False)
-        if du.is_main():
-            for line in (eta, change, FUSED_NOTE if fused else None):
-                if line:
-                    say(line)
+        self.out.say(eta, change, FUSED_NOTE if fused else None)
         every = self.cfg.run.state_every
         if every and it % every == 0 and it < p.iters_per_epoch:
             self.save_state(epoch, it)
@@ -249,17 +242,14 @@ class Trainer:
         due = (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == total
         if due and p.data.chooser.has_labels:
             entry.update(self.evaluate(epoch))
-        if du.is_main():
-            save_torch_atomic(p.model.state_dict(), self.run.epoch_path(epoch + 1))
-            self.keep_recent_epochs(epoch + 1)
-            entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
+        self.out.do(save_torch_atomic, p.model.state_dict(), self.run.epoch_path(epoch + 1))
+        self.out.do(self.keep_recent_epochs, epoch + 1)
+        entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
         if epoch + 1 == total:  # before the state that marks the run finished: a kill now redoes this epoch
             self.final = entry["final"] = self.conclude()
-        if du.is_main():
-            self.logs.epoch(entry)
+        self.logs.epoch(entry)  # (no sinks but on rank 0)
         self.save_state(epoch + 1, 0, checked=True)  # checked after the epoch; the weights have not changed since
-        if du.is_main():
-            print(self.clock.after_epoch(epoch + 1), flush=True)
+        self.out.say(self.clock.after_epoch(epoch + 1))
         du.barrier()
 
     def keep_recent_epochs(self, epoch: int) -> None:
@@ -311,18 +301,16 @@ class Trainer:
         return fields
 
     def say_scores(self, epoch: int, source: str, key: str, report, note: str = "") -> None:
-        if du.is_main():
-            which = {"val_": "val ", "test_": "test "}.get(key, "")
-            print(f"epoch {epoch + 1} {source}: {which}mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
-                  f"OF1 {report.overall['OF1']:.2f}{note}")
+        which = {"val_": "val ", "test_": "test "}.get(key, "")
+        self.out.say(f"epoch {epoch + 1} {source}: {which}mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
+                     f"OF1 {report.overall['OF1']:.2f}{note}")
 
     def new_best(self, epoch: int, source: str, net: nn.Module, report) -> None:
         """``net`` (the model or its EMA) scored best so far: its weights become best.pth (and, with a validation
         set, are kept for the test set's one scoring at the end)."""
         self.best = {"mAP": float(report.map), "epoch": epoch + 1, "source": source,  # (plain floats: the state
                      "CF1": float(report.overall["CF1"]), "OF1": float(report.overall["OF1"])}  # loads weights only)
-        if du.is_main():
-            save_torch_atomic(net.state_dict(), self.run.file(BEST_FILE))
+        self.out.do(save_torch_atomic, net.state_dict(), self.run.file(BEST_FILE))
         if self.p.data.val_set is not None:
             self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
@@ -354,9 +342,8 @@ class Trainer:
         if len(data.val_set) * self.cfg.model.num_cls <= DENSE_LIMIT:  # (beyond: no threshold search, no pass)
             val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
             self.val_sweep = global_sweep(val.scores, val.targets)
-            if du.is_main():
-                write_thresholds(self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
-                                 val.targets, f"the validation set ({data.val_source})")
+            self.out.do(write_thresholds, self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
+                        val.targets, f"the validation set ({data.val_source})")
         if data.test_set.has_labels:
             self.shown = self.score(chosen, data.test_set, "test", "chosen", best["epoch"])
             report = self.shown.report
@@ -383,9 +370,10 @@ class Trainer:
                   f"the threshold search's {DENSE_LIMIT:,} labels; val.py --report on part of them writes one")
         if report_dir and shown is not None:
             which = "last epoch" if data.val_set is None else f"best.pth, epoch {self.best['epoch']}"
-            out = write_report(report_dir, shown.scores, report_targets(shown.targets), shown.paths, names,
-                               shown.report, info={"model": describe_model(cfg.model),
-                                                   "checkpoint": f"{self.run.path} ({which})", "data": data.test_json},
+            scored = ScoredImages(shown.scores, report_targets(shown.targets), shown.paths, names)
+            info = {"model": describe_model(cfg.model), "checkpoint": f"{self.run.path} ({which})",
+                    "data": data.test_json}
+            out = write_report(report_dir, scored, shown.report, info=info,
                                thumbnails=lambda req: thumbnails_by_row(shown.net, data.test_set, self.p.eval_runtime,
                                                                         shown.indices, req))
             print(f"wrote {out['index']}")

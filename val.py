@@ -20,7 +20,7 @@ from utils.configuration.cli import (dataset_files, dataset_kwargs, describe_mod
                                      with_label_count)
 from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report, report_to_dict
-from utils.evaluation.html_report import report_targets, write_report
+from utils.evaluation.html_report import ScoredImages, report_targets, write_report
 from utils.evaluation.report import (global_sweep, load_scores_binary, save_scores, threshold_advice,
                                      write_voc_submission)
 from utils.process import distributed as du
@@ -51,7 +51,7 @@ def report_from_scores(args) -> dict:
     print(format_report(report, names))
     result = {"report": report}
     if args.report:
-        out = write_report(args.report, scores, report_targets(targets), paths, names, report,
+        out = write_report(args.report, ScoredImages(scores, report_targets(targets), paths, names), report,
                            report_classes=args.report_classes, info={"scores": args.from_scores},
                            pr_convention=args.pr_convention)
         print(f"wrote {out['index']} ({out['seconds_total']:.1f} s)")
@@ -95,7 +95,7 @@ def validate(args) -> dict:
             result["report"] = report
             if args.report:
                 out = write_report(
-                    args.report, scores, report_targets(targets), paths, names, report,
+                    args.report, ScoredImages(scores, report_targets(targets), paths, names), report,
                     report_classes=args.report_classes,
                     pr_convention=args.pr_convention, sweep=sweep,
                     info={"model": describe_model(cfg.model),

@@ -24,12 +24,12 @@ from utils.configuration.entry import ScriptParser
 import torch
 
 from engine import SeededShardSampler, make_loader, predict, train_step
-from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageReading, ImageTransform, MultiLabelDataset
 from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, resolve_runtime
 from utils.output.fileio import save_torch_atomic
 from utils.prepare.prepare_demo import generate_demo
-from utils.runs.train_state import save_train_state
+from utils.runs.train_state import TrainedObjects, save_train_state
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def main() -> None:
     t_gen, files = timed(lambda: generate_demo(out, quiet=True, **sizes))
     train_tf = ImageTransform(64, train=True)
     plain = MultiLabelDataset(files["train"], train_tf)
-    cached = MultiLabelDataset(files["train"], train_tf, cache_images=True)
+    cached = MultiLabelDataset(files["train"], train_tf, reading=ImageReading(cache=True))
     n = len(plain)
     t_load2 = loader_epoch(plain, 2)
     loader_epoch(cached, 0)  # fills the cache
@@ -78,7 +78,7 @@ def main() -> None:
     fp32 = Runtime(CPU, "off", False, (0.0,) * 3, (1.0,) * 3)
     auto = resolve_runtime(CPU, "small_cnn", "auto")
     r_fp32, r_auto = step_rate(fp32, batches), step_rate(auto, batches)
-    test = MultiLabelDataset(files["test"], ImageTransform(64, train=False), cache_images=True)
+    test = MultiLabelDataset(files["test"], ImageTransform(64, train=False), reading=ImageReading(cache=True))
     model = auto.prepare_model(MultiLabelNet("small_cnn", 6, img_size=64, pretrained="none"))
     t_eval, _ = timed(lambda: predict(model, test, auto, batch_size=32, num_workers=0))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -87,7 +87,7 @@ def main() -> None:
     def writes():
         save_torch_atomic(model.state_dict(), os.path.join(ckpt, "epoch_1.pth"))
         save_torch_atomic(model.state_dict(), os.path.join(ckpt, "best.pth"))
-        save_train_state(os.path.join(ckpt, "train_state.pth"), model=model, optimizer=opt,
+        save_train_state(os.path.join(ckpt, "train_state.pth"), TrainedObjects(model, opt),
                          progress={"epoch": 1, "iter": 0, "best": {"mAP": 0}})
     t_write, _ = timed(writes)
     print(f"demo: {n} training images, {len(test)} test images, 64 px, batch 32, torch threads "

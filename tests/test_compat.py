@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from helpers import run_py
-from pipeline.data.dataset import ImageTransform, MultiLabelDataset
+from pipeline.data.dataset import ImageReading, ImageTransform, MultiLabelDataset
 from pipeline.models.model import CSRANet
 from pipeline.weights.checkpoint import load_model_weights, rename_vit
 from tools.convert_checkpoint import convert
@@ -160,5 +160,5 @@ def test_evaluation_pixels_are_a_plain_pil_resize(tmp_path):
     exact = MultiLabelDataset(str(path), ImageTransform(64, train=False))[0][0]
     want = np.asarray(Image.open(big).convert("RGB").resize((64, 64), Image.BILINEAR)).transpose(2, 0, 1)
     np.testing.assert_array_equal(exact.numpy(), want)
-    fast = MultiLabelDataset(str(path), ImageTransform(64, train=False), fast_decode=True)[0][0]
+    fast = MultiLabelDataset(str(path), ImageTransform(64, train=False), reading=ImageReading(fast_decode=True))[0][0]
     assert not torch.equal(fast, exact)  # the opt-in draft decoding does change pixels

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.dataset import DataError, ImageTransform, MultiLabelDataset, collate_skipping_bad, load_records
+from pipeline.data.dataset import (DataError, ImageReading, ImageTransform, MultiLabelDataset, collate_skipping_bad,
+                                   load_records)
 from pipeline.models.runtime import normalization, to_model_input
 
 
@@ -69,7 +70,7 @@ def test_missing_and_corrupt_images_name_file_and_record(tmp_path):
         ds[1]
     with pytest.raises(DataError, match=r"gone.jpg \(record 2 of"):
         ds[2]
-    skipping = MultiLabelDataset(json_path, ImageTransform(16, train=False), 1, skip_bad_images=True)
+    skipping = MultiLabelDataset(json_path, ImageTransform(16, train=False), 1, reading=ImageReading(skip_bad=True))
     with pytest.warns(UserWarning, match="skipped"):
         batch, skipped = collate_skipping_bad([skipping[0], skipping[1], skipping[2]])
     assert skipped == 2 and batch[0].shape == (1, 3, 16, 16) and batch[2] == [paths[0]]

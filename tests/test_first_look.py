@@ -19,7 +19,7 @@ import main as train_main
 from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
 from utils.output.run_header import HEADER_WIDTH
-from utils.evaluation.html_report import write_report
+from utils.evaluation.html_report import ScoredImages, write_report
 from utils.evaluation.metrics import evaluate
 from utils.output import progress
 
@@ -169,7 +169,8 @@ def test_report_headings_say_what_their_rows_are(tmp_path):
     targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [1, 1]])
     scores = np.array([[0.9, 0.2], [0.8, 0.6], [0.1, 0.7], [0.2, 0.3], [0.3, 0.1], [0.7, 0.9]])
     report = evaluate(scores, targets)
-    out = write_report(str(tmp_path / "rep"), scores, targets, [f"{i}.jpg" for i in range(6)], ["cat", "dog"], report,
+    scored = ScoredImages(scores, targets, [f"{i}.jpg" for i in range(6)], ["cat", "dog"])
+    out = write_report(str(tmp_path / "rep"), scored, report,
                        info={"scores": "by hand"})
     page = open(out["index"]).read()
     cat = page[page.index("<h3>cat"):]
@@ -226,7 +227,8 @@ def test_report_thumbnails_are_named_as_the_page_marks_them(tmp_path):
     for i in range(6):
         paths.append(str(folder / f"{i}.png"))
         Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(paths[-1])
-    out = write_report(str(tmp_path / "rep"), scores, targets, paths, ["cat", "dog"], evaluate(scores, targets),
+    out = write_report(str(tmp_path / "rep"), ScoredImages(scores, targets, paths, ["cat", "dog"]),
+                       evaluate(scores, targets),
                        info={"scores": "by hand"})
     page = open(out["index"]).read()
     # cat: negatives 2 (0.1), 3 (0.2), 4 (0.3) all below 0.5; positives 0, 1, 5 all above: nothing wrong

@@ -13,7 +13,7 @@ import os
 import random
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 import numpy as np
@@ -50,19 +50,28 @@ class Records(Sequence):
         return rec
 
 
+@dataclass(frozen=True)
+class ImageReading:
+    """How a dataset reads its images: ``skip_bad`` leaves unreadable ones out of the batch (a count is
+    reported) rather than stopping; ``cache`` keeps each decoded image in the loading process; ``fast_decode``
+    decodes JPEGs at a reduced scale (None: for training only)."""
+    skip_bad: bool = False
+    cache: bool = False
+    fast_decode: Optional[bool] = None
+
+
 class MultiLabelDataset(Dataset):
     """Images, targets and paths from a prepared file (dense JSON or sparse JSON Lines).
 
     An index may be an int or ``(index, seed)``: with a seed the random augmentation is a
     function of the seed alone, which makes training reproducible and exactly resumable.
-    With ``cache_images`` each image is decoded once and kept in memory by the process that
+    With ``ImageReading(cache=True)`` each image is decoded once and kept in memory by the process that
     loads it (meant for small datasets with ``--num_workers 0``, such as the demo).
     """
 
     def __init__(self, json_path: str, transform: ImageTransform, num_classes: Optional[int] = None,
-                 data_root: Optional[str] = None, skip_bad_images: bool = False, require_labels: bool = True,
-                 cache_images: bool = False, fast_decode: Optional[bool] = None, partial_labels: bool = False,
-                 num_classes_from: Optional[str] = None):
+                 data_root: Optional[str] = None, reading: ImageReading = ImageReading(), require_labels: bool = True,
+                 partial_labels: bool = False, num_classes_from: Optional[str] = None):
         self.json_path = json_path
         allowed = (PARTIAL_TRAIN_LABELS if partial_labels else TRAIN_LABELS) if transform.train else TEST_LABELS
         table = load_table(json_path, num_classes, require_labels, allowed, num_classes_from)
@@ -78,11 +87,11 @@ class MultiLabelDataset(Dataset):
         self.has_labels = self.table.has_labels
         self.num_classes = num_classes or self.table.num_classes
         self.transform = transform
-        self.skip_bad_images = skip_bad_images
-        self._cache: Optional[Dict[int, Image.Image]] = {} if cache_images else None
+        self.skip_bad_images = reading.skip_bad
+        self._cache: Optional[Dict[int, Image.Image]] = {} if reading.cache else None
         self._targets: Optional[np.ndarray] = None
         # reduced-scale JPEG decoding: on for training (speed), off for evaluation (exact pixels)
-        self.fast_decode = transform.train if fast_decode is None else fast_decode
+        self.fast_decode = transform.train if reading.fast_decode is None else reading.fast_decode
         self.record_numbers: Optional[np.ndarray] = None  # a subset's records in the file (for messages)
 
     def subset(self, rows, transform: ImageTransform, fast_decode: Optional[bool] = None) -> "MultiLabelDataset":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -180,25 +180,39 @@ def _regnet_y(depth: int, w_0: int, w_a: float, w_m: float, group_width: int) ->
 
 
 # --- the table ----------------------------------------------------------------------------
-def _torchvision(name: str, display: str, family: str, parts: Tuple[str, ...], features, dim: int, classifier: str,
-                 tail, build=None, weights=None, **kw) -> Backbone:
+class Layout(NamedTuple):
+    """Where a torchvision family keeps its parts: the modules of the feature map, the function that runs
+    them, its classifier's attribute and how the classifier finishes from the feature map."""
+    parts: Tuple[str, ...]
+    features: Callable
+    classifier: str
+    tail: Callable
+
+
+def _torchvision(name: str, display: str, family: str, layout: Layout, dim: int, build=None, weights=None,
+                 **kw) -> Backbone:
     weights = weights or tvm.get_model_weights(name).DEFAULT
-    return register(Backbone(name, display, family, build or getattr(tvm, name), weights, parts, features, dim,
-                             classifier=(classifier,), classify=classify_with(features, tail),
+    return register(Backbone(name, display, family, build or getattr(tvm, name), weights, layout.parts,
+                             layout.features, dim, classifier=(layout.classifier,),
+                             classify=classify_with(layout.features, layout.tail),
                              num_params=weights.meta["num_params"], **kw))
 
 
 RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+RESNET = Layout(RESNET_PARTS, resnet_features, "fc", _fc_tail)
+SEQUENTIAL = Layout(("features",), sequential_features, "classifier", _classifier_tail)  # MobileNet, EfficientNet
+CONVNEXT = Layout(("features",), sequential_features, "classifier", _convnext_tail)
+REGNET = Layout(("stem", "trunk_output"), regnet_features, "fc", _fc_tail)
+SWIN = Layout(("features", "norm"), swin_features, "head", _swin_tail)
 for _name, _display, _dim in [("resnet18", "ResNet-18", 512), ("resnet34", "ResNet-34", 512),
                               ("resnet50", "ResNet-50", 2048), ("resnet101", "ResNet-101", 2048),
                               ("resnet152", "ResNet-152", 2048)]:  # the authors' weights: IMAGENET1K_V1
-    _torchvision(_name, _display, "resnet", RESNET_PARTS, resnet_features, _dim, "fc", _fc_tail, authors=True,
+    _torchvision(_name, _display, "resnet", RESNET, _dim, authors=True,
                  weights=tvm.get_model_weights(_name).IMAGENET1K_V1)
 for _name, _display in [("resnext50_32x4d", "ResNeXt-50 32x4d"), ("resnext101_32x8d", "ResNeXt-101 32x8d"),
                         ("resnext101_64x4d", "ResNeXt-101 64x4d"), ("wide_resnet50_2", "Wide ResNet-50-2"),
                         ("wide_resnet101_2", "Wide ResNet-101-2")]:
-    _torchvision(_name, _display, "resnet", RESNET_PARTS, resnet_features, 2048, "fc", _fc_tail,
-                 normalization=IMAGENET)
+    _torchvision(_name, _display, "resnet", RESNET, 2048, normalization=IMAGENET)
 
 for _name, _display, _build, _weights, _dim in [
     ("vit_B16_224", "ViT-B/16", tvm.vit_b_16, tvm.ViT_B_16_Weights.IMAGENET1K_V1, 768),
@@ -209,31 +223,29 @@ for _name, _display, _build, _weights, _dim in [
                       batch_size=64, resizable={"encoder.pos_embedding": _vit_pos_resizer(16)}, authors=True,
                       classifier=("heads",), classify=vit_classify, num_params=_weights.meta["num_params"]))
 
-_torchvision("mobilenet_v2", "MobileNet-V2", "mobilenet", ("features",), sequential_features, 1280, "classifier",
-             _classifier_tail, normalization=IMAGENET)
-_torchvision("mobilenet_v3_large", "MobileNet-V3-Large", "mobilenet", ("features",), sequential_features, 960,
-             "classifier", _classifier_tail, normalization=IMAGENET)
+_torchvision("mobilenet_v2", "MobileNet-V2", "mobilenet", SEQUENTIAL, 1280, normalization=IMAGENET)
+_torchvision("mobilenet_v3_large", "MobileNet-V3-Large", "mobilenet", SEQUENTIAL, 960, normalization=IMAGENET)
 for _i, _dim in enumerate([1280, 1280, 1408, 1536, 1792, 2048, 2304, 2560]):
-    _torchvision(f"efficientnet_b{_i}", f"EfficientNet-B{_i}", "efficientnet", ("features",), sequential_features,
-                 _dim, "classifier", _classifier_tail, normalization=IMAGENET)
+    _torchvision(f"efficientnet_b{_i}", f"EfficientNet-B{_i}", "efficientnet", SEQUENTIAL, _dim,
+                 normalization=IMAGENET)
 for _v in "sml":
-    _torchvision(f"efficientnet_v2_{_v}", f"EfficientNet-V2-{_v.upper()}", "efficientnet", ("features",),
-                 sequential_features, 1280, "classifier", _classifier_tail, normalization=IMAGENET)
+    _torchvision(f"efficientnet_v2_{_v}", f"EfficientNet-V2-{_v.upper()}", "efficientnet", SEQUENTIAL,
+                 1280, normalization=IMAGENET)
 for _v, _dim in [("tiny", 768), ("small", 768), ("base", 1024), ("large", 1536)]:
-    _torchvision(f"convnext_{_v}", f"ConvNeXt-{_v.title()}", "convnext", ("features",), sequential_features, _dim,
-                 "classifier", _convnext_tail, normalization=IMAGENET)
+    _torchvision(f"convnext_{_v}", f"ConvNeXt-{_v.title()}", "convnext", CONVNEXT, _dim,
+                 normalization=IMAGENET)
 for _v, _dim, _params in [  # torchvision's RegNet-Y constants: depth, w_0, w_a, w_m, group width
     ("400mf", 440, (16, 48, 27.89, 2.09, 8)), ("800mf", 784, (14, 56, 38.84, 2.4, 16)),
     ("1_6gf", 888, (27, 48, 20.71, 2.65, 24)), ("3_2gf", 1512, (21, 80, 42.63, 2.66, 24)),
     ("8gf", 2016, (17, 192, 76.82, 2.19, 56)), ("16gf", 3024, (18, 200, 106.23, 2.48, 112)),
     ("32gf", 3712, (20, 232, 115.89, 2.53, 232)),
 ]:
-    _torchvision(f"regnet_y_{_v}", f"RegNet-Y-{_v.upper().replace('_', '.')}", "regnet", ("stem", "trunk_output"),
-                 regnet_features, _dim, "fc", _fc_tail, build=_regnet_y(*_params), normalization=IMAGENET)
+    _torchvision(f"regnet_y_{_v}", f"RegNet-Y-{_v.upper().replace('_', '.')}", "regnet", REGNET, _dim,
+                 build=_regnet_y(*_params), normalization=IMAGENET)
 for _v, _dim in [("t", 768), ("s", 768), ("b", 1024)]:
     for _gen in ("", "v2_"):
-        _torchvision(f"swin_{_gen}{_v}", f"Swin-{_gen.upper().replace('_', '-')}{_v.upper()}", "swin",
-                     ("features", "norm"), swin_features, _dim, "head", _swin_tail, normalization=IMAGENET)
+        _torchvision(f"swin_{_gen}{_v}", f"Swin-{_gen.upper().replace('_', '-')}{_v.upper()}", "swin", SWIN, _dim,
+                     normalization=IMAGENET)
 
 register(Backbone("small_cnn", "small CNN (demo)", "cnn", lambda: nn.ModuleDict({"small_cnn": SmallCNN()}), None,
                   ("small_cnn",), lambda m, x: m.small_cnn(x), SmallCNN.out_dim, authors=True))

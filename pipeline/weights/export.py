@@ -22,6 +22,7 @@ from pipeline.models.runtime import normalization
 FORMATS = ("onnx", "torchscript")
 INSTALL = "pip install -r requirements-export.txt"
 TOLERANCE = 1e-4
+CHECK_BATCH = 3  # the parity check's batch: not the export's 2, so a batch size fixed in the file shows
 
 
 class ExportError(CSRAError):
@@ -130,7 +131,7 @@ def read_metadata(path: str, fmt: str) -> Dict[str, str]:
 
 
 def export(model, class_names: Sequence[str], fmt: str, path: str, with_maps: bool = False, head: int = 0,
-           normalize: str = "unit", check_batch: int = 3, tolerance: float = TOLERANCE) -> Dict[str, float]:
+           normalize: str = "unit", tolerance: float = TOLERANCE) -> Dict[str, float]:
     """Export ``model`` (CPU, float32, eval) and check it: the exported file's logits (and maps) on
     real-looking inputs must match PyTorch's within ``tolerance``. Returns the largest differences."""
     if fmt not in FORMATS:
@@ -142,7 +143,7 @@ def export(model, class_names: Sequence[str], fmt: str, path: str, with_maps: bo
     meta = metadata(model, class_names, with_maps, head, normalize)
     example = sample_inputs(model, batch=2, seed=1, normalize=normalize)
     (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, example, path, meta)
-    x = sample_inputs(model, batch=check_batch, seed=2, normalize=normalize)  # another batch size: the batch is dynamic
+    x = sample_inputs(model, batch=CHECK_BATCH, seed=2, normalize=normalize)  # another batch size: the batch is dynamic
     with torch.no_grad():
         want = wrapper(x)
     want = [t.numpy() for t in (want if isinstance(want, tuple) else (want,))]

@@ -21,7 +21,7 @@ import sys
 from typing import Callable, List, Optional, Sequence, Set, Tuple
 
 from pipeline.data.classes import load_class_names
-from pipeline.data.dataset import CUSTOM, DATASETS, ImageTransform
+from pipeline.data.dataset import CUSTOM, DATASETS, ImageReading, ImageTransform
 from pipeline.data.labels import expected_count
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import get_backbone
@@ -341,9 +341,10 @@ def dataset_kwargs(cfg: Config, train: bool) -> dict:
     data = cfg.data
     transform = ImageTransform(cfg.model.img_size, train=train, crop=DATASETS[data.dataset].crop,
                                randaugment=cfg.training.randaugment, cutout=cfg.training.cutout)
-    return dict(transform=transform, num_classes=cfg.model.num_cls, data_root=data.data_root,
-                skip_bad_images=data.skip_bad_images, cache_images=data.cache_images,
-                fast_decode=True if train else data.fast_decode, num_classes_from=cfg.num_cls_from)
+    reading = ImageReading(skip_bad=data.skip_bad_images, cache=data.cache_images,
+                           fast_decode=True if train else data.fast_decode)
+    return dict(transform=transform, num_classes=cfg.model.num_cls, data_root=data.data_root, reading=reading,
+                num_classes_from=cfg.num_cls_from)
 
 
 def dataset_files(cfg: Config, train: bool = False) -> Tuple[Optional[str], str]:

@@ -9,7 +9,7 @@ import html
 import math
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -204,21 +204,36 @@ def _plain_thumbnail(path: str) -> Optional[Image.Image]:
         return None
 
 
-def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: Sequence[str],
-                 class_names: Optional[Sequence[str]], report: Report, *, info: Dict[str, str],
+class ScoredImages(NamedTuple):
+    """What a report is drawn from: (N, C) scores and targets, the N image paths, the class names (or None)."""
+    scores: np.ndarray
+    targets: np.ndarray
+    paths: Sequence[str]
+    class_names: Optional[Sequence[str]]
+
+
+class Figures(NamedTuple):
+    """What draw_figures drew: the class names shown, the per-class analysis, the classes in the figures and a
+    note when they are a subset."""
+    names: List[str]
+    analysis: ClassAnalysis
+    figured: List[int]
+    subset: str
+
+
+def write_report(out_dir: str, scored: ScoredImages, report: Report, *, info: Dict[str, str],
                  thumbnails: Optional[Thumbnailer] = None, report_classes: Optional[int] = 10,
                  pr_convention: str = "ours", sweep: Optional[Dict[str, np.ndarray]] = None) -> Dict[str, object]:
     """Write index.html, the figures and thresholds.json into ``out_dir``; return paths and timings.
     ``sweep``: the global-threshold sweep (``analysis.threshold_sweep``) when the caller has it already."""
     t0 = time.perf_counter()
     make_folder(out_dir)
-    names = [class_name(class_names, c) for c in range(scores.shape[1])]
-    a, figured, subset = draw_figures(out_dir, scores, targets, names, report, info, pr_convention, sweep)
+    names = [class_name(scored.class_names, c) for c in range(scored.scores.shape[1])]
+    figures = draw_figures(out_dir, scored, names, report, info, pr_convention, sweep)
     t_figures = time.perf_counter() - t0
     shown = worst_classes(report.ap, report_classes)
-    sections, requests = mistake_sections(out_dir, scores, targets, paths, names, report, shown, thumbnails)
-    page = html_page(scores, targets, names, report, info, pr_convention, a, figured, subset, shown, sections,
-                     thumbnails is not None)
+    sections, requests = mistake_sections(out_dir, scored, names, report, shown, thumbnails)
+    page = html_page(scored, report, info, pr_convention, figures, shown, sections, thumbnails is not None)
     index = os.path.join(out_dir, "index.html")
     with atomic_write(index) as f:
         f.write(page)
@@ -226,10 +241,9 @@ def write_report(out_dir: str, scores: np.ndarray, targets: np.ndarray, paths: S
             "seconds_total": time.perf_counter() - t0, "thumbnail_images": len(requests)}
 
 
-def draw_figures(out_dir, scores, targets, names, report, info, pr_convention,
-                 sweep=None) -> Tuple[ClassAnalysis, List[int], str]:
-    """The per-class analysis, the three figures and thresholds.json; (analysis, classes shown, note)."""
-    a = analyse(scores, targets, report.ap, pr_convention=pr_convention, sweep=sweep)
+def draw_figures(out_dir, scored: ScoredImages, names, report, info, pr_convention, sweep=None) -> Figures:
+    """The per-class analysis, the three figures and thresholds.json."""
+    a = analyse(scored.scores, scored.targets, report.ap, pr_convention=pr_convention, sweep=sweep)
     figured, subset = figure_classes(report.ap)
     draw_ap_bars(os.path.join(out_dir, "ap_per_class.png"), report.ap, names, figured)
     draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)
@@ -237,7 +251,7 @@ def draw_figures(out_dir, scores, targets, names, report, info, pr_convention,
     thresholds_file(os.path.join(out_dir, "thresholds.json"), names, a.best_threshold, a.best_f1,
                     info.get("data", ""), "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
                     "choose them on a held-out split for honest figures")
-    return a, figured, subset
+    return Figures(names, a, figured, subset)
 
 
 def _rows_are(scores, items, c, wrong, mistake) -> str:
@@ -250,9 +264,10 @@ def _rows_are(scores, items, c, wrong, mistake) -> str:
     return f"{n} {mistake}{'s' if n > 1 else ''} at 0.5" + (f", {len(items) - n} correct" if n < len(items) else "")
 
 
-def mistake_sections(out_dir, scores, targets, paths, names, report, shown, thumbnails) -> Tuple[List[str], dict]:
+def mistake_sections(out_dir, scored: ScoredImages, names, report, shown, thumbnails) -> Tuple[List[str], dict]:
     """For each shown class, its highest-scoring negatives and lowest-scoring positives as thumbnails
     (with its heatmap when ``thumbnails`` draws them); (HTML sections, the thumbnail requests)."""
+    scores, targets, paths = scored.scores, scored.targets, scored.paths
     pos_neg = masks(np.asarray(targets))[:2]  # once, not once per class
     mistakes = {c: worst_mistakes(scores, targets, c, pos_neg=pos_neg) for c in shown}
     requests: Dict[int, List[int]] = {}
@@ -312,8 +327,10 @@ def conventions_in_force(report: Report, targets, pr_convention: str) -> List[st
     return out
 
 
-def html_page(scores, targets, names, report, info, pr_convention, a, figured, subset, shown, sections,
+def html_page(scored: ScoredImages, report, info, pr_convention, figures: Figures, shown, sections,
               with_heatmaps: bool) -> str:
+    scores, targets = scored.scores, scored.targets
+    names, a, figured, subset = figures
     summary_rows = [["all"] + [f"{report.overall[k]:.2f}" for k in KEYS] + [f"{report.overall['CF1_mean_per_class']:.2f}"],
                     ["top-3"] + [f"{report.top3[k]:.2f}" for k in KEYS] + [f"{report.top3['CF1_mean_per_class']:.2f}"]]
     conventions = conventions_in_force(report, targets, pr_convention)

@@ -48,6 +48,25 @@ def say(text: str) -> None:
         print(text, flush=True)
 
 
+class RankZero:
+    """The one switch for what a run prints and writes under torchrun: rank 0 does it; every other rank makes
+    the same calls and nothing happens (a single process is rank 0)."""
+
+    def __init__(self, on: bool):
+        self.on = on
+
+    def say(self, *lines: Optional[str]) -> None:
+        """Each line that is not empty or None, as ``say`` prints it."""
+        for line in lines:
+            if self.on and line:
+                say(line)
+
+    def do(self, fn: Callable[..., object], *args, **kwargs) -> None:
+        """``fn(*args, **kwargs)`` on rank 0 only: a file written, a page drawn."""
+        if self.on:
+            fn(*args, **kwargs)
+
+
 def bar(iterable=None, **kwargs):
     """tqdm, shown only on a terminal (a redirected log would fill with carriage-return frames)."""
     return tqdm(iterable, disable=not on_terminal(), dynamic_ncols=True, mininterval=1.0, **kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -133,17 +133,25 @@ def safe_name(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
-def save_heatmaps(out_dir: str, image_path: str, img: Image.Image, out: HeadMaps, image_index: int,
-                  classes: Sequence[int], class_names: Sequence[str], scores: Sequence[float],
-                  head: int = 0, stem: str = None) -> List[str]:
-    """Write one overlay PNG per class and one grid PNG; return the paths written. ``stem`` names
-    the files (default: the image's file name without extension)."""
+class ImageMaps(NamedTuple):
+    """One image's attention maps in a batch's ``forward_with_maps`` output: its row and the head shown."""
+    out: HeadMaps
+    index: int
+    head: int = 0
+
+    def of(self, class_index: int) -> torch.Tensor:
+        return class_map(self.out, self.index, class_index, self.head)
+
+
+def save_heatmaps(out_dir: str, stem: str, img: Image.Image, maps: ImageMaps, classes: Sequence[int],
+                  class_names: Sequence[str], scores: Sequence[float]) -> List[str]:
+    """Write one overlay PNG per class and one grid PNG, named from ``stem``; return the paths written."""
     make_folder(out_dir)
-    stem = safe_name(stem or os.path.splitext(os.path.basename(image_path))[0])
+    stem = safe_name(stem)
     shown = enlarge(img)
     written, overlays, captions = [], [], []
     for c in classes:
-        heat = upsample(class_map(out, image_index, c, head), (shown.height, shown.width))
+        heat = upsample(maps.of(c), (shown.height, shown.width))
         ov = overlay(shown, heat)
         path = os.path.join(out_dir, f"{stem}_{safe_name(class_names[c])}.png")
         save_image_atomic(ov, path)

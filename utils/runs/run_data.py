@@ -10,6 +10,7 @@ from pipeline.data.dataset import DATASETS, MultiLabelDataset
 from pipeline.data.splits import stratified_split
 from utils.configuration.cli import dataset_files, dataset_kwargs, plural, with_label_count
 from utils.configuration.config import Config
+from utils.output.progress import RankZero
 from utils.process import distributed as du
 
 
@@ -44,7 +45,7 @@ class RunData:
         return {"on": self.selected_on, "validation": self.val_source or None}
 
 
-def load_data(cfg: Config) -> Tuple[RunData, Config]:
+def load_data(cfg: Config, out: RankZero) -> Tuple[RunData, Config]:
     """The training, validation and test sets, and the config as the training data complete it."""
     ensure_demo_data(cfg)
     train_json, test_json = dataset_files(cfg, train=True)
@@ -52,20 +53,19 @@ def load_data(cfg: Config) -> Tuple[RunData, Config]:
     train_set = MultiLabelDataset(train_json, **dataset_kwargs(cfg, train=True), partial_labels=partial)
     if train_set.table.unknown and not partial:  # OpenImages-style: unlisted classes are unknown
         partial = True
-        if du.is_main():
-            print(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
+        out.say(f"note: {train_json} leaves unlisted classes unknown: they stay out of the loss (--partial_labels)")
     cfg = with_label_count(cfg, cfg.model.num_cls or train_set.num_classes, partial, counted_in=train_json)
     test_set = MultiLabelDataset(test_json, **dataset_kwargs(cfg, train=False), require_labels=False)
-    if not test_set.has_labels and du.is_main():
-        print(f"note: {test_json} has no labels (e.g. VOC2012 test): "
-              + ("the test set is not scored; use val.py --voc_submission on best.pth" if
-                 cfg.training.val_json or cfg.training.val_split else
-                 "training without evaluation; use val.py --voc_submission on the saved epochs"))
-    return validation_data(cfg, train_set, train_json, test_set, test_json), cfg
+    if not test_set.has_labels:
+        out.say(f"note: {test_json} has no labels (e.g. VOC2012 test): "
+                + ("the test set is not scored; use val.py --voc_submission on best.pth" if
+                   cfg.training.val_json or cfg.training.val_split else
+                   "training without evaluation; use val.py --voc_submission on the saved epochs"))
+    return validation_data(cfg, train_set, train_json, test_set, test_json, out), cfg
 
 
 def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, test_set: MultiLabelDataset,
-                    test_json: str) -> RunData:
+                    test_json: str, out: RankZero) -> RunData:
     """The run's data with its validation set: --val_json's file, or --val_split's records held out of the
     training file (then the training set is the rest); none for the authors' protocol."""
     t = cfg.training
@@ -76,11 +76,12 @@ def validation_data(cfg: Config, train_set: MultiLabelDataset, train_json: str, 
     if t.val_split is None:
         return RunData(train_set, test_set, test_json)
     split = stratified_split(train_set.table, t.val_split, t.split_seed)
-    if split.unsplit and du.is_main():
+    if split.unsplit:
         names = [cfg.class_names[c] for c in split.unsplit]
-        print(f"note: --val_split: {plural(len(names), 'class', 'classes')} could not keep a positive on each side "
-              f"(their positives overlap other rare classes'): {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        out.say(f"note: --val_split: {plural(len(names), 'class', 'classes')} could not keep a positive on each "
+                f"side (their positives overlap other rare classes'): {', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''}")
     source = (f"{len(split.val)} of the {len(train_set)} records of {train_json} (--val_split {t.val_split:g}, "
               f"stratified, split seed {t.split_seed})")
     return RunData(train_set.subset(split.train, train_set.transform), test_set, test_json,
-                   train_set.subset(split.val, eval_kwargs["transform"], eval_kwargs["fast_decode"]), source)
+                   train_set.subset(split.val, eval_kwargs["transform"], eval_kwargs["reading"].fast_decode), source)

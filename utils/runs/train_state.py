@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 from pipeline.errors import CheckpointError
 from pipeline.models.runtime import bf16_is_emulated, precision_name
@@ -25,15 +25,23 @@ VERSION = 1
 REQUIRED = ("model", "optimizer", "epoch", "iter", "best")
 
 
-def save_train_state(path: str, *, model, optimizer, scaler=None, ema=None, progress: dict,
-                     args: Optional[dict] = None, run_id: Optional[str] = None,
-                     runtime: Optional[dict] = None) -> None:
+class TrainedObjects(NamedTuple):
+    """What a training state saves and restores the state of."""
+    model: Any
+    optimizer: Any
+    scaler: Any = None
+    ema: Any = None
+
+
+def save_train_state(path: str, objects: TrainedObjects, *, progress: dict, args: Optional[dict] = None,
+                     run_id: Optional[str] = None, runtime: Optional[dict] = None) -> None:
     """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best`` and
     ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps); ``runtime``: what the steps up
     to this state ran in (``Runtime.as_dict``), for the resume note."""
+    scaler, ema = objects.scaler, objects.ema
     save_torch_atomic({
         "format": FORMAT, "version": VERSION, "run_id": run_id, "runtime": runtime,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": objects.model.state_dict(), "optimizer": objects.optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": progress["epoch"], "iter": progress["iter"], "best": progress["best"],
@@ -56,11 +64,12 @@ def load_train_state(path: str, mmap: bool = False) -> dict:
     return state
 
 
-def restore_train_state(state: dict, path: str, *, model, optimizer, scaler=None, ema=None) -> None:
+def restore_train_state(state: dict, path: str, objects: TrainedObjects) -> None:
     """Put a loaded state back into the training objects; one line when it does not fit them."""
+    scaler, ema = objects.scaler, objects.ema
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        objects.model.load_state_dict(state["model"])
+        objects.optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:

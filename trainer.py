@@ -24,7 +24,7 @@ from pipeline.data.labels import DENSE_LIMIT
 from pipeline.errors import CSRAError
 from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, resolve_runtime, runtime_warning
-from pipeline.training.losses import make_criterion
+from pipeline.training.losses import loss_parameters, make_criterion
 from pipeline.training.optim import make_optimizer, make_schedule, param_groups
 from pipeline.weights.checkpoint import safe_load, to_authors_layout
 from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
@@ -88,7 +88,7 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     head_lr_mult = t.head_lr_mult if model.head_kind.head_lr_mult else 1.0
     groups = param_groups(model, t.lr, head_lr_mult, t.w_d, t.no_decay_norm_bias)
     optimizer = make_optimizer(t.optimizer, groups, t.lr, t.momentum, t.w_d)
-    criterion = make_criterion(t.loss, t.gamma_pos, t.gamma_neg, t.asl_clip, t.partial_labels)
+    criterion = make_criterion(t.loss, t.partial_labels, **{k: getattr(t, k) for k in loss_parameters()})
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
     sampler = SeededShardSampler(len(data.train_set), cfg.run.seed, du.rank(), du.world_size())
     iters_per_epoch = math.ceil(len(range(0, len(data.train_set), du.world_size())) / cfg.data.batch_size)

@@ -180,7 +180,7 @@ def step_functions(model_name: str, size: int, batch: int, c: int, device: str):
     from pipeline.models.runtime import resolve_runtime
     from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device(device), model_name, "auto", True, "unit")
-    criterion = make_criterion("bce", None, None, None, partial_labels=True)
+    criterion = make_criterion("bce", partial_labels=True)
     x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     net = MultiLabelNet(model_name, c, img_size=size, pretrained="none").train()
     net.head_product_follows_autocast(True)

@@ -158,7 +158,7 @@ def head_cost_table(model_name: str, size: int, batch: int, class_counts) -> Non
     from pipeline.models.runtime import resolve_runtime
     from pipeline.training.losses import make_criterion
     runtime = resolve_runtime(torch.device("cpu"), model_name, "auto", True, "unit")
-    criterion = make_criterion("bce", None, None, None, partial_labels=True)
+    criterion = make_criterion("bce", partial_labels=True)
 
     def timed(fn, reps: int = 3) -> float:
         fn()

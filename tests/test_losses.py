@@ -12,7 +12,7 @@ from helpers import run_py, tiny_demo, train_argv
 from pipeline.errors import ConfigError
 from pipeline.models.model import CSRANet
 from pipeline.models.runtime import Runtime
-from pipeline.training.losses import make_criterion
+from pipeline.training.losses import LOSSES, LossKind, loss_parameters, make_criterion, resolved_options
 
 
 def sigmoid(x):
@@ -165,3 +165,21 @@ def test_custom_preparation_marks_unknown_labels(tmp_path):
     test = json.loads((tmp_path / "out" / "test.json").read_text())
     assert all(rec["target"] == [-1, 1] for rec in train)  # unknown cat: left out of the loss
     assert all(rec["target"] == [99, 1] for rec in test)   # ... and out of the cat AP
+
+
+def test_a_loss_with_a_parameter_of_its_own_gets_it_by_name(monkeypatch):
+    # a registered loss declares its parameters in its defaults; make_criterion and main.py's resolution read
+    # only those (another loss's --gamma_neg is not passed to it), each from the given value or its default
+    seen = []
+
+    def build(margin):
+        seen.append(margin)
+        return lambda x, y: (x - margin * y) ** 2
+
+    monkeypatch.setitem(LOSSES, "margin", LossKind("margin", "test loss", {"margin": 0.5}, build))
+    assert "margin" in loss_parameters() and "gamma_neg" in loss_parameters()
+    x, y = torch.tensor([[2.0, 0.0]], dtype=torch.float64), torch.tensor([[1, 0]])
+    assert make_criterion("margin", gamma_neg=4.0)(x, y).item() == pytest.approx(((2 - 0.5) ** 2 + 0) / 2)
+    assert make_criterion("margin", margin=2.0)(x, y).item() == 0.0
+    assert seen == [0.5, 2.0]
+    assert resolved_options("margin", {"margin": None, "gamma_pos": 1.0}) == {"margin": 0.5}

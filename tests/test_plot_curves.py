@@ -99,3 +99,13 @@ def test_runs_that_held_data_out_are_drawn_with_their_validation_map():
     assert plot_curves.map_panel_title([test_run]) == "test mAP"
     assert plot_curves.map_panel_title([held_out]) == "validation mAP"
     assert plot_curves.map_panel_title([test_run, held_out]) == "mAP (validation where held out, else test)"
+
+
+def test_a_run_is_described_by_the_options_its_choices_read(runs):
+    # the paper recipe: SGD with a step schedule reads momentum, warm-up and the decay period, not the one-cycle
+    # peak or the cosine floor (the rows' applies_to); the strong recipe (AdamW, one-cycle) the other way round
+    paper = plot_curves.run_description(str(runs / "a"), plot_curves.read_log(str(runs / "a")))
+    assert {"momentum", "warmup_epoch", "decay_every"} <= set(paper)
+    assert not {"onecycle_peak", "lr_floor"} & set(paper)
+    strong = plot_curves.run_description(str(runs / "strong"), plot_curves.read_log(str(runs / "strong")))
+    assert "onecycle_peak" in strong and not {"momentum", "warmup_epoch", "decay_every", "lr_floor"} & set(strong)

@@ -2,7 +2,7 @@
 clock."""
 import pytest
 
-from utils.output.progress import RunClock
+from utils.output.progress import RankZero, RunClock
 
 
 class FakeClock:
@@ -37,3 +37,13 @@ def test_the_start_up_eta_of_a_run_under_3_hours_is_one_line():
     clock.t += 10 * 10.0
     text = resumed.after_step(10)  # 10 s a step would warn for a whole run; not for what is left of this one
     assert text.startswith("ETA for the whole run: about 1:21:40 of training") and "\n" not in text
+
+
+def test_rank_zero_prints_and_writes_and_the_other_ranks_do_neither(capsys):
+    calls = []
+    for on in (True, False):
+        out = RankZero(on)
+        out.say(f"line of rank {'0' if on else '1'}", None, "")
+        out.do(calls.append, on)
+    assert capsys.readouterr().out == "line of rank 0\n"
+    assert calls == [True]

@@ -13,7 +13,8 @@ import main as train_main
 from helpers import kill_mid_epoch, run_py, tiny_demo, train_argv
 from pipeline.errors import ConfigError
 from pipeline.training.optim import cosine_factor, make_schedule, step_factor
-from pipeline.training.recipes import describe_options
+from utils.configuration.option_help import describe_options
+from utils.configuration.options import BY_NAME
 
 
 def cosine_by_hand(t, total, warm, floor):
@@ -164,10 +165,10 @@ def test_the_readme_custom_command_on_20_photos_for_1_epoch_is_refused_not_run_a
 
 def test_the_header_says_when_a_step_schedule_never_decays():
     values = dict(optimizer="sgd", scheduler="step", lr=0.01, warmup_epoch=1.0, decay_every=4, total_epoch=4)
-    assert "decay_every 4 (no decay in this run)" in describe_options(values)
-    assert "decay_every 4," in describe_options(dict(values, total_epoch=5))  # x0.1 after epoch 4 of 5
-    assert "decay_every" not in describe_options(dict(values, scheduler="cosine", lr_floor=0.0))
-    assert "lr_floor 0.0" in describe_options(dict(values, scheduler="cosine", lr_floor=0.0))
+    assert "decay_every 4 (no decay in this run)" in describe_options(values, BY_NAME)
+    assert "decay_every 4," in describe_options(dict(values, total_epoch=5), BY_NAME)  # x0.1 after epoch 4 of 5
+    assert "decay_every" not in describe_options(dict(values, scheduler="cosine", lr_floor=0.0), BY_NAME)
+    assert "lr_floor 0.0" in describe_options(dict(values, scheduler="cosine", lr_floor=0.0), BY_NAME)
 
 
 def lrs_of(folder):

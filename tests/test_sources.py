@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from pipeline.errors import CheckpointError
+from pipeline.errors import CheckpointError, ConfigError
 from utils.configuration.config import Config
+from utils.configuration.options import APPLIES_TO, BY_NAME
 from utils.configuration.train_options import get_args
 from utils.runs.run_folder import RunFolder
 
@@ -70,3 +71,23 @@ def test_the_configuration_is_frozen_once_resolved(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.training.lr = 1.0
     assert cfg.training.lr == 0.3 and cfg.model.lam == 0.4
+
+
+def test_a_recorded_lam_holds_with_its_head_only(tmp_path):
+    # the lam row's holds_with: --config repeats lam 0.4 for the CSRA head it was recorded with; for another head
+    # it means something else, so that head's default (GAP: 0) is in force unless --lam is typed
+    run = recorded_run(tmp_path / "run")
+    assert get_args(["--config", run]).lam == 0.4
+    assert get_args(["--config", run, "--head", "gap"]).lam == 0.0
+    assert get_args(["--config", run, "--head", "gap", "--lam", "0.2"]).lam == 0.2
+
+
+@pytest.mark.parametrize("flag", sorted(APPLIES_TO))
+def test_an_option_typed_with_a_choice_that_does_not_read_it_is_refused(flag):
+    # every row with applies_to, from the table: typed beside another choice of its owner, one line names both
+    owner, choices = APPLIES_TO[flag]
+    other = next(c for c in BY_NAME[owner].settings("T")["choices"] if c not in choices)
+    value = str(BY_NAME[flag].kwargs["default"])
+    with pytest.raises(ConfigError, match=rf"--{flag} applies to --{owner} {' or '.join(choices)}"):
+        get_args(["--dataset", "demo", f"--{owner}", other, f"--{flag}", value])
+    get_args(["--dataset", "demo", f"--{owner}", choices[0], f"--{flag}", value])  # with its own choice: accepted

@@ -25,9 +25,10 @@ from matplotlib.ticker import MaxNLocator
 from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import CSRAError, DataError
 from pipeline.models.heads import HEAD_KINDS
-from pipeline.training.recipes import APPLIES_TO, RECIPES, SWITCHES, TRAINING_OPTIONS, show_option
+from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS
 from utils.configuration.cli import plural, run_main
-from utils.configuration.options import RUN_DEFINING
+from utils.configuration.option_help import show_option
+from utils.configuration.options import APPLIES_TO, BY_NAME, RUN_DEFINING
 from utils.configuration.train_options import get_args as main_options
 from utils.output.fileio import save_figure_atomic
 from utils.runs.run_record import read_record
@@ -97,8 +98,8 @@ def run_description(run: str, log: List[Dict]) -> Dict[str, object]:
     except CSRAError:  # an unreadable record: the legend names the folder only
         record = {}
     out: Dict[str, object] = {k: record[k] for k in described_options() if k in record}
-    for key, (owner, choice) in APPLIES_TO.items():  # --decay_every says nothing about a one-cycle run
-        if out.get(owner) not in (None, choice):
+    for key, (owner, choices) in APPLIES_TO.items():  # --decay_every says nothing about a one-cycle run
+        if out.get(owner) not in (None, *choices):
             out.pop(key, None)
     amps = sorted({str(e["amp"]) for e in log if e.get("amp") is not None})
     if amps:
@@ -156,8 +157,8 @@ def _text(value) -> str:
 def in_words(key: str, value, path_texts: Optional[Dict[str, str]] = None) -> str:
     """One setting as a person says it: the flag and its value as typed ('model timm/resnet18', 'lam 0.3',
     'seed 1'), a switch by its name ('randaugment', 'no randaugment'), a few by their unit ('448 px')."""
-    if key in SWITCHES:
-        return show_option(key, bool(value))
+    if key in BY_NAME and BY_NAME[key].words:
+        return show_option(key, bool(value), BY_NAME)
     if key in WORDS:
         return WORDS[key](value)
     text = _text(value)

@@ -16,7 +16,7 @@ Adding a loss is one ``register_loss(...)`` call.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,8 +56,8 @@ def asymmetric_terms(logits: torch.Tensor, y: torch.Tensor, gamma_pos: float, ga
 class LossKind:
     name: str
     description: str
-    defaults: Dict[str, float]                  # its values of --gamma_pos, --gamma_neg, --asl_clip
-    build: Callable[[float, float, float], LossFn]  # (gamma_pos, gamma_neg, clip) -> element-wise terms
+    defaults: Dict[str, float]                  # its parameters (options of the table) and their defaults
+    build: Callable[..., LossFn]                # (its parameters by name) -> element-wise terms
 
 
 LOSSES: Dict[str, LossKind] = {}
@@ -68,19 +68,19 @@ def register_loss(kind: LossKind) -> LossKind:
     return kind
 
 
-def _bce(gamma_pos, gamma_neg, clip):
+def _bce(gamma_pos, gamma_neg, asl_clip):
     return lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction="none")
 
 
-def _focal(gamma_pos, gamma_neg, clip):
+def _focal(gamma_pos, gamma_neg, asl_clip):
     if gamma_pos != gamma_neg:
         raise ConfigError(f"--loss focal uses one gamma: --gamma_pos {gamma_pos} and --gamma_neg {gamma_neg} differ "
                           "(--loss asl focuses them apart)")
     return lambda x, y: asymmetric_terms(x, y, gamma_pos, gamma_pos, 0.0)
 
 
-def _asl(gamma_pos, gamma_neg, clip):
-    return lambda x, y: asymmetric_terms(x, y, gamma_pos, gamma_neg, clip)
+def _asl(gamma_pos, gamma_neg, asl_clip):
+    return lambda x, y: asymmetric_terms(x, y, gamma_pos, gamma_neg, asl_clip)
 
 
 register_loss(LossKind("bce", "binary cross-entropy (the paper's)", {"gamma_pos": 0.0, "gamma_neg": 0.0,
@@ -97,11 +97,11 @@ def get_loss(name: str) -> LossKind:
     return LOSSES[name]
 
 
-def make_criterion(name: str = "bce", gamma_pos: Optional[float] = None, gamma_neg: Optional[float] = None,
-                   asl_clip: Optional[float] = None, partial_labels: bool = False) -> LossFn:
+def make_criterion(name: str = "bce", partial_labels: bool = False, **parameters: Optional[float]) -> LossFn:
     """The training loss: ``criterion(logits, targets)`` -> scalar, computed in float32 (or wider).
-    Options left None take the loss's own defaults. With ``partial_labels`` targets of -1 are unknown."""
-    terms = get_loss(name).build(*resolved_options(name, gamma_pos, gamma_neg, asl_clip))
+    ``parameters`` (gamma_pos=..., ...) left out or None take the loss's own defaults; those of other losses
+    are not read. With ``partial_labels`` targets of -1 are unknown."""
+    terms = get_loss(name).build(**resolved_options(name, parameters))
 
     def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
@@ -112,8 +112,11 @@ def make_criterion(name: str = "bce", gamma_pos: Optional[float] = None, gamma_n
     return criterion
 
 
-def resolved_options(name: str, gamma_pos=None, gamma_neg=None, asl_clip=None) -> Tuple[float, float, float]:
-    """(gamma_pos, gamma_neg, asl_clip) with the loss's own defaults for those left None."""
-    d = get_loss(name).defaults
-    return (d["gamma_pos"] if gamma_pos is None else gamma_pos, d["gamma_neg"] if gamma_neg is None else gamma_neg,
-            d["asl_clip"] if asl_clip is None else asl_clip)
+def loss_parameters() -> Tuple[str, ...]:
+    """Every loss's parameters (each an option of the table), in a stable order."""
+    return tuple(dict.fromkeys(k for kind in LOSSES.values() for k in kind.defaults))
+
+
+def resolved_options(name: str, given: Mapping[str, Optional[float]]) -> Dict[str, float]:
+    """The loss's parameters: ``given``'s values, its own defaults for those missing or None."""
+    return {k: default if given.get(k) is None else given[k] for k, default in get_loss(name).defaults.items()}

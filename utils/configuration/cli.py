@@ -30,11 +30,11 @@ from pipeline.models.runtime import default_normalize, normalization
 from pipeline.training.recipes import RECIPES
 from utils.configuration.config import Config, ModelConfig
 from utils.configuration.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
-from utils.configuration.options import (BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, PRE_PARSED, add_options,
-                                         complete)
+from utils.configuration.options import (BY_NAME, CHECKS, DATA_OPTIONS, HOLDS_WITH, MODEL_OPTIONS, NOT_REPEATED_OPTIONS,
+                                         OPTIONS, PRE_PARSED, add_options, complete)
 from utils.runs.resume import resume_defaults
-from utils.runs.run_record import (RECORD_FILE, check_flags, check_record_values, find_record, read_record,
-                                   record_defaults)
+from utils.runs.run_record import (BOOKKEEPING, RECORD_FILE, check_flags, check_record_values, find_record,
+                                   read_record, record_defaults)
 from predict_onnx import DefaultsHelpFormatter as HelpFormatter  # '(default: X)' where a default is literal
 
 CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
@@ -81,9 +81,8 @@ def typed_flags(argv: Sequence[str]) -> Set[str]:
     return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
 
 
-# record entries --config does not repeat: the run's identity and bookkeeping
-NOT_REPEATED = {"config", "config_changes", "resume", "run_id", "runtime", "record_version", "resume_changes",
-                "record_path", "record_names", "class_names", "selection", "init"}
+# record entries --config does not repeat: the run's bookkeeping, and the options whose row says so
+NOT_REPEATED = set(BOOKKEEPING) | set(NOT_REPEATED_OPTIONS)
 
 
 def read_config(path: str) -> dict:
@@ -183,8 +182,9 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:
         args.record_names = config.get("class_names")
-        if "lam" not in typed and args.head != config.get("head"):
-            args.lam = None  # lam means something else for another head: that head's default, not the record's
+        for key, other in HOLDS_WITH.items():  # e.g. lam means something else for another head: its default
+            if key not in typed and getattr(args, other) != config.get(other):
+                setattr(args, key, BY_NAME[key].kwargs.get("default"))
     args.num_cls_from = recorded_count_origin(args.num_cls, typed, pre.config, config, found)
     try:
         args = resolve(args)

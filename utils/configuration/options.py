@@ -3,7 +3,9 @@
 A row says the flag's argparse settings, the scripts that take it (``T`` main.py, ``V`` val.py, ``D`` demo.py,
 ``E`` export.py, ``S`` the training-free sweep), the help group, how a value is checked, whether it defines a
 run (``--resume`` keeps the recorded value) or may change on resume, whether a checkpoint's run record fixes
-it (``model``) or only suggests it (``data``), and which option a negating flag turns off. The parsers
+it (``model``) or only suggests it (``data``), which option a negating flag turns off, which choices of another
+option read it, how a switch reads in the header, whether ``--config`` repeats it, and which option its recorded
+value holds with. The parsers
 (``add_options``), the value checks, the resume rules and the record rules are made from it, and help that
 quotes a recipe's or a dataset's value is written from those tables (``option_help``). Adding an option is one
 row here plus the code that uses it (and a recipe's value where a recipe sets it).
@@ -47,6 +49,10 @@ class Option:
     record: str = ""                        # "model": a run record fixes it; "data": a record suggests it
     negates: str = ""                       # the option a negating flag turns off (counts as it on --resume)
     pre: bool = False                       # read before parsing: it decides other options' defaults
+    applies_to: Optional[Tuple[str, Tuple[str, ...]]] = None  # (option, choices): only those choices read it
+    words: Optional[Tuple[str, str]] = None  # a switch as the header says it: (on, off)
+    repeated: bool = True                   # --config repeats the recorded value (False: the run's own)
+    holds_with: str = ""                    # --config: the recorded value holds only with the record's value of this
     per_script: Dict[str, Dict[str, object]] = field(default_factory=dict)  # script -> settings that differ
 
     @property
@@ -98,23 +104,16 @@ def kept_epochs(text: str) -> Optional[int]:
     return value
 
 
-def recipe_option(name: str, help_text: str, **kwargs) -> Option:
+def recipe_option(name: str, help_text: str, check: Optional[Check] = None, applies_to=None, words=None,
+                  **kwargs) -> Option:
     """A training option every recipe sets: its literal default is the paper recipe's; its help lists each
     recipe's value (a choice's values show in --recipe's help and as the default in force)."""
     kwargs.setdefault("default", RECIPES["paper"].values[name])
     note = "" if "choices" in kwargs else recipe_note(name)
-    return Option(name, "T", "training", dict(kwargs, help=help_text + note), resume="defines",
-                  check=RECIPE_CHECKS.get(name))
+    return Option(name, "T", "training", dict(kwargs, help=help_text + note), resume="defines", check=check,
+                  applies_to=applies_to, words=words)
 
 
-RECIPE_CHECKS: Dict[str, Check] = {
-    "lr": POSITIVE_NUMBER, "head_lr_mult": POSITIVE_NUMBER, "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "w_d": NUMBER_AT_LEAST_0, "warmup_epoch": NUMBER_AT_LEAST_0, "total_epoch": POSITIVE_INT,
-    "ema": (lambda v: 0 < v < 1, "in (0, 1), e.g. 0.9997"), "cutout": (lambda v: 0 <= v <= 1,
-                                                                     "a fraction of the image side in [0, 1]"),
-    "onecycle_peak": (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"),
-    "lr_floor": (lambda v: 0 <= v <= 1, "a fraction of the LR in [0, 1]"),
-}
 OPTIONS: Tuple[Option, ...] = (
     # --- the model ---------------------------------------------------------------------------------
     Option("model", SCRIPTS, "model", dict(default="resnet101", help="backbone: a name of the backbone table "
@@ -128,7 +127,7 @@ OPTIONS: Tuple[Option, ...] = (
            resume="defines", record="model"),
     Option("lam", SCRIPTS, "model", dict(type=float, default=None, help=Later(lambda: "; ".join(
            f"{k.name}: {k.lam_help} (default {k.default_lam:g})" for k in HEAD_KINDS.values() if k.lam_help))),
-           check=FINITE_AT_LEAST_0, resume="defines", record="model"),
+           check=FINITE_AT_LEAST_0, resume="defines", record="model", holds_with="head"),
     Option("num_cls", SCRIPTS, "model", dict(type=int, default=None, help="number of classes (default: the --classes "
            "file's, else the dataset's, else the JSON's)"), check=POSITIVE_INT, resume="defines", record="model"),
     Option("img_size", SCRIPTS, "model", dict(type=int, default=448, help=f"input size ({dataset_note('img_size')}; "
@@ -221,14 +220,15 @@ OPTIONS: Tuple[Option, ...] = (
            help=PRETRAINED_HELP + "; its classifier is dropped" + overrides_note("pretrained")), resume="defines",
            per_script={"S": dict(group="an ImageNet classifier as it is (instead of --load_from)",
                                  help=PRETRAINED_HELP + "; its classifier is kept and scored")}),
-    Option("recipe", "T", "training", dict(default="paper", choices=list(RECIPES), help="a preset of the training "
-           "options below; any of them typed wins. " + recipes_help()), resume="defines", pre=True),
+    Option("recipe", "T", "training", dict(default="paper", choices=list(RECIPES), help=Later(lambda: "a preset of "
+           "the training options below; any of them typed wins. " + recipes_help(BY_NAME))), resume="defines",
+           pre=True),
     recipe_option("optimizer", "sgd (with --momentum) or adamw (betas 0.9, 0.999)", choices=list(OPTIMIZERS)),
     recipe_option("scheduler", "; ".join(f"{k}: {v}" for k, v in SCHEDULE_HELP.items()), choices=list(SCHEDULERS)),
     recipe_option("lr", "backbone learning rate (the peak with onecycle and cosine); the CSRA head uses --head_lr_mult "
-                  "times it", type=float),
+                  "times it", POSITIVE_NUMBER, type=float),
     recipe_option("head_lr_mult", "head LR multiplier for heads that take one (CSRA; the GAP baseline: always 1)",
-                  type=float),
+                  POSITIVE_NUMBER, type=float),
     recipe_option("loss", "; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()), choices=list(LOSSES)),
     Option("gamma_pos", "T", "training", dict(type=float, default=None, help="focusing exponent on positives (the "
            f"loss's default: {loss_defaults('gamma_pos')})"), check=FINITE_AT_LEAST_0, resume="defines"),
@@ -239,29 +239,35 @@ OPTIONS: Tuple[Option, ...] = (
     Option("partial_labels", "T", "training", dict(action="store_true", help="a -1 in the training file means unknown: "
            "left out of the loss and its normalisation (without the flag a -1 there is an error; sparse files whose "
            "unlisted classes are unknown imply it)"), resume="defines"),
-    recipe_option("momentum", "SGD momentum (--optimizer sgd)", type=float),
-    recipe_option("w_d", "weight decay", type=float),
-    recipe_option("no_decay_norm_bias", "no weight decay on biases and normalisation weights", action="store_true"),
+    recipe_option("momentum", "SGD momentum (--optimizer sgd)", (lambda v: 0 <= v < 1, "in [0, 1)"),
+                  ("optimizer", ("sgd",)), type=float),
+    recipe_option("w_d", "weight decay", NUMBER_AT_LEAST_0, type=float),
+    recipe_option("no_decay_norm_bias", "no weight decay on biases and normalisation weights",
+                  words=("no decay on biases/norms", "decay on every weight"), action="store_true"),
     Option("decay_norm_bias", "T", "training", dict(dest="no_decay_norm_bias", action="store_false",
            help="weight decay on every parameter (turns --no_decay_norm_bias off)"), negates="no_decay_norm_bias"),
     recipe_option("warmup_epoch", "linear warm-up epochs from LR 0, --scheduler step or cosine (not longer than the "
-                  "run)", type=float),
-    recipe_option("onecycle_peak", "--scheduler onecycle: the fraction of the steps at which the LR peaks", type=float),
+                  "run)", NUMBER_AT_LEAST_0, ("scheduler", ("step", "cosine")), type=float),
+    recipe_option("onecycle_peak", "--scheduler onecycle: the fraction of the steps at which the LR peaks",
+                  (lambda v: 0 < v < 1, "a fraction of the steps in (0, 1)"), ("scheduler", ("onecycle",)),
+                  type=float),
     recipe_option("lr_floor", "--scheduler cosine: the LR at the last step, as a fraction of each group's LR (0: decay "
-                  "to 0, as timm's and torchvision's references by default)", type=float, metavar="FRACTION"),
+                  "to 0, as timm's and torchvision's references by default)", (lambda v: 0 <= v <= 1,
+                  "a fraction of the LR in [0, 1]"), ("scheduler", ("cosine",)), type=float, metavar="FRACTION"),
     Option("total_epoch", "T", "training", dict(type=int, default=RECIPES["paper"].values["total_epoch"],
            help="epochs" + recipe_note("total_epoch")), check=POSITIVE_INT, resume="may change"),
     Option("decay_every", "T", "training", dict(type=int, default=4, help=f"x0.1 every N epochs, --scheduler step "
            f"({dataset_note('decay_every')}; N >= --total_epoch: no decay, said in the header)"), check=POSITIVE_INT,
-           resume="defines"),
+           resume="defines", applies_to=("scheduler", ("step",))),
     recipe_option("randaugment", "torchvision's RandAugment (2 ops, magnitude 9) on the 8-bit training image",
-                  action="store_true"),
+                  words=("randaugment", "no randaugment"), action="store_true"),
     Option("no_randaugment", "T", "training", dict(dest="randaugment", action="store_false",
            help="turn --randaugment off"), negates="randaugment"),
     recipe_option("cutout", "Cutout of one square this fraction of the image side, random colour, on the 8-bit "
-                  "training image; 0: none", type=float, metavar="FRACTION"),
-    recipe_option("ema", "also keep an EMA of the weights, evaluated beside the model; none: no EMA", type=ema_decay,
-                  metavar="DECAY"),
+                  "training image; 0: none", (lambda v: 0 <= v <= 1, "a fraction of the image side in [0, 1]"),
+                  type=float, metavar="FRACTION"),
+    recipe_option("ema", "also keep an EMA of the weights, evaluated beside the model; none: no EMA",
+                  (lambda v: 0 < v < 1, "in (0, 1), e.g. 0.9997"), type=ema_decay, metavar="DECAY"),
     # --- the run -----------------------------------------------------------------------------------
     Option("print_freq", "T", "the run", dict(type=int, default=100, help="show loss, LR and speed every N iterations, "
            "and at least 4 times an epoch (the bar on a terminal, a plain line in a log file)"), check=POSITIVE_INT,
@@ -291,9 +297,10 @@ OPTIONS: Tuple[Option, ...] = (
            per_script={"V": dict(group=None, help="write an HTML report (figures, per-class table, thresholds.json, "
                                  "worst mistakes with their heatmaps) into DIR")}),
     Option("resume", "T", "the run", dict(nargs="?", const="auto", default=None, metavar="PATH", help="continue an "
-           "interrupted run: its folder or train_state.pth (default: --output_dir)"), pre=True),
+           "interrupted run: its folder or train_state.pth (default: --output_dir)"), pre=True, repeated=False),
     Option("config", "T", "the run", dict(default=None, metavar="RUN", help="start a new run with a recorded run's "
-           "options (its folder or args.json); flags typed now win and the header lists them"), pre=True),
+           "options (its folder or args.json); flags typed now win and the header lists them"), pre=True,
+           repeated=False),
     Option("tensorboard", "T", "the run", dict(action="store_true", help="also write TensorBoard scalars (loss, LR, "
            "mAP, CF1, OF1, img/s) into the run folder's tensorboard/ (needs: pip install tensorboard)"),
            resume="may change"),
@@ -356,6 +363,9 @@ MODEL_OPTIONS = tuple(o.name for o in OPTIONS if o.record == "model")
 DATA_OPTIONS = tuple(o.name for o in OPTIONS if o.record == "data")
 NEGATIONS = {o.name: o.negates for o in OPTIONS if o.negates}
 PRE_PARSED = tuple(o.name for o in OPTIONS if o.pre)
+APPLIES_TO = {o.name: o.applies_to for o in OPTIONS if o.applies_to}
+NOT_REPEATED_OPTIONS = tuple(o.dest for o in OPTIONS if not o.repeated)
+HOLDS_WITH = {o.dest: o.holds_with for o in OPTIONS if o.holds_with}
 
 
 def add_options(p: argparse.ArgumentParser, script: str) -> None:

@@ -10,12 +10,11 @@ from typing import Optional
 from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import ConfigError, CSRAError
 from pipeline.models.backbones import get_backbone
-from pipeline.training.losses import resolved_options
+from pipeline.training.losses import loss_parameters, resolved_options
 from pipeline.training.optim import check_schedule
-from pipeline.training.recipes import APPLIES_TO
 from pipeline.weights.pretrained import check_source
 from utils.configuration.cli import dataset_in_force, new_parser, parse_args, pre_parse, typed_flags
-from utils.configuration.options import NEGATIONS
+from utils.configuration.options import APPLIES_TO, NEGATIONS
 from utils.experiments.tracking import resolve_uri
 from utils.runs.resume import ResumePlan, find_resumed_run, settle
 
@@ -82,8 +81,9 @@ def get_args(argv=None) -> argparse.Namespace:
     if not args.resume:  # a resumed run's options come from its record: trainer.build checks them there
         check_run_schedule(args, typed)
     # the loss's own defaults for its options left unset: args.json records every value in force
-    args.gamma_pos, args.gamma_neg, args.asl_clip = resolved_options(args.loss, args.gamma_pos, args.gamma_neg,
-                                                                    args.asl_clip)
+    given = {k: getattr(args, k) for k in loss_parameters()}
+    for key, value in resolved_options(args.loss, given).items():
+        setattr(args, key, value)
     args.resume_plan = settle(plan, args, typed) if plan else None
     return args
 

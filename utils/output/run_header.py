@@ -6,9 +6,11 @@ import textwrap
 from typing import List, Tuple
 
 from pipeline.models.runtime import Runtime, precision_name
-from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS, describe_options
+from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS
 from utils.configuration.cli import describe_model, plural
 from utils.configuration.config import Config
+from utils.configuration.option_help import describe_options
+from utils.configuration.options import BY_NAME
 from utils.process import distributed as du
 from utils.runs.run_data import RunData
 
@@ -21,7 +23,7 @@ FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their 
 def describe_in_force(cfg: Config) -> str:
     """The training options in force; those that differ from the recipe's are marked with '*'."""
     flat = cfg.record()
-    return describe_options({k: flat[k] for k in TRAINING_OPTIONS}, RECIPES[cfg.training.recipe].values)
+    return describe_options({k: flat[k] for k in TRAINING_OPTIONS}, BY_NAME, RECIPES[cfg.training.recipe].values)
 
 
 def weights_in_use(training) -> str:

@@ -25,6 +25,9 @@ from utils.configuration.config import field_type
 from utils.configuration.options import BY_NAME, CHECKS, DATA_OPTIONS, MODEL_OPTIONS, OPTIONS, Option
 
 RECORD_FILE = "args.json"
+# what a record holds besides the options: the run's identity and what it found or was told
+BOOKKEEPING = ("config_changes", "run_id", "runtime", "record_version", "resume_changes", "record_path",
+               "record_names", "class_names", "selection", "init")
 REQUIRED = ("model", "head", "num_heads", "num_cls", "img_size")  # without these it is not a record of main.py
 
 

@@ -3,6 +3,7 @@ module but the table's compares head kinds by name."""
 import os
 import re
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,10 @@ from conftest import ROOT
 from helpers import run_py, tiny_demo, train_argv
 from pipeline.models import heads
 from pipeline.models.csra import INF, HeadMaps, attention_maps
+from pipeline.errors import ConfigError
 from pipeline.models.heads import HeadKind
+from pipeline.models.model import CSRANet
+from utils.configuration.cli import model_kwargs
 
 
 class MaxPoolHead(nn.Module):
@@ -36,7 +40,7 @@ class MaxPoolHead(nn.Module):
 
 @pytest.fixture
 def max_head(monkeypatch):
-    kind = HeadKind("max", "a max-pooling head", "max_head", lambda d, c, h, lam: MaxPoolHead(d, c),
+    kind = HeadKind("max", "a max-pooling head", "max_head", lambda d, c, lam: MaxPoolHead(d, c),
                     recognise=lambda sd: (sd["max_head.conv.weight"].shape[0], 0) if "max_head.conv.weight" in sd
                     else None, zoo_prefix="head.max.", default_lam=0.0, lam_help="unused")
     monkeypatch.setitem(heads.HEAD_KINDS, kind.name, kind)
@@ -84,3 +88,28 @@ def test_every_head_is_a_head_and_the_model_keeps_the_name_users_import():
         assert out.logits.shape == (2, 3) and len(out.score_maps) == len(head.temperatures)
     assert not isinstance(nn.Linear(8, 3), Head)
     assert CSRANet is MultiLabelNet and isinstance(CSRANet("small_cnn", 3, img_size=32, pretrained="none").head, Head)
+
+
+def test_a_head_option_of_its_own_reaches_its_head_by_name(monkeypatch):
+    # a kind lists its own options with their defaults; the model passes them to its build by name (another
+    # head's option is not read: GAP takes no num_heads), and model_kwargs takes them from the configuration
+    built = []
+
+    def build(d, c, lam, width):
+        built.append(width)
+        return MaxPoolHead(d, c)
+
+    kind = HeadKind("widemax", "a test head", "max_head", build, recognise=lambda sd: None, zoo_prefix="head.max.",
+                    options={"width": 3}, default_lam=0.0)
+    monkeypatch.setitem(heads.HEAD_KINDS, kind.name, kind)
+    CSRANet("small_cnn", 4, head="widemax", lam=0.0, img_size=32, pretrained="none")
+    CSRANet("small_cnn", 4, head="widemax", lam=0.0, img_size=32, pretrained="none", width=5, num_heads=2)
+    assert built == [3, 5]
+    assert CSRANet("small_cnn", 4, head="gap", num_heads=4, img_size=32, pretrained="none").num_heads == 0
+    assert CSRANet("small_cnn", 4, num_heads=4, img_size=32, pretrained="none").num_heads == 4
+    with pytest.raises(ConfigError, match="'num_head' is not an option of any head"):
+        CSRANet("small_cnn", 4, num_head=4, img_size=32, pretrained="none")
+    config = SimpleNamespace(model="small_cnn", num_cls=4, head="widemax", lam=0.0, img_size=32, num_heads=2, width=7)
+    assert model_kwargs(config) == dict(model_name="small_cnn", num_classes=4, head="widemax", lam=0.0, img_size=32,
+                                        width=7)
+    assert model_kwargs(SimpleNamespace(**dict(vars(config), head="csra")))["num_heads"] == 2

@@ -1,6 +1,7 @@
 """The head table: everything the code knows about a kind of classification head, one entry each.
 
-A ``HeadKind`` says how to build the head, under which model attribute it sits (its state-dict prefix,
+A ``HeadKind`` says how to build the head, which options of its own it takes (each an option of the table,
+passed to ``build`` by name: CSRA's ``num_heads``), under which model attribute it sits (its state-dict prefix,
 so checkpoints keep the authors' layout), how its weights are recognised in a state dict and named in
 the model-zoo toolbox's layout, whether ``--head_lr_mult`` applies, what ``lam`` means for it and how
 it is described. The head module itself is a ``Head`` (below): what the model, export and the heatmaps use
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
@@ -49,11 +50,12 @@ class HeadKind:
     name: str                                   # the --head value
     display: str                                # how messages name it: "a CSRA head"
     attribute: str                              # the model attribute holding it = its state-dict prefix
-    build: Callable[[int, int, int, float], Head]   # (feat_dim, num_classes, num_heads, lam) -> head
+    build: Callable[..., Head]                  # (feat_dim, num_classes, lam, **its options) -> head
     recognise: Recogniser
     zoo_prefix: str                             # its keys' prefix in the model-zoo toolbox's layout
     own_prefix: str = ""                        # the prefix zoo_prefix replaces (default: attribute + ".")
-    multi_head: bool = False                    # --num_heads applies
+    options: Mapping[str, object] = field(default_factory=dict)  # its own options (names in the option table)
+    #                                             and their defaults
     head_lr_mult: bool = False                  # --head_lr_mult applies (else its LR is the backbone's)
     default_lam: float = 0.1
     training_free: bool = False                 # lam is applied after training: the head has
@@ -65,6 +67,20 @@ class HeadKind:
     @property
     def prefix(self) -> str:
         return self.own_prefix or self.attribute + "."
+
+    @property
+    def multi_head(self) -> bool:
+        """--num_heads applies: the head's sub-heads are a number of its own."""
+        return "num_heads" in self.options
+
+    def options_from(self, given: Mapping[str, object]) -> Dict[str, object]:
+        """Its own options: ``given``'s, its defaults for the rest. Another head's option is not read (GAP
+        takes no --num_heads); a name no head takes is refused."""
+        unknown = sorted(k for k in given if not any(k in kind.options for kind in HEAD_KINDS.values()))
+        if unknown:
+            raise ConfigError(f"{unknown[0]!r} is not an option of any head (the heads' options: "
+                              f"{', '.join(sorted({k for kind in HEAD_KINDS.values() for k in kind.options}))})")
+        return {k: given.get(k, default) for k, default in self.options.items()}
 
     def describe(self, num_heads: int, lam: float) -> str:
         if self.multi_head:
@@ -125,10 +141,11 @@ def _gap_rows(sd):
 
 
 register_head(HeadKind(
-    "csra", "a CSRA head", "classifier", lambda d, c, h, lam: MultiHeadCSRA(h, lam, d, c), _recognise_csra,
-    rows=_csra_rows, zoo_prefix="head.csra_heads.", own_prefix="classifier.multi_head.", multi_head=True,
+    "csra", "a CSRA head", "classifier", lambda d, c, lam, num_heads: MultiHeadCSRA(num_heads, lam, d, c),
+    _recognise_csra, rows=_csra_rows, zoo_prefix="head.csra_heads.", own_prefix="classifier.multi_head.",
+    options={"num_heads": 1},
     head_lr_mult=True, default_lam=0.1, lam_help="the CSRA residual weight"))
 register_head(HeadKind(
-    "gap", "a GAP head", "fc", lambda d, c, h, lam: GAPHead(d, c), _recognise_gap, rows=_gap_rows,  # trained plain
+    "gap", "a GAP head", "fc", lambda d, c, lam: GAPHead(d, c), _recognise_gap, rows=_gap_rows,  # trained plain
     zoo_prefix="head.fc.", default_lam=0.0, training_free=True,
     lam_help="at evaluation, the training-free mean + lam * max rule (0: plain GAP)"))

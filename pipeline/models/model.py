@@ -22,20 +22,22 @@ from pipeline.weights.pretrained import create_model
 
 class MultiLabelNet(nn.Module):
     """A backbone with a head of one of the kinds in ``pipeline.models.heads`` (``head="csra"``: multi-head CSRA,
-    ``head="gap"``: the baseline), held under the kind's attribute (so the state dict is the authors')."""
+    ``head="gap"``: the baseline), held under the kind's attribute (so the state dict is the authors').
+    ``head_options``: the head's own options by name (``num_heads=4`` for CSRA; its kind lists them)."""
 
     def __init__(self, model_name: str = "resnet101", num_classes: int = 20, head: str = "csra",
-                 num_heads: int = 1, lam: float = 0.1, img_size: int = 448, pretrained: str = "imagenet",
-                 cutmix: Optional[str] = None):
+                 lam: float = 0.1, img_size: int = 448, pretrained: str = "imagenet", cutmix: Optional[str] = None,
+                 **head_options):
         super().__init__()
         spec = get_backbone(model_name)
         kind = get_head(head)
+        options = kind.options_from(head_options)
         if cutmix and spec.family != "resnet":
             raise ConfigError("--cutmix loads a ResNet file; it applies to ResNet models only")
         self.model_name = spec.name
         self.head_type = kind.name
         self.num_classes = num_classes
-        self.num_heads = num_heads if kind.multi_head else 0
+        self.num_heads = options.get("num_heads", 0)
         self.img_size = img_size
         self.feat_dim = spec.feat_dim
 
@@ -59,7 +61,7 @@ class MultiLabelNet(nn.Module):
             if new.shape != old.shape:
                 setattr(module, leaf, nn.Parameter(new))
 
-        self.add_module(kind.attribute, kind.build(spec.feat_dim, num_classes, num_heads, lam))
+        self.add_module(kind.attribute, kind.build(spec.feat_dim, num_classes, lam, **options))
 
     @property
     def backbone(self) -> Backbone:
@@ -121,16 +123,16 @@ CSRANet = MultiLabelNet  # the name it had: users' code imports it
 
 
 def load_for_inference(path: str, *, model_name: str, num_classes: Optional[int], head: str = "csra",
-                       num_heads: int = 1, lam: float = 0.1, img_size: int = 448,
-                       num_classes_from: Optional[str] = None):
+                       lam: float = 0.1, img_size: int = 448, num_classes_from: Optional[str] = None,
+                       **head_options):
     """Build the model a checkpoint needs (no ImageNet download: the checkpoint supplies every weight),
     load it, apply ``lam`` (also the GAP head's training-free rule), and put it in eval mode.
     Returns (model, what the checkpoint holds)."""
     if num_classes is None:
         raise ConfigError(f"{path}: the number of classes is unknown (no run record beside it, and neither "
                           "--num_cls nor --classes): pass --num_cls N or --classes FILE")
-    model = MultiLabelNet(model_name, num_classes, head=head, num_heads=num_heads, lam=lam,
-                                 img_size=img_size, pretrained="none")
+    model = MultiLabelNet(model_name, num_classes, head=head, lam=lam, img_size=img_size, pretrained="none",
+                          **head_options)
     info = load_model_weights(model, path, num_classes_from)
     model.set_lam(lam)
     return model.eval(), info

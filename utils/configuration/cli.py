@@ -331,9 +331,11 @@ def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] =
 
 
 def model_kwargs(model: ModelConfig) -> dict:
-    """The model options as keyword arguments of ``CSRANet`` / ``load_for_inference``."""
-    return dict(model_name=model.model, num_classes=model.num_cls, head=model.head, num_heads=model.num_heads,
-                lam=model.lam, img_size=model.img_size)
+    """The model options as keyword arguments of ``CSRANet`` / ``load_for_inference``: the head's own ones
+    (its kind lists them) by name."""
+    own = {k: getattr(model, k) for k in get_head(model.head).options}
+    return dict(model_name=model.model, num_classes=model.num_cls, head=model.head, lam=model.lam,
+                img_size=model.img_size, **own)
 
 
 def dataset_kwargs(cfg: Config, train: bool) -> dict:

@@ -315,7 +315,7 @@ def run_main(main: Callable[[], object], interrupted_hint: Union[str, Callable[[
 OPTIONS: Dict[str, dict] = {
     "onnx": dict(required=True, help="a model written by export.py --format onnx"),
     "img_dir": dict(required=True, nargs="+", help="image folders and/or image files"),
-    "threshold": dict(type=float, default=0.5),
+    "threshold": dict(type=float, default=0.5, help="a class is a label when its score is at or above this"),
     "thresholds": dict(default=None, metavar="FILE", help="per-class thresholds (thresholds.json from val.py "
                        "--report) instead of --threshold"),
     "topk": dict(type=int, default=None, help="also list the K highest-scoring classes, whatever the threshold, "

@@ -10,6 +10,7 @@ import utils.process.openmp_env  # noqa: F401  (first: it configures OpenMP befo
 
 import argparse
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -27,9 +28,16 @@ from utils.process import distributed as du
 from utils.process.inference import open_session
 
 
+def usage_error(a: argparse.Namespace) -> Optional[str]:
+    if not (a.load_from or a.from_scores):
+        return "--load_from is required (or --from_scores)"
+    if a.save_scores and (os.path.isdir(a.save_scores) or a.save_scores.endswith(("/", os.sep))):
+        return f"--save_scores {a.save_scores}: a folder; name the file to write (e.g. scores.json or scores.npy)"
+    return None
+
+
 def get_args(argv=None) -> argparse.Namespace:
-    return parse_args(new_parser("Validate a CSRA checkpoint.", "V"), argv, usage_error=lambda a: None if
-                      a.load_from or a.from_scores else "--load_from is required (or --from_scores)")
+    return parse_args(new_parser("Validate a CSRA checkpoint.", "V"), argv, usage_error=usage_error)
 
 
 def report_from_scores(args) -> dict:

@@ -83,3 +83,8 @@ def test_val_errors_are_one_line(setup, tmp_path):
     assert r.returncode == 1 and "--num_cls is 20" in r.stderr
     r = run_py(*args, "--no_such_flag")
     assert r.returncode == 2 and "unrecognized arguments: --no_such_flag" in r.stderr
+    # --save_scores names a file: a folder is refused before the model runs, saying what to give
+    for folder in (str(tmp_path), str(tmp_path / "scores") + "/"):
+        r = run_py(*args, "--save_scores", folder)
+        assert r.returncode == 2 and f"--save_scores {folder}: a folder; name the file to write" in r.stderr
+        assert "mAP" not in r.stdout

@@ -331,7 +331,8 @@ OPTIONS: Tuple[Option, ...] = (
                                  nargs=None, default=None, metavar="FOLDER", help="single-label images, one sub-folder "
                                  "per class (the ImageNet validation layout); with --model and --pretrained; "
                                  "--img_size defaults to the weights' own evaluation size")}),
-    Option("threshold", "D", None, dict(type=float, default=0.5), check=(lambda v: 0 <= v <= 1, "in [0, 1]")),
+    Option("threshold", "D", None, dict(type=float, default=0.5, help="a class is a label when its score is at or "
+           "above this"), check=(lambda v: 0 <= v <= 1, "in [0, 1]")),
     Option("thresholds", "D", None, dict(default=None, metavar="FILE", help="per-class thresholds (thresholds.json "
            "from val.py --report) instead of --threshold")),
     Option("topk", "D", None, dict(type=int, default=None, help="also list the K highest-scoring classes, whatever the "

@@ -88,7 +88,8 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     head_lr_mult = t.head_lr_mult if model.head_kind.head_lr_mult else 1.0
     groups = param_groups(model, t.lr, head_lr_mult, t.w_d, t.no_decay_norm_bias)
     optimizer = make_optimizer(t.optimizer, groups, t.lr, t.momentum, t.w_d)
-    criterion = make_criterion(t.loss, t.partial_labels, **{k: getattr(t, k) for k in loss_parameters()})
+    loss_options = {k: getattr(t, k) for k in loss_parameters()}
+    criterion = make_criterion(t.loss, partial_labels=t.partial_labels, **loss_options)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
     sampler = SeededShardSampler(len(data.train_set), cfg.run.seed, du.rank(), du.world_size())
     iters_per_epoch = math.ceil(len(range(0, len(data.train_set), du.world_size())) / cfg.data.batch_size)

@@ -109,6 +109,8 @@ def test_a_head_option_of_its_own_reaches_its_head_by_name(monkeypatch):
     assert CSRANet("small_cnn", 4, num_heads=4, img_size=32, pretrained="none").num_heads == 4
     with pytest.raises(ConfigError, match="'num_head' is not an option of any head"):
         CSRANet("small_cnn", 4, num_head=4, img_size=32, pretrained="none")
+    with pytest.raises(TypeError):  # past the head, by name only: (num_heads, lam) were once 4th and 5th
+        CSRANet("small_cnn", 4, "csra", 4, 0.2, pretrained="none")
     config = SimpleNamespace(model="small_cnn", num_cls=4, head="widemax", lam=0.0, img_size=32, num_heads=2, width=7)
     assert model_kwargs(config) == dict(model_name="small_cnn", num_classes=4, head="widemax", lam=0.0, img_size=32,
                                         width=7)

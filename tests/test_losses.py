@@ -183,3 +183,7 @@ def test_a_loss_with_a_parameter_of_its_own_gets_it_by_name(monkeypatch):
     assert make_criterion("margin", margin=2.0)(x, y).item() == 0.0
     assert seen == [0.5, 2.0]
     assert resolved_options("margin", {"margin": None, "gamma_pos": 1.0}) == {"margin": 0.5}
+    with pytest.raises(ConfigError, match="'gama_neg' is not a parameter of any loss"):
+        make_criterion("asl", gama_neg=0.0)  # misspelt: refused, not silently the default
+    with pytest.raises(TypeError):
+        make_criterion("focal", 2.0)  # (once gamma_pos) never read as partial_labels

@@ -3,14 +3,19 @@ bottom, overrides the one below it, and the whole resolution happens before trai
 record included: opening the run changes no option). Expected values are the tables' literal numbers,
 written here by hand."""
 import dataclasses
+import json
 import os
 
 import pytest
 
+import main as train_main
+from helpers import tiny_demo, train_argv
 from pipeline.errors import CheckpointError, ConfigError
 from utils.configuration.config import Config
 from utils.configuration.options import APPLIES_TO, BY_NAME
 from utils.configuration.train_options import get_args
+from utils.process import distributed as du
+from utils.runs.resume import open_for_resume
 from utils.runs.run_folder import RunFolder
 
 RECORDED_ARGV = ["--dataset", "demo", "--img_size", "96", "--lr", "0.3", "--lam", "0.4", "--print_freq", "5",
@@ -91,3 +96,46 @@ def test_an_option_typed_with_a_choice_that_does_not_read_it_is_refused(flag):
     with pytest.raises(ConfigError, match=rf"--{flag} applies to --{owner} {' or '.join(choices)}"):
         get_args(["--dataset", "demo", f"--{owner}", other, f"--{flag}", value])
     get_args(["--dataset", "demo", f"--{owner}", choices[0], f"--{flag}", value])  # with its own choice: accepted
+
+
+def test_a_recorded_loss_parameter_and_head_count_hold_with_their_loss_and_head(tmp_path):
+    # a BCE run records gammas 0, 0 and clip 0 (BCE's own): --config RUN --loss asl takes ASL's 0, 4, 0.05, not
+    # BCE's zeros (which would train BCE under ASL's name); a CSRA run's 4 heads do not follow it to another head
+    run = recorded_run(tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "args.json").read_text())
+    RunFolder(run).write_record(dict(record, num_heads=4))
+    asl = get_args(["--config", run, "--loss", "asl"])
+    assert (asl.gamma_pos, asl.gamma_neg, asl.asl_clip) == (0.0, 4.0, 0.05)
+    assert get_args(["--config", run, "--loss", "asl", "--gamma_neg", "2"]).gamma_neg == 2.0
+    assert get_args(["--config", run]).gamma_neg == 0.0
+    assert (get_args(["--config", run]).num_heads, get_args(["--config", run, "--head", "gap"]).num_heads) == (4, 1)
+
+
+def test_flags_the_parser_refuses_are_one_line_before_any_run_is_looked_for(tmp_path, capsys):
+    run = recorded_run(tmp_path / "run")
+    for argv in (["--resume", run, "--dataset", "nosuch"], ["--resume", "--output_dir", run, "--dataset", "nosuch"],
+                 ["--output_dir"], ["--resume", run, "--output_dir"]):
+        with pytest.raises(SystemExit) as e:
+            get_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: argument --") and err.count("\n") == 1, (argv, err)
+
+
+def test_a_slower_rank_resumes_after_rank_0_recorded_the_changes(tmp_path, monkeypatch):
+    # under torchrun every rank opens the resumed run; rank 0 may already have written --total_epoch's change
+    # into args.json when another rank gets there: that rank keeps the record its options came from
+    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    out = tmp_path / "run"
+    train_main.main(train_argv(files, out, "--total_epoch", "1", "--warmup_epoch", "0"))
+    argv = train_argv(files, out, "--total_epoch", "2", "--warmup_epoch", "0", "--resume", str(out))
+    plan = get_args(argv).resume_plan
+    assert plan.changes == ("--total_epoch 1 -> 2",)
+    RunFolder(str(out)).write_record(dict(plan.record, total_epoch=2, resume_changes=list(plan.changes)))
+    monkeypatch.setattr(du, "broadcast_object", lambda obj: plan.folder)
+    monkeypatch.setattr(du, "is_main", lambda: False)
+    run, state = open_for_resume(plan)
+    assert state["epoch"] == 1
+    run.release()
+    monkeypatch.setattr(du, "is_main", lambda: True)  # rank 0 itself finds a record that is not its options'
+    with pytest.raises(CheckpointError, match="changed while this run was starting"):
+        open_for_resume(plan)

@@ -25,7 +25,7 @@ class MultiLabelNet(nn.Module):
     ``head="gap"``: the baseline), held under the kind's attribute (so the state dict is the authors').
     ``head_options``: the head's own options by name (``num_heads=4`` for CSRA; its kind lists them)."""
 
-    def __init__(self, model_name: str = "resnet101", num_classes: int = 20, head: str = "csra",
+    def __init__(self, model_name: str = "resnet101", num_classes: int = 20, head: str = "csra", *,
                  lam: float = 0.1, img_size: int = 448, pretrained: str = "imagenet", cutmix: Optional[str] = None,
                  **head_options):
         super().__init__()

@@ -97,10 +97,10 @@ def get_loss(name: str) -> LossKind:
     return LOSSES[name]
 
 
-def make_criterion(name: str = "bce", partial_labels: bool = False, **parameters: Optional[float]) -> LossFn:
+def make_criterion(name: str = "bce", *, partial_labels: bool = False, **parameters: Optional[float]) -> LossFn:
     """The training loss: ``criterion(logits, targets)`` -> scalar, computed in float32 (or wider).
     ``parameters`` (gamma_pos=..., ...) left out or None take the loss's own defaults; those of other losses
-    are not read. With ``partial_labels`` targets of -1 are unknown."""
+    are not read, a name no loss takes is refused. With ``partial_labels`` targets of -1 are unknown."""
     terms = get_loss(name).build(**resolved_options(name, parameters))
 
     def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -119,4 +119,8 @@ def loss_parameters() -> Tuple[str, ...]:
 
 def resolved_options(name: str, given: Mapping[str, Optional[float]]) -> Dict[str, float]:
     """The loss's parameters: ``given``'s values, its own defaults for those missing or None."""
+    unknown = sorted(set(given) - set(loss_parameters()))
+    if unknown:
+        raise ConfigError(f"{unknown[0]!r} is not a parameter of any loss (the losses' parameters: "
+                          f"{', '.join(loss_parameters())})")
     return {k: default if given.get(k) is None else given[k] for k, default in get_loss(name).defaults.items()}

@@ -119,14 +119,17 @@ def blame_record(error: ConfigError, typed: Set[str], config_path: Optional[str]
 
 def pre_parse(argv: Sequence[str]) -> argparse.Namespace:
     """The options that decide other options' defaults (``PRE_PARSED`` in the table), read first."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for name in PRE_PARSED:
         kwargs = BY_NAME[name].kwargs
         if kwargs.get("action") == "store_true":
             pre.add_argument(f"--{name}", action="store_true")
         else:
             pre.add_argument(f"--{name}", default=None, **{k: kwargs[k] for k in ("nargs", "const") if k in kwargs})
-    known, _ = pre.parse_known_args(argv)
+    try:
+        known, _ = pre.parse_known_args(argv)
+    except argparse.ArgumentError:  # e.g. --output_dir without its value: the script's parser says so, in one line
+        known = pre.parse_known_args([])[0]
     return known
 
 

@@ -52,7 +52,8 @@ class Option:
     applies_to: Optional[Tuple[str, Tuple[str, ...]]] = None  # (option, choices): only those choices read it
     words: Optional[Tuple[str, str]] = None  # a switch as the header says it: (on, off)
     repeated: bool = True                   # --config repeats the recorded value (False: the run's own)
-    holds_with: str = ""                    # --config: the recorded value holds only with the record's value of this
+    holds_with: str = ""                    # --config: the recorded value holds only with the record's value of
+    #                                         this option; with another, the row's default (None: filled from it)
     per_script: Dict[str, Dict[str, object]] = field(default_factory=dict)  # script -> settings that differ
 
     @property
@@ -124,7 +125,7 @@ OPTIONS: Tuple[Option, ...] = (
                 "pipeline/models/heads.py)"),
            resume="defines", record="model", per_script={"S": dict(default="gap")}),
     Option("num_heads", SCRIPTS, "model", dict(type=int, default=1, help="CSRA heads: 1, 2, 4, 6 or 8"),
-           resume="defines", record="model"),
+           resume="defines", record="model", holds_with="head"),
     Option("lam", SCRIPTS, "model", dict(type=float, default=None, help=Later(lambda: "; ".join(
            f"{k.name}: {k.lam_help} (default {k.default_lam:g})" for k in HEAD_KINDS.values() if k.lam_help))),
            check=FINITE_AT_LEAST_0, resume="defines", record="model", holds_with="head"),
@@ -231,11 +232,13 @@ OPTIONS: Tuple[Option, ...] = (
                   POSITIVE_NUMBER, type=float),
     recipe_option("loss", "; ".join(f"{k.name}: {k.description}" for k in LOSSES.values()), choices=list(LOSSES)),
     Option("gamma_pos", "T", "training", dict(type=float, default=None, help="focusing exponent on positives (the "
-           f"loss's default: {loss_defaults('gamma_pos')})"), check=FINITE_AT_LEAST_0, resume="defines"),
+           f"loss's default: {loss_defaults('gamma_pos')})"), check=FINITE_AT_LEAST_0, resume="defines",
+           holds_with="loss"),
     Option("gamma_neg", "T", "training", dict(type=float, default=None, help="focusing exponent on negatives "
-           f"({loss_defaults('gamma_neg')})"), check=FINITE_AT_LEAST_0, resume="defines"),
+           f"({loss_defaults('gamma_neg')})"), check=FINITE_AT_LEAST_0, resume="defines", holds_with="loss"),
     Option("asl_clip", "T", "training", dict(type=float, default=None, help="ASL probability shift of negatives "
-           f"({loss_defaults('asl_clip')})"), check=(lambda v: 0 <= v < 1, "in [0, 1)"), resume="defines"),
+           f"({loss_defaults('asl_clip')})"), check=(lambda v: 0 <= v < 1, "in [0, 1)"), resume="defines",
+           holds_with="loss"),
     Option("partial_labels", "T", "training", dict(action="store_true", help="a -1 in the training file means unknown: "
            "left out of the loss and its normalisation (without the flag a -1 there is an error; sparse files whose "
            "unlisted classes are unknown imply it)"), resume="defines"),

@@ -55,9 +55,11 @@ def resumed_run(argv) -> Optional[ResumePlan]:
     if pre.config:
         raise ConfigError(CONFIG_AND_RESUME)
     spec = DATASETS.get(dataset_in_force(pre, {}))
-    if pre.resume == "auto" and not pre.output_dir and spec is None:
+    if spec is None:
         return None  # an unknown --dataset: the parser names it
-    return find_resumed_run(pre.resume, pre.output_dir, get_backbone(pre.model or spec.model).name)
+    by_model = pre.resume == "auto" and not pre.output_dir  # only then is the folder checkpoint/<model>
+    return find_resumed_run(pre.resume, pre.output_dir, get_backbone(pre.model or spec.model).name if by_model
+                            else None)
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -46,7 +46,7 @@ def resume_target(resume: str, output_dir: Optional[str], model: str) -> Tuple[s
     return folder, os.path.join(folder, STATE_FILE)
 
 
-def find_resumed_run(resume: str, output_dir: Optional[str], model: str) -> ResumePlan:
+def find_resumed_run(resume: str, output_dir: Optional[str], model: Optional[str]) -> ResumePlan:
     folder, path = resume_target(resume, output_dir, model)
     return ResumePlan(folder, path, read_recorded_args(folder))
 
@@ -110,7 +110,9 @@ def open_for_resume(plan: ResumePlan) -> Tuple[RunFolder, dict]:
 def _check_and_record(run: RunFolder, plan: ResumePlan) -> dict:
     """open_for_resume's checks and record update, with the folder locked."""
     folder, path = run.path, plan.state_path
-    recorded = run.read_record()
+    # rank 0 checks the record under its lock, then may write the changes: a slower rank would read that
+    # update, so the other ranks keep the record their options came from (the same options: the same argv)
+    recorded = run.read_record() if du.is_main() else dict(plan.record)
     if resume_defaults(recorded) != resume_defaults(plan.record):
         raise CheckpointError(f"--resume: {run.file(RECORD_FILE)} changed while this run was starting (resumed by "
                               "another process?); run the command again")

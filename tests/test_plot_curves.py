@@ -109,3 +109,9 @@ def test_a_run_is_described_by_the_options_its_choices_read(runs):
     assert not {"onecycle_peak", "lr_floor"} & set(paper)
     strong = plot_curves.run_description(str(runs / "strong"), plot_curves.read_log(str(runs / "strong")))
     assert "onecycle_peak" in strong and not {"momentum", "warmup_epoch", "decay_every", "lr_floor"} & set(strong)
+
+
+def test_a_gap_run_is_not_said_to_have_a_number_of_heads(runs):
+    # its record keeps the --num_heads it never read: the title over a CSRA and a GAP run does not say "1 head"
+    assert title(runs / "a", runs / "gap") == "all runs: model small_cnn, dataset demo, recipe paper, 32 px"
+    assert "1 head" in title(runs / "a", runs / "lam")

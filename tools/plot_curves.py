@@ -101,6 +101,10 @@ def run_description(run: str, log: List[Dict]) -> Dict[str, object]:
     for key, (owner, choices) in APPLIES_TO.items():  # --decay_every says nothing about a one-cycle run
         if out.get(owner) not in (None, *choices):
             out.pop(key, None)
+    head = HEAD_KINDS.get(out.get("head"))
+    if head is not None:  # another head's own option says nothing about this run (GAP has no heads count)
+        for key in {k for kind in HEAD_KINDS.values() for k in kind.options} - set(head.options):
+            out.pop(key, None)
     amps = sorted({str(e["amp"]) for e in log if e.get("amp") is not None})
     if amps:
         out["precision"] = "+".join("float32" if a == "off" else a for a in amps)

@@ -121,6 +121,8 @@ def make_coco(root):
     for split in ("train", "val"):
         (root / "images" / f"{split}2014").mkdir(parents=True)
         images = [{"id": i, "file_name": f"{split}_{i}.jpg", "width": 8, "height": 8} for i in (5, 2, 9)]
+        for im in images:
+            (root / "images" / f"{split}2014" / im["file_name"]).write_bytes(b"")  # present (not read here)
         anns = [
             {"id": 1, "image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0},
             {"id": 2, "image_id": 5, "category_id": 3, "bbox": [0, 0, 1, 1], "area": 1, "iscrowd": 0},
@@ -144,6 +146,17 @@ def test_coco_labels_and_empty_images(tmp_path):
     r = run_script("prepare_coco.py", "--data_path", str(coco), "--out_dir", str(out), "--keep_empty", "--force")
     val = json.loads((out / "val_coco2014.json").read_text())
     assert val[2]["target"] == [0, 0, 0] and val[2]["img_path"].endswith("val_9.jpg")
+
+
+def test_coco_stops_on_a_listed_image_that_is_missing(tmp_path):
+    coco = make_coco(tmp_path / "COCO2014")
+    os.remove(coco / "images" / "val2014" / "val_5.jpg")
+    os.remove(coco / "images" / "val2014" / "val_9.jpg")  # no annotation: left out, so not needed
+    r = run_script("prepare_coco.py", "--data_path", str(coco), "--out_dir", str(tmp_path / "out"))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and last.startswith("error: ") and "val_5.jpg: image listed in" in last
+    assert "(1 of its 2 images are not in" in last
+    assert not (tmp_path / "out" / "val_coco2014.json").exists()
 
 
 def test_coco_malformed_annotation(tmp_path):

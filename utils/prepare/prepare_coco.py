@@ -5,7 +5,8 @@
 Expects annotations/instances_{train,val}<year>.json and images/{train,val}<year>/. 80 classes in
 category-id order; a class is 1 if any instance of it (crowd included) is present. Images without
 annotations are left out by default (82,081 train / 40,137 val for 2014); --keep_empty keeps them
-as all-negative.
+as all-negative. Every listed image must be in its folder (an incomplete download stops here, naming the
+first missing image and the count, not at that image hours into training).
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tupl
         raise PrepareError(f"{desc}: no categories in the annotation file")
     index = {cid: i for i, cid in enumerate(cat_ids)}
     names = [coco.loadCats(cid)[0]["name"] for cid in cat_ids]
-    records = []
+    records, missing = [], []
     for img_id in bar(sorted(coco.getImgIds()), desc=desc):
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         if not anns and not keep_empty:
@@ -63,7 +64,13 @@ def build_split(coco: COCO, image_dir: str, keep_empty: bool, desc: str) -> Tupl
         info = coco.loadImgs(img_id)[0]
         if not isinstance(info.get("file_name"), str):
             raise PrepareError(f"{desc}: image {img_id} has no string 'file_name'")
-        records.append({"img_path": os.path.join(image_dir, info["file_name"]), "target": target})
+        path = os.path.join(image_dir, info["file_name"])
+        if not os.path.isfile(path):
+            missing.append(path)
+        records.append({"img_path": path, "target": target})
+    if missing:
+        raise PrepareError(f"{missing[0]}: image listed in {desc} is missing ({len(missing)} of its {len(records)} "
+                           f"images are not in {image_dir}: an incomplete download?)")
     if not records:
         raise PrepareError(f"{desc}: empty split")
     return records, names

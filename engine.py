@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Sampler
 from pipeline.data.dataset import collate_skipping_bad
 from pipeline.errors import CSRAError, DataError
 from pipeline.models.runtime import Runtime
+from pipeline.weights.checkpoint import non_finite_keys
 from utils.output.progress import EpochProgress, bar
 from utils.process import distributed as du
 
@@ -25,7 +26,7 @@ class NonFiniteLossError(CSRAError):
 
 def non_finite_entries(model: nn.Module) -> List[str]:
     """Names of the weights and buffers (BatchNorm statistics included) holding NaN or inf."""
-    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    return non_finite_keys(model.state_dict())
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

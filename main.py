@@ -53,8 +53,8 @@ def train(args, hint: Optional[ResumeHint] = None) -> dict:
     """A new run in a fresh folder, or with --resume the run it names (``args.resume_plan``, see
     utils.runs.resume); its folder stays locked until it ends."""
     device = du.init_distributed()
-    cfg = Config.from_args(args)  # the options in force, frozen: the Namespace is not read after this
     plan = args.resume_plan
+    cfg = Config.from_args(args)  # the options in force, frozen: the Namespace is not read after this
     run, state = open_for_resume(plan) if plan else (None, None)
     state_path = plan.state_path if plan else None
     try:

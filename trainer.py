@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, non_finite_entries,
                     predict, thumbnails_by_row)
 from pipeline.data.dataset import MultiLabelDataset
-from pipeline.data.labels import DENSE_LIMIT
+from pipeline.data.labels import DENSE_LIMIT, fits_dense
 from pipeline.errors import CSRAError
 from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, resolve_runtime, runtime_warning
@@ -340,7 +340,7 @@ class Trainer:
                         last_test_mAP=self.last_scored.report.map)
         chosen = self.chosen_model()
         final.update(val_mAP=best["mAP"], val_CF1=best.get("CF1"), val_OF1=best.get("OF1"))
-        if len(data.val_set) * self.cfg.model.num_cls <= DENSE_LIMIT:  # (beyond: no threshold search, no pass)
+        if fits_dense(len(data.val_set), self.cfg.model.num_cls):  # (beyond: no threshold search, no pass)
             val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
             self.val_sweep = global_sweep(val.scores, val.targets)
             self.out.do(write_thresholds, self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
@@ -358,11 +358,11 @@ class Trainer:
         best_path = self.run.file(BEST_FILE)
         if shown is not None:
             print(format_report(shown.report, names, per_class=True))
-        if data.val_set is None and shown is not None:
-            sweep = global_sweep(shown.scores, shown.targets)
-            if sweep is not None:
-                print(threshold_advice(sweep, os.path.join(report_dir, THRESHOLDS_FILE) if report_dir else
-                                       f"val.py --load_from {best_path} --report DIR writes them"))
+        # the test set's sweep when it chooses (also the report's: computed once)
+        sweep = global_sweep(shown.scores, shown.targets) if data.val_set is None and shown is not None else None
+        if sweep is not None:
+            print(threshold_advice(sweep, os.path.join(report_dir, THRESHOLDS_FILE) if report_dir else
+                                   f"val.py --load_from {best_path} --report DIR writes them"))
         elif self.val_sweep is not None:
             print(threshold_advice(self.val_sweep, f"{self.run.file(THRESHOLDS_FILE)} (chosen on the validation "
                                    "set)", held_out=True))
@@ -374,7 +374,7 @@ class Trainer:
             scored = ScoredImages(shown.scores, report_targets(shown.targets), shown.paths, names)
             info = {"model": describe_model(cfg.model), "checkpoint": f"{self.run.path} ({which})",
                     "data": data.test_json}
-            out = write_report(report_dir, scored, shown.report, info=info,
+            out = write_report(report_dir, scored, shown.report, info=info, sweep=sweep,
                                thumbnails=lambda req: thumbnails_by_row(shown.net, data.test_set, self.p.eval_runtime,
                                                                         shown.indices, req))
             print(f"wrote {out['index']}")

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import CSRAError, DataError
-from pipeline.models.heads import HEAD_KINDS
+from pipeline.models.heads import HEAD_KINDS, head_options
 from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS
 from utils.configuration.cli import plural, run_main
 from utils.configuration.option_help import show_option
@@ -103,7 +103,7 @@ def run_description(run: str, log: List[Dict]) -> Dict[str, object]:
             out.pop(key, None)
     head = HEAD_KINDS.get(out.get("head"))
     if head is not None:  # another head's own option says nothing about this run (GAP has no heads count)
-        for key in {k for kind in HEAD_KINDS.values() for k in kind.options} - set(head.options):
+        for key in head_options() - set(head.options):
             out.pop(key, None)
     amps = sorted({str(e["amp"]) for e in log if e.get("amp") is not None})
     if amps:

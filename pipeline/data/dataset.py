@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.data.dataset_table import CUSTOM, DATASETS  # noqa: F401  (re-exported)
-from pipeline.data.labels import DENSE_LIMIT, LabelTable, TableRows
+from pipeline.data.labels import LabelTable, TableRows, fits_dense
 from pipeline.data.records import (PARTIAL_TRAIN_LABELS, TEST_LABELS, TRAIN_LABELS, load_records,  # noqa: F401
                                    load_table, relative_base, reroot)
 from pipeline.data.transforms import ImageTransform, cut_out, make_randaugment  # noqa: F401  (re-exported)
@@ -117,8 +117,8 @@ class MultiLabelDataset(Dataset):
         """(N, C) int8 in the evaluator's convention (``LabelTable.eval_targets``), built once: evaluation
         asks for it every epoch. Beyond DENSE_LIMIT entries (OpenImages), the table's rows instead."""
         if self._targets is None:
-            large = len(self.table) * (self.num_classes or 0) > DENSE_LIMIT
-            self._targets = TableRows(self.table) if large else self.table.eval_targets()
+            dense = fits_dense(len(self.table), self.num_classes or 0)
+            self._targets = self.table.eval_targets() if dense else TableRows(self.table)
         return self._targets
 
     def load_image(self, idx: int) -> Image.Image:

@@ -311,6 +311,11 @@ def header_classes_file(path: str, header: dict) -> Optional[str]:
 DENSE_LIMIT = 50_000_000  # images x classes above which evaluation reads the table, not a dense matrix
 
 
+def fits_dense(images: int, classes: int) -> bool:
+    """Whether a dense (images, classes) target matrix is within DENSE_LIMIT (the one size rule)."""
+    return images * classes <= DENSE_LIMIT
+
+
 class TableRows:
     """Some records of a table (``rows``), standing in for their (N, C) target matrix where that matrix
     would be too large (utils.evaluation.evaluate reads the labels from the table)."""

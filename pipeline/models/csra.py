@@ -6,8 +6,8 @@ Parameter names follow the authors' released checkpoints: a model's
 The heads' arithmetic runs in float32 even under autocast: a softmax over hundreds of locations at T up to 7
 loses its small weights in bfloat16. One part may follow autocast: in training, the CSRA score maps' product
 (a matmul of d x C per location, at 9,605 classes a quarter of ResNet-50's forward) runs in the training
-precision, as the backbone's convolutions do (``score_products``); the pooling keeps only those products for
-its backward pass and recomputes the rest in float32 (``_FusedPool``).
+precision, as the backbone's convolutions do (``score_products``); above ``FUSED_FROM`` entries the pooling
+keeps only those products for its backward pass and recomputes the rest in float32 (``_FusedPool``).
 """
 from __future__ import annotations
 
@@ -138,21 +138,14 @@ class _Products(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_raw, g_inv):
         flat, low, weight, inv_norm = ctx.saved_tensors
-        g_flat = g_weight = None
-        if g_raw is None:
-            g_raw = torch.zeros(*flat.shape[:2], low.shape[0], dtype=low.dtype, device=low.device)
-        g_raw = g_raw.to(low.dtype)
+        g_flat = g_weight = None  # (autograd hands zeros for an unused output, in that output's dtype)
         if ctx.needs_input_grad[0]:
             g_flat = torch.matmul(g_raw, low)
         if ctx.needs_input_grad[1]:
             g_weight = torch.matmul(g_raw.reshape(-1, g_raw.shape[-1]).t(), flat.reshape(-1, flat.shape[-1]))
-            if g_inv is not None:  # d(1/||m||)/dm = -m / ||m||^3: added in bf16 as autocast makes a weight's
-                coef = (-g_inv * inv_norm ** 3).unsqueeze(1)  # gradient (one pass, then one cast); with fp16's
-                if low.dtype == torch.bfloat16:               # range the factor could overflow: float32 there
-                    g_weight = torch.addcmul(g_weight, low, coef.to(low.dtype))
-                else:
-                    wide = _at_least_fp32(weight)
-                    g_weight = torch.addcmul(g_weight, wide, coef.to(wide.dtype))
+            coef = (-g_inv * inv_norm ** 3).unsqueeze(1)  # d(1/||m||)/dm = -m / ||m||^3; bf16 as autocast
+            base = low if low.dtype == torch.bfloat16 else _at_least_fp32(weight)  # (fp16 could overflow)
+            g_weight = torch.addcmul(g_weight, base, coef.to(base.dtype))
             g_weight = g_weight.to(weight.dtype)
         return g_flat, g_weight, None
 
@@ -212,8 +205,16 @@ def _joined(parts: List[torch.Tensor], dim: int) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
+def _chunked_pool(raw, inv_norm, finite_T, lam):
+    return _joined([_pool(_maps(raw[..., c], inv_norm[:, c]), finite_T, lam) for c in _class_chunks(raw)], -1)
+
+
+def _fuses(raw: torch.Tensor) -> bool:
+    return raw.numel() > FUSED_FROM
+
+
 class _FusedPool(torch.autograd.Function):
-    """csra_pool for training: keeps only the products, in the dtype they came in (bf16 under autocast), and the
+    """csra_pool for training above FUSED_FROM entries: keeps only the products, in the dtype they came in (bf16 under autocast), and the
     norms, and recomputes the maps and the softmax class chunk by class chunk in the backward pass: no
     (B, N, H, C) float32 tensor is stored."""
 
@@ -221,7 +222,7 @@ class _FusedPool(torch.autograd.Function):
     def forward(ctx, raw, inv_norm, finite_T, lam):
         ctx.save_for_backward(raw, inv_norm, finite_T)
         ctx.lam = lam
-        return _joined([_pool(_maps(raw[..., c], inv_norm[:, c]), finite_T, lam) for c in _class_chunks(raw)], -1)
+        return _chunked_pool(raw, inv_norm, finite_T, lam)
 
     @staticmethod
     def backward(ctx, g):
@@ -240,15 +241,15 @@ def csra_pool(raw: torch.Tensor, inv_norm: torch.Tensor, finite_T: torch.Tensor,
     """The CSRA logit, summed over heads, of score maps s = raw x inv_norm (``score_products``: (B, N, H, C) and
     (H, C)) whose first ``len(finite_T)`` heads have those temperatures and any further (last) head T =
     infinity: sum_k [ mean_j s_kij + lam * a_ki ] with a_ki = sum_j softmax_j(T_k s_kij) s_kij (max_j for
-    infinity). Always computed in float32 (or wider), class chunk by class chunk; with gradients through a fused
-    backward that stores nothing but its inputs."""
+    infinity). Always computed in float32 (or wider); without gradients class chunk by class chunk, with them
+    above FUSED_FROM entries through a fused backward that stores nothing but its inputs (below: plain ops)."""
     with torch.autocast(raw.device.type, enabled=False):
         finite_T = finite_T.to(raw.device)
         if (raw.requires_grad or inv_norm.requires_grad) and torch.is_grad_enabled() and not _exporting():
-            if raw.numel() > FUSED_FROM:
+            if _fuses(raw):
                 return _FusedPool.apply(raw, inv_norm, finite_T, float(lam))
             return _pool(_maps(raw, inv_norm), finite_T, lam)  # small: plain autograd ops are faster
-        return _joined([_pool(_maps(raw[..., c], inv_norm[:, c]), finite_T, lam) for c in _class_chunks(raw)], -1)
+        return _chunked_pool(raw, inv_norm, finite_T, lam)
 
 
 def attention_maps(s: torch.Tensor, T: float) -> torch.Tensor:
@@ -328,7 +329,7 @@ class MultiHeadCSRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raw, inv_norm = self.score_products(x, self.scores_follow_autocast)
         if self.training and torch.is_grad_enabled():
-            self.pooling_fused = raw.numel() > FUSED_FROM  # (the trainer says so after its first step)
+            self.pooling_fused = _fuses(raw)  # (the trainer says so after its first step)
         return csra_pool(raw, inv_norm, self.finite_temperatures, self.lam)
 
     def forward_with_maps(self, x: torch.Tensor) -> HeadMaps:
@@ -336,7 +337,9 @@ class MultiHeadCSRA(nn.Module):
         raw, inv_norm = self.score_products(x)
         s = _maps(raw, inv_norm)
         maps = s.permute(0, 2, 3, 1).reshape(s.shape[0], s.shape[2], s.shape[3], *x.shape[2:])
-        return HeadMaps(csra_pool(raw, inv_norm, self.finite_temperatures, self.lam),
+        with torch.autocast(x.device.type, enabled=False):
+            logits = _pool(s, self.finite_temperatures, self.lam)  # (the maps are made: pooled as they are)
+        return HeadMaps(logits,
                         [maps[:, k] for k in range(maps.shape[1])],
                         [attention_maps(maps[:, k], T) for k, T in enumerate(self.temperatures)],
                         list(self.temperatures))

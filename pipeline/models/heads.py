@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Dict, Mapping, Optional, Protocol, Sequence, Set, Tuple, runtime_checkable
 
 import torch
 
@@ -76,10 +76,10 @@ class HeadKind:
     def options_from(self, given: Mapping[str, object]) -> Dict[str, object]:
         """Its own options: ``given``'s, its defaults for the rest. Another head's option is not read (GAP
         takes no --num_heads); a name no head takes is refused."""
-        unknown = sorted(k for k in given if not any(k in kind.options for kind in HEAD_KINDS.values()))
+        unknown = sorted(set(given) - head_options())
         if unknown:
             raise ConfigError(f"{unknown[0]!r} is not an option of any head (the heads' options: "
-                              f"{', '.join(sorted({k for kind in HEAD_KINDS.values() for k in kind.options}))})")
+                              f"{', '.join(sorted(head_options()))})")
         return {k: given.get(k, default) for k, default in self.options.items()}
 
     def describe(self, num_heads: int, lam: float) -> str:
@@ -91,6 +91,11 @@ class HeadKind:
 
 
 HEAD_KINDS: Dict[str, HeadKind] = {}
+
+
+def head_options() -> Set[str]:
+    """Every head's own options (a head reads only those its kind lists)."""
+    return {k for kind in HEAD_KINDS.values() for k in kind.options}
 
 
 def register_head(kind: HeadKind) -> HeadKind:

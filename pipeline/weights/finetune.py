@@ -19,7 +19,7 @@ import torch.nn as nn
 from pipeline.data.classes import read_text
 from pipeline.errors import CheckpointError, DataError
 from pipeline.models.heads import HEAD_KINDS
-from pipeline.weights.checkpoint import checkpoint_contents, pretty_model
+from pipeline.weights.checkpoint import checkpoint_contents, non_finite_keys, pretty_model
 
 SHIPPED_MAPS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "class_maps")
 
@@ -134,7 +134,7 @@ def init_from(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str, old_n
     if info["num_classes"] != len(old_names):
         raise CheckpointError(f"--init_from {path}: its head has {info['num_classes']} classes but "
                               f"{len(old_names)} class names were given for it")
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = non_finite_keys(sd)
     if bad:
         raise CheckpointError(f"--init_from {path}: holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]})")
     load_backbone(model, sd, path)

@@ -45,7 +45,7 @@ def _never_decays(key: str, values: Dict[str, object]) -> str:
     return " (no decay in this run)"
 
 
-def _value(key: str, value) -> str:
+def _value(value) -> str:
     """How a help note shows an option's value: a switch as on/off, others as typed."""
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -54,11 +54,11 @@ def _value(key: str, value) -> str:
 
 def recipe_note(key: str) -> str:
     """'(paper: 0.01; strong: 0.0001; --dataset demo: paper 0.05, strong 0.002)': a recipe option's values."""
-    parts = [f"{name}: {_value(key, r.values[key])}" for name, r in RECIPES.items()]
+    parts = [f"{name}: {_value(r.values[key])}" for name, r in RECIPES.items()]
     for name, spec in DATASETS.items():
-        changed = [f"{recipe} {_value(key, v[key])}" for recipe, v in spec.recipe_overrides.items() if key in v]
+        changed = [f"{recipe} {_value(v[key])}" for recipe, v in spec.recipe_overrides.items() if key in v]
         if key in spec.train_overrides:
-            changed.append(_value(key, spec.train_overrides[key]))
+            changed.append(_value(spec.train_overrides[key]))
         if changed:
             parts.append(f"--dataset {name}: {', '.join(changed)}")
     return " (" + "; ".join(parts) + ")"
@@ -74,7 +74,7 @@ def dataset_note(key: str) -> str:
 
 def overrides_note(key: str) -> str:
     """'--dataset demo: 0': what a dataset row's train_overrides set."""
-    notes = [f"--dataset {name}: {_value(key, spec.train_overrides[key])}" for name, spec in DATASETS.items()
+    notes = [f"--dataset {name}: {_value(spec.train_overrides[key])}" for name, spec in DATASETS.items()
              if key in spec.train_overrides]
     return f" ({'; '.join(notes)})" if notes else ""
 

@@ -91,9 +91,8 @@ def get_args(argv=None) -> argparse.Namespace:
 
 
 def check_combinations(args: argparse.Namespace, typed: set) -> None:
-    """One line for options that do not go together, or an option whose partner is missing."""
-    if args.config and args.resume:
-        raise ConfigError(CONFIG_AND_RESUME)
+    """One line for options that do not go together, or an option whose partner is missing (--config with
+    --resume is refused before parsing, by resumed_run)."""
     if args.val_json and args.val_split is not None:
         raise ConfigError("--val_json names a validation file; --val_split draws one from the training records: "
                           "use one")

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from pipeline.data.labels import DENSE_LIMIT, TableRows
+from pipeline.data.labels import DENSE_LIMIT, TableRows, fits_dense
 from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.evaluation.analysis import ClassAnalysis, analyse, worst_classes, worst_mistakes
@@ -41,7 +41,7 @@ def report_targets(targets):
     if not isinstance(targets, TableRows):
         return targets
     n, c = targets.shape
-    if n * c <= DENSE_LIMIT:
+    if fits_dense(n, c):
         return targets.dense()
     raise ConfigError(f"--report: {n} images x {c} classes is beyond what the report draws ({DENSE_LIMIT:,} labels); "
                       "the metrics are complete; draw the report on a part of the test set (--test_json)")

@@ -92,11 +92,11 @@ def threshold_advice(sweep: Dict[str, np.ndarray], how_to_report: str, held_out:
     return text if held_out else text + "\n(thresholds chosen on the test set flatter it: choose them on held-out data)"
 
 
-def write_thresholds(path: str, names: Sequence[str], scores: np.ndarray, targets: np.ndarray, chosen_on: str,
-                     note: str = "best-F1 thresholds chosen on held-out data") -> None:
+def write_thresholds(path: str, names: Sequence[str], scores: np.ndarray, targets: np.ndarray, chosen_on: str) -> None:
     """thresholds.json for demo.py and predict_onnx.py --thresholds: every class's best-F1 threshold on these
-    scores, with the set they were chosen on."""
-    thresholds_file(path, names, *class_thresholds(scores, targets), chosen_on, note)
+    held-out scores, with the set they were chosen on."""
+    thresholds_file(path, names, *class_thresholds(scores, targets), chosen_on,
+                    "best-F1 thresholds chosen on held-out data")
 
 
 def thresholds_file(path: str, names: Sequence[str], thresholds: np.ndarray, best_f1: np.ndarray, chosen_on: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from typing import List, Tuple
 
+from pipeline.models.csra import FUSED_FROM
 from pipeline.models.runtime import Runtime, precision_name
 from pipeline.training.recipes import RECIPES, TRAINING_OPTIONS
 from utils.configuration.cli import describe_model, plural
@@ -15,7 +16,8 @@ from utils.process import distributed as du
 from utils.runs.run_data import RunData
 
 HEADER_WIDTH = 100
-FUSED_NOTE = ("note: the CSRA maps are large (over 8.4M entries a batch): their pooling recomputes them in the "
+FUSED_NOTE = (f"note: the CSRA maps are large (over {FUSED_FROM / 1e6:.1f}M entries a batch): their pooling recomputes "
+              "them in the "
               "backward pass,\n      which keeps one copy of the products instead of several float32 ones (and is "
               "faster there)")
 

@@ -47,7 +47,7 @@ def read_column(path: str, expected: int) -> List[int]:
     return out
 
 
-def build_split(data_path: str, image_dir: str, concepts: List[str], split: str, quiet: bool
+def build_split(data_path: str, image_dir: str, concepts: List[str], split: str
                 ) -> Tuple[List[Tuple[str, List[int], List[int]]], int]:
     """(records (image path, positives, []), images missing from the image folder)."""
     list_name, suffix = SPLITS[split]
@@ -86,7 +86,7 @@ def prepare(data_path: str, out_dir: str, image_dir: str = None, force: bool = F
     refuse_overwrite(list(outputs.values()) + [os.path.join(out_dir, CLASS_FILE)], force)
     make_folder(out_dir)
     for split in SPLITS:
-        records, missing = build_split(data_path, image_dir, concepts, split, quiet)
+        records, missing = build_split(data_path, image_dir, concepts, split)
         if not records:
             raise PrepareError(f"{image_dir}: none of the {split} list's images is there")
         with atomic_write(outputs[split]) as f:

@@ -2,8 +2,9 @@
 record (``find_resumed_run``); the record's values are the defaults below the typed flags
 (``resume_defaults``, one layer of utils.configuration.cli.parse_args); the flags typed against the record are
 checked once the options are resolved (``settle``: a run-defining one that differs is an error, a safe one
-is a change written to the record). ``open_for_resume`` then only locks the folder, checks that the record
-is still the one the options came from, and reads the training state."""
+is a change written to the record). ``open_for_resume`` then locks the folder, checks that the record is still
+the one the options came from (rank 0), reads the training state, and on rank 0 removes stale temporaries and
+writes the changes into the record; it changes no option."""
 from __future__ import annotations
 
 import json

@@ -139,3 +139,12 @@ def test_a_slower_rank_resumes_after_rank_0_recorded_the_changes(tmp_path, monke
     monkeypatch.setattr(du, "is_main", lambda: True)  # rank 0 itself finds a record that is not its options'
     with pytest.raises(CheckpointError, match="changed while this run was starting"):
         open_for_resume(plan)
+
+
+def test_a_resumed_runs_record_is_checked_as_a_config_record_is(tmp_path):
+    run = recorded_run(tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "args.json").read_text())
+    RunFolder(run).write_record(dict(record, total_epoch=1.5))
+    with pytest.raises(ConfigError, match=r'--resume .*args.json: "total_epoch": 1.5 in the record; --total_epoch '
+                                          r'must be an integer'):
+        get_args(["--resume", run])

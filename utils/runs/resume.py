@@ -17,7 +17,7 @@ from pipeline.training.optim import SPANS_THE_RUN
 from utils.configuration.options import RUN_DEFINING, SAFE_TO_CHANGE
 from utils.process import distributed as du
 from utils.runs.run_folder import RunFolder, run_base
-from utils.runs.run_record import RECORD_FILE
+from utils.runs.run_record import RECORD_FILE, check_record_values
 from utils.runs.train_state import (STATE_FILE, check_state_identity, find_unfinished_run, load_train_state,
                                     read_recorded_args, remove_stale_temporaries)
 
@@ -49,7 +49,10 @@ def resume_target(resume: str, output_dir: Optional[str], model: str) -> Tuple[s
 
 def find_resumed_run(resume: str, output_dir: Optional[str], model: Optional[str]) -> ResumePlan:
     folder, path = resume_target(resume, output_dir, model)
-    return ResumePlan(folder, path, read_recorded_args(folder))
+    record = read_recorded_args(folder)
+    # checked as --config's and --load_from's records are, before any value becomes a default
+    check_record_values(record, [k for k in RECORDED if k in record], f"--resume {os.path.join(folder, RECORD_FILE)}")
+    return ResumePlan(folder, path, record)
 
 
 def resume_defaults(record: dict) -> dict:

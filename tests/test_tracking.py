@@ -5,7 +5,7 @@ import json
 import pytest
 
 import main as train_main
-from helpers import run_py, tiny_demo, train_argv
+from helpers import run_in_process, tiny_demo, train_argv
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -46,9 +46,12 @@ def test_a_sweeps_runs_are_children_of_its_run(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     files = tiny_demo(tmp_path / "data", num_train=16, num_test=8)
     uri = f"sqlite:///{tmp_path / 'store.db'}"
-    r = run_py("tools/sweep.py", "--grid", "lam=0.1,0.3", "--out", tmp_path / "sw", "--mlflow", uri, "--",
+    elsewhere = tmp_path / "started_here"
+    elsewhere.mkdir()
+    r = run_in_process("tools/sweep.py", "--grid", "lam=0.1,0.3", "--out", tmp_path / "sw", "--mlflow", uri, "--",
                "--dataset", "demo", "--train_json", files["train"], "--test_json", files["test"], "--classes",
-               files["classes"], "--img_size", "32", "--batch_size", "8", "--num_workers", "0", "--total_epoch", "1")
+               files["classes"], "--img_size", "32", "--batch_size", "8", "--num_workers", "0", "--total_epoch", "1",
+               cwd=elsewhere)
     assert r.returncode == 0, r.stderr[-2000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("csra").experiment_id])
@@ -59,3 +62,7 @@ def test_a_sweeps_runs_are_children_of_its_run(tmp_path, monkeypatch):
     for child in children:
         log = [json.loads(line) for line in open(tmp_path / "sw" / "runs" / child.info.run_name / "log.jsonl")]
         assert child.data.metrics["final_test_mAP"] == pytest.approx(log[-1]["final"]["test_mAP"], rel=1e-12)
+    # the results files went beside the store, not into ./mlruns of the folder the sweep was started from
+    assert list(elsewhere.iterdir()) == []
+    artifacts = sorted(p.name for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file())
+    assert artifacts == sorted(x.path for x in client.list_artifacts(parent.info.run_id)) and "runs.csv" in artifacts

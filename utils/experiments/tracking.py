@@ -1,14 +1,15 @@
 """The MLflow sink (``main.py --mlflow [URI]``): one MLflow run per training run, its options as parameters and
 each epoch's log.jsonl figures as metrics at that epoch (the last epoch's ``final`` entry as ``final_*``); a
 sweep's runs are children of one parent run. The default store is a local SQLite file (``mlflow.db`` in the
-working folder: MLflow's own local backend, offline; MLflow 3 refuses its older ./mlruns file store unless
-MLFLOW_ALLOW_FILE_STORE=true). The run folder's ``mlflow.json`` keeps the MLflow run id, so a resumed run goes
-on logging into the same MLflow run."""
+working folder, the artifacts in ``mlartifacts/`` beside it: MLflow's own local backend, offline; MLflow 3
+refuses its older ./mlruns file store unless MLFLOW_ALLOW_FILE_STORE=true). The run folder's ``mlflow.json``
+keeps the MLflow run id, so a resumed run goes on logging into the same MLflow run."""
 from __future__ import annotations
 
 import json
 import logging
 import os
+import pathlib
 import time
 from typing import Dict, List, Optional
 
@@ -18,6 +19,7 @@ from utils.runs.loggers import Sink
 
 INSTALL = "pip install mlflow"
 LOCAL = "local"                 # --mlflow without a URI
+ARTIFACTS = "mlartifacts"         # beside a local SQLite store: its experiments' artifacts
 ID_FILE = "mlflow.json"          # in a run folder (and a sweep folder): the store and the MLflow run id
 PARAM_LIMIT = 500                # characters of a parameter's value kept (MLflow's own limit is 6000)
 NOT_PARAMS = {"class_names", "record_names", "config_changes"}
@@ -43,9 +45,20 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_root(uri: str) -> Optional[str]:
+    """Where a new experiment in a local SQLite store keeps its artifacts: the folder ARTIFACTS beside the
+    database file (MLflow's own default is ./mlruns in whatever folder the run happens to start from)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a tracking server or another database decides for itself
+    folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
+    return pathlib.Path(os.path.abspath(folder), ARTIFACTS).as_uri()
+
+
 def experiment_id(c, name: str) -> str:
     found = c.get_experiment_by_name(name)
-    return found.experiment_id if found is not None else c.create_experiment(name)
+    if found is not None:
+        return found.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_root(c.tracking_uri))
 
 
 def start_run(uri: str, experiment: str, name: str, folder: str, tags: Dict[str, str]) -> str:

@@ -81,7 +81,9 @@ def build(cfg: Config, device: torch.device, state: Optional[dict]) -> Parts:
     eval_runtime = resolve_runtime(device, m.model, rt.eval_amp, runtime.channels_last, m.normalize)
     governor = ThreadGovernor(rt.threads)
     out.say(runtime_warning(runtime), state and precision_change_note(state["runtime"], runtime, rt.amp))
-    net = MultiLabelNet(**model_kwargs(m), pretrained="none" if t.init_from else t.pretrained, cutmix=t.cutmix)
+    starts_blank = t.init_from or state is not None  # (weights that come from a trained model or a saved state:
+    net = MultiLabelNet(**model_kwargs(m), pretrained="none" if starts_blank else t.pretrained,  # a resumed run
+                        cutmix=None if starts_blank else t.cutmix)                              # needs no file)
     init = start_from_trained(net, cfg) if t.init_from and state is None else None  # (a resumed state has it all)
     net.head_product_follows_autocast(not rt.head_float32)
     model = runtime.prepare_model(net, train=True)

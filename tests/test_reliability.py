@@ -6,6 +6,7 @@ Fault classes covered here (each test reproduces the fault first, then checks th
 | --- | --- |
 | bare --resume after a second run | continues the one unfinished run, never a finished one; refuses when ambiguous |
 | --resume of a finished run | refused unless --total_epoch is raised |
+| --resume after the --pretrained file moved | resumes from the state alone, the same weights as with the file |
 | --resume with a changed run-defining flag | one line naming the flag and both values; safe flags applied and recorded |
 | target value outside the file's convention, empty target list | one line naming file, record, class, value |
 | 16-bit PNG, float TIFF | scaled to 8 bits; out-of-range values refused with one line |
@@ -375,6 +376,25 @@ def test_stale_temporaries_removed_on_resume(tmp_path, files):
     (out / ".train_state.pth.tmp4242").write_bytes(b"half a checkpoint")
     train_main.main(train_argv(files, out, "--total_epoch", "2", "--resume", str(out)))
     assert not (out / ".train_state.pth.tmp4242").exists()
+
+
+def test_a_run_started_from_a_weights_file_resumes_without_it(tmp_path, files):
+    from pipeline.models.backbones import get_backbone
+    weights = tmp_path / "start.pth"
+    torch.save(get_backbone("small_cnn").create(32).state_dict(), weights)
+    first = tmp_path / "first"
+    train_main.main(train_argv(files, first, "--total_epoch", "1", "--pretrained", str(weights)))
+    with_file, without_file = tmp_path / "with_file", tmp_path / "without_file"
+    for out in (with_file, without_file):
+        subprocess.run(["cp", "-r", str(first), str(out)], check=True)
+    train_main.main(train_argv(files, with_file, "--total_epoch", "2", "--resume", str(with_file)))
+    weights.rename(tmp_path / "moved.pth")  # the file the run started from is gone
+    train_main.main(train_argv(files, without_file, "--total_epoch", "2", "--resume", str(without_file)))
+    assert [json.loads(line)["epoch"] for line in open(without_file / "log.jsonl")] == [1, 2]
+    a, b = (safe_load(str(out / "train_state.pth"))["model"] for out in (with_file, without_file))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    msg = one_line_exit(train_main.main, train_argv(files, tmp_path / "new", "--pretrained", str(weights)))
+    assert str(weights) in msg  # a new run still needs it
 
 
 def test_voc_submission_path_that_is_a_file(tmp_path, files):

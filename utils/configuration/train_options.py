@@ -73,9 +73,10 @@ def get_args(argv=None) -> argparse.Namespace:
         build_parser().parse_args(argv)  # a flag the parser refuses is the first thing to mend
         raise
     args = parse_args(build_parser(), argv, train=True, resumed=plan.record if plan else None)
-    check_source(args.pretrained)
-    if args.cutmix:
-        check_source(args.cutmix, "--cutmix")
+    if not plan:  # (a resumed run's weights are in its training state: the file it started from may be gone)
+        check_source(args.pretrained)
+        if args.cutmix:
+            check_source(args.cutmix, "--cutmix")
     typed = given_flags(argv)
     check_combinations(args, typed)
     if args.mlflow:

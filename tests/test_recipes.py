@@ -56,7 +56,8 @@ def test_typed_flags_override_the_preset_and_only_those():
 
 
 @pytest.mark.parametrize("argv,msg", [
-    (["--recipe", "strong", "--momentum", "0.8"], "--momentum applies to --optimizer sgd"),
+    (["--recipe", "strong", "--momentum", "0.8"],
+     "--momentum applies to --optimizer sgd, but this run uses --optimizer adamw (--recipe strong's)"),
     (["--recipe", "strong", "--warmup_epoch", "1"], "--warmup_epoch applies to --scheduler step"),
     (["--onecycle_peak", "0.3"], "--onecycle_peak applies to --scheduler onecycle"),
     (["--recipe", "fancy"], "--recipe: invalid choice"),

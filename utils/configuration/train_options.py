@@ -115,4 +115,4 @@ def check_combinations(args: argparse.Namespace, typed: set) -> None:
     for flag, (option, choices) in APPLIES_TO.items():
         if flag in typed and getattr(args, option) not in choices:
             raise ConfigError(f"--{flag} applies to --{option} {' or '.join(choices)}, but this run uses --{option} "
-                              f"{getattr(args, option)} (--recipe {args.recipe})")
+                              f"{getattr(args, option)}{_origin(args, typed, option)}")

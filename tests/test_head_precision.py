@@ -100,6 +100,14 @@ def test_the_product_follows_autocast_only_when_training_asks():
     assert 1e-4 < err < 0.1  # bf16's rounding of the product, nothing worse (the softmax and sums are float32)
     with torch.no_grad():
         assert torch.equal(head(x), exact)  # outside autocast the product is float32 whatever the setting
+    head.eval()
+    for one in (head, head.multi_head[0]):  # evaluation under autocast (--eval_amp bf16): float32 product too
+        one.scores_follow_autocast = True
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            got = one(x).double()
+        T = head.temperatures[0]
+        single = torch.tensor(reference_logits(x.double().numpy(), head_weights(head)[:1], [T], 0.5))
+        assert (got - (want if one is head else single)).abs().max() < 1e-4
 
 
 def saved_tensors(fn):

@@ -270,7 +270,7 @@ class CSRAHead(nn.Module):
     Run alone it is a one-head CSRA; inside ``MultiHeadCSRA`` all heads are applied together.
     """
 
-    scores_follow_autocast = False  # the score maps' product in autocast's dtype (see MultiLabelNet's setter)
+    scores_follow_autocast = False  # training: the score maps' product in autocast's dtype (MultiLabelNet's setter)
 
     def __init__(self, in_dim: int, num_classes: int, T: float, lam: float):
         super().__init__()
@@ -290,7 +290,7 @@ class CSRAHead(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw, inv_norm = score_products(x, [self.head.weight], self.scores_follow_autocast)
+        raw, inv_norm = score_products(x, [self.head.weight], self.scores_follow_autocast and self.training)
         finite = [] if math.isinf(self.T) else [self.T]
         return csra_pool(raw, inv_norm, torch.tensor(finite), self.lam)
 
@@ -319,7 +319,7 @@ class MultiHeadCSRA(nn.Module):
         for h in self.multi_head:
             h.lam = float(value)
 
-    scores_follow_autocast = False  # the score maps' product in autocast's dtype (see MultiLabelNet's setter)
+    scores_follow_autocast = False  # training: the score maps' product in autocast's dtype (MultiLabelNet's setter)
     pooling_fused = False           # the last training forward's pooling went through _FusedPool
 
     def score_products(self, x: torch.Tensor, follow_autocast: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -327,7 +327,7 @@ class MultiHeadCSRA(nn.Module):
         return score_products(x, [h.head.weight for h in self.multi_head], follow_autocast)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raw, inv_norm = self.score_products(x, self.scores_follow_autocast)
+        raw, inv_norm = self.score_products(x, self.scores_follow_autocast and self.training)  # (eval: float32)
         if self.training and torch.is_grad_enabled():
             self.pooling_fused = _fuses(raw)  # (the trainer says so after its first step)
         return csra_pool(raw, inv_norm, self.finite_temperatures, self.lam)

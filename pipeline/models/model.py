@@ -84,7 +84,8 @@ class MultiLabelNet(nn.Module):
 
     def head_product_follows_autocast(self, on: bool = True) -> None:
         """Training: the CSRA head's score maps multiply in autocast's dtype, as the backbone does (its norms,
-        softmax and sums stay float32); off, or outside autocast, the product is float32."""
+        softmax and sums stay float32); off, in eval mode (even under --eval_amp) or outside autocast, the
+        product is float32."""
         for module in self.head.modules():
             if hasattr(module, "scores_follow_autocast"):
                 module.scores_follow_autocast = on

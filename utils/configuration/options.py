@@ -176,7 +176,7 @@ OPTIONS: Tuple[Option, ...] = (
            "OMP_NUM_THREADS also fixes it; at most those CPUs)"), check=POSITIVE_INT, resume="may change"),
     Option("head_float32", "T", "runtime", dict(action="store_true", help="keep the CSRA head's score product in "
            "float32 while training under autocast (default: in the training precision, as the backbone; its norms, "
-           "softmax and sums are float32 either way, and evaluation is float32 unless --eval_amp)"),
+           "softmax and sums are float32 either way, and so is the whole head in evaluation, --eval_amp included)"),
            resume="defines"),
     Option("eval_amp", "T", "runtime", dict(default="off", choices=list(AMP_CHOICES), help="precision of the per-epoch "
            "evaluation: off = float32, as the published numbers (and val.py by default); bf16/fp16 opt into autocast "

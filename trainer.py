@@ -147,6 +147,7 @@ class Trainer:
             self.out.say(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
         self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
+        self.best_val: Optional[Scored] = None     # ... and their validation scores (for thresholds.json)
         self.last_scored: Optional[Scored] = None  # the model's last evaluation
         self.shown: Optional[Scored] = None        # what the finish prints: the chosen weights on the test set
         self.val_sweep = None                      # the chosen weights' global-threshold sweep on validation
@@ -293,7 +294,7 @@ class Trainer:
             fields.update(metric_fields(source, key, scored.report))
             self.say_scores(epoch, source, key, scored.report)
             if scored.report.map > self.best["mAP"]:
-                self.new_best(epoch, source, net, scored.report)
+                self.new_best(epoch, source, net, scored)
             if source == "model":
                 self.last_scored = scored
         if data.val_set is not None and self.cfg.run.test_every_epoch and data.test_set.has_labels:
@@ -308,14 +309,17 @@ class Trainer:
         self.out.say(f"epoch {epoch + 1} {source}: {which}mAP {report.map:.2f}  CF1 {report.overall['CF1']:.2f}  "
                      f"OF1 {report.overall['OF1']:.2f}{note}")
 
-    def new_best(self, epoch: int, source: str, net: nn.Module, report) -> None:
+    def new_best(self, epoch: int, source: str, net: nn.Module, scored: Scored) -> None:
         """``net`` (the model or its EMA) scored best so far: its weights become best.pth (and, with a validation
-        set, are kept for the test set's one scoring at the end)."""
+        set, are kept with their validation scores for the end: the test set's one scoring and the thresholds)."""
+        report = scored.report
         self.best = {"mAP": float(report.map), "epoch": epoch + 1, "source": source,  # (plain floats: the state
                      "CF1": float(report.overall["CF1"]), "OF1": float(report.overall["OF1"])}  # loads weights only)
-        self.out.do(save_torch_atomic, net.state_dict(), self.run.file(BEST_FILE))
+        weights = net.state_dict()
         if self.p.data.val_set is not None:
-            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            weights = self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
+            self.best_val = scored
+        self.out.do(save_torch_atomic, weights, self.run.file(BEST_FILE))
 
     def chosen_model(self) -> nn.Module:
         """The model with the weights that scored best: kept in memory when they did, read back from best.pth
@@ -331,7 +335,8 @@ class Trainer:
     def conclude(self) -> dict:
         """After the last epoch's evaluation, the run's result (the ``final`` entry of its last log.jsonl line):
         the chosen epoch and weights and their test figures. With a validation set the chosen weights are
-        scored once on the test set here, and again on the validation set for thresholds.json."""
+        scored once on the test set here; their validation scores give thresholds.json (kept from when they were
+        chosen; a run resumed after that scores them again)."""
         data, best = self.p.data, self.best
         final = {"selected_on": data.selected_on, "epoch": best["epoch"], "source": best["source"]}
         if best["epoch"] is None:  # nothing was evaluated: a test set without labels, no validation set
@@ -343,7 +348,8 @@ class Trainer:
         chosen = self.chosen_model()
         final.update(val_mAP=best["mAP"], val_CF1=best.get("CF1"), val_OF1=best.get("OF1"))
         if fits_dense(len(data.val_set), self.cfg.model.num_cls):  # (beyond: no threshold search, no pass)
-            val = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
+            # (the scores the best weights got when they were chosen; a run resumed after that scores them again)
+            val = self.best_val or self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
             self.val_sweep = global_sweep(val.scores, val.targets)
             self.out.do(write_thresholds, self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
                         val.targets, f"the validation set ({data.val_source})")

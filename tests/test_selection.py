@@ -162,6 +162,8 @@ def test_a_validation_file_chooses_the_epoch_weights_and_thresholds(tmp_path, mo
     assert final["selected_on"] == "val" and final["epoch"] == 2 and log[-1]["best_epoch"] == 2
     assert final["test_mAP"] == FAKE["test"][1]  # the chosen weights, scored once more on the test set
     assert [s for s in seen if s[0] == "test" and s[1] != "model"] == [("test", "chosen", 2)]  # never for a choice
+    assert [s for s in seen if s[0] == "validation"] == [("validation", "model", e) for e in (1, 2, 3)]  # the
+    # thresholds come from epoch 2's validation scores, kept: the validation set is not scored again at the end
     best, second = (torch.load(run / n, weights_only=True) for n in ("best.pth", "epoch_2.pth"))
     assert all(torch.equal(best[k], second[k]) for k in second)
     assert "chosen on the validation set: epoch 2" in printed and "scored once on those weights: mAP 40.00" in printed
@@ -213,7 +215,7 @@ def test_a_resumed_run_reads_its_chosen_weights_back_from_best_pth(tmp_path, mon
     assert final["epoch"] == 2 and final["test_mAP"] == FAKE["test"][1]
     best = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
     assert all(torch.equal(best[k], epoch_2[k]) for k in epoch_2)
-    assert seen[-1] == ("test", "chosen", 2)
+    assert seen[-2:] == [("validation", "chosen", 2), ("test", "chosen", 2)]  # (its validation scores are gone too)
     assert all(torch.equal(chosen[-1][k], epoch_2[k]) for k in epoch_2)  # best.pth's weights, not epoch 3's
 
 

@@ -147,7 +147,7 @@ class Trainer:
             self.out.say(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
         self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
-        self.best_val: Optional[Scored] = None     # ... and their validation scores (for thresholds.json)
+        self.best_val: Optional[Tuple[np.ndarray, object]] = None  # ... their validation scores and targets
         self.last_scored: Optional[Scored] = None  # the model's last evaluation
         self.shown: Optional[Scored] = None        # what the finish prints: the chosen weights on the test set
         self.val_sweep = None                      # the chosen weights' global-threshold sweep on validation
@@ -318,7 +318,8 @@ class Trainer:
         weights = net.state_dict()
         if self.p.data.val_set is not None:
             weights = self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
-            self.best_val = scored
+            if fits_dense(len(scored.scores), self.cfg.model.num_cls):  # (what thresholds.json is searched on)
+                self.best_val = (scored.scores, scored.targets)
         self.out.do(save_torch_atomic, weights, self.run.file(BEST_FILE))
 
     def chosen_model(self) -> nn.Module:
@@ -349,10 +350,13 @@ class Trainer:
         final.update(val_mAP=best["mAP"], val_CF1=best.get("CF1"), val_OF1=best.get("OF1"))
         if fits_dense(len(data.val_set), self.cfg.model.num_cls):  # (beyond: no threshold search, no pass)
             # (the scores the best weights got when they were chosen; a run resumed after that scores them again)
-            val = self.best_val or self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
-            self.val_sweep = global_sweep(val.scores, val.targets)
-            self.out.do(write_thresholds, self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), val.scores,
-                        val.targets, f"the validation set ({data.val_source})")
+            if self.best_val is None:
+                again = self.score(chosen, data.val_set, "validation", "chosen", best["epoch"])
+                self.best_val = (again.scores, again.targets)
+            scores, targets = self.best_val
+            self.val_sweep = global_sweep(scores, targets)
+            self.out.do(write_thresholds, self.run.file(THRESHOLDS_FILE), list(self.cfg.class_names), scores,
+                        targets, f"the validation set ({data.val_source})")
         if data.test_set.has_labels:
             self.shown = self.score(chosen, data.test_set, "test", "chosen", best["epoch"])
             report = self.shown.report

@@ -382,19 +382,35 @@ def test_a_run_started_from_a_weights_file_resumes_without_it(tmp_path, files):
     from pipeline.models.backbones import get_backbone
     weights = tmp_path / "start.pth"
     torch.save(get_backbone("small_cnn").create(32).state_dict(), weights)
-    first = tmp_path / "first"
-    train_main.main(train_argv(files, first, "--total_epoch", "1", "--pretrained", str(weights)))
-    with_file, without_file = tmp_path / "with_file", tmp_path / "without_file"
-    for out in (with_file, without_file):
-        subprocess.run(["cp", "-r", str(first), str(out)], check=True)
-    train_main.main(train_argv(files, with_file, "--total_epoch", "2", "--resume", str(with_file)))
+    start = ["--pretrained", str(weights), "--threads", "1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_main.main(train_argv(files, whole, *start))  # 2 epochs, uninterrupted
+    train_main.main(train_argv(files, resumed, *start, "--total_epoch", "1"))
     weights.rename(tmp_path / "moved.pth")  # the file the run started from is gone
-    train_main.main(train_argv(files, without_file, "--total_epoch", "2", "--resume", str(without_file)))
-    assert [json.loads(line)["epoch"] for line in open(without_file / "log.jsonl")] == [1, 2]
-    a, b = (safe_load(str(out / "train_state.pth"))["model"] for out in (with_file, without_file))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    msg = one_line_exit(train_main.main, train_argv(files, tmp_path / "new", "--pretrained", str(weights)))
+    train_main.main(train_argv(files, resumed, *start, "--total_epoch", "2", "--resume", str(resumed)))
+    assert [json.loads(line)["epoch"] for line in open(resumed / "log.jsonl")] == [1, 2]
+    a, b = (safe_load(str(out / "train_state.pth"))["model"] for out in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # exact, as resumed runs are
+    msg = one_line_exit(train_main.main, train_argv(files, tmp_path / "new", *start))
     assert str(weights) in msg  # a new run still needs it
+
+
+def test_a_run_started_from_imagenet_weights_resumes_without_fetching_them(tmp_path, files):
+    """Offline (as every test is): with the weights in torch's hub cache the run starts; with the cache gone
+    (a compute node without it) the run resumes from its state, fetching nothing."""
+    from urllib.parse import urlparse
+
+    import torchvision
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+    os.makedirs(os.path.dirname(cached), exist_ok=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cached)
+    run = tmp_path / "run"
+    argv = train_argv(files, run, "--model", "resnet18", "--pretrained", "imagenet")
+    train_main.main(argv + ["--total_epoch", "1"])
+    os.remove(cached)
+    train_main.main(argv + ["--total_epoch", "2", "--resume", str(run)])
+    assert [json.loads(line)["epoch"] for line in open(run / "log.jsonl")] == [1, 2]
 
 
 def test_voc_submission_path_that_is_a_file(tmp_path, files):

@@ -231,3 +231,16 @@ def test_runs_recorded_before_lr_floor_resume_and_repeat(tmp_path):
     r = run_py("main.py", "--config", out, "--seed", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "run_2" / "args.json").read_text())["lr_floor"] == 0.0
+
+
+def test_an_option_that_cannot_apply_to_a_resumed_runs_value_names_the_record(tmp_path, capsys):
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=4)
+    run = tmp_path / "run"
+    argv = train_argv(files, run, "--total_epoch", "1", "--scheduler", "cosine", "--warmup_epoch", "0")
+    del argv[argv.index("--decay_every"):argv.index("--decay_every") + 2]  # (the helper's, for step)
+    train_main.main(argv)
+    with pytest.raises(SystemExit) as e:
+        train_main.main(train_argv(files, run, "--total_epoch", "1", "--resume", str(run), "--decay_every", "2"))
+    text = str(e.value.code) if isinstance(e.value.code, str) else capsys.readouterr().err
+    assert "--decay_every applies to --scheduler step, but this run uses --scheduler cosine (the resumed run's " \
+           "record)" in text  # cosine was typed when the run started: no recipe's value

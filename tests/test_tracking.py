@@ -1,6 +1,8 @@
 """--mlflow: what mlflow's own client reads back equals the run's log.jsonl and record; a resumed run goes on in
 the same MLflow run; a sweep's runs are children of the sweep's run."""
 import json
+import os
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -66,3 +68,16 @@ def test_a_sweeps_runs_are_children_of_its_run(tmp_path, monkeypatch):
     assert list(elsewhere.iterdir()) == []
     artifacts = sorted(p.name for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file())
     assert artifacts == sorted(x.path for x in client.list_artifacts(parent.info.run_id)) and "runs.csv" in artifacts
+
+
+@pytest.mark.parametrize("uri,folder", [
+    ("sqlite:////abs/store.db", "/abs"),
+    ("sqlite:///rel/store.db", os.path.abspath("rel")),      # relative to the working folder, as SQLite opens it
+    ("sqlite:////a%20b/store.db", "/a b"),                   # the URI's escapes decoded, as SQLite's are
+    ("sqlite:////abs/store.db?mode=ro&x=c/d", "/abs"),       # a query is not part of the file's path
+    ("sqlite:///:memory:", None), ("http://localhost:5000", None), ("postgresql://u@host/db", None),
+])
+def test_a_local_stores_artifacts_go_beside_its_database_file(uri, folder):
+    from utils.experiments.tracking import ARTIFACTS, artifact_root
+    got = artifact_root(uri)
+    assert (got if folder is None else unquote(urlparse(got).path)) == (folder and os.path.join(folder, ARTIFACTS))

@@ -30,6 +30,8 @@ def _origin(args: argparse.Namespace, typed: set, key: str) -> str:
     """' (--recipe paper's)': where an untyped value came from, for a message that names it."""
     if key in typed:
         return ""
+    if args.resume:
+        return " (the resumed run's record)"
     if args.config:
         return f" (from --config {args.config})"
     by_dataset = key in DATASETS[args.dataset].recipe_overrides.get(args.recipe, {})

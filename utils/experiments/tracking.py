@@ -48,10 +48,13 @@ def client(uri: str):
 def artifact_root(uri: str) -> Optional[str]:
     """Where a new experiment in a local SQLite store keeps its artifacts: the folder ARTIFACTS beside the
     database file (MLflow's own default is ./mlruns in whatever folder the run happens to start from)."""
-    if not uri.startswith("sqlite:///"):
+    if not uri.startswith("sqlite:"):
         return None  # a tracking server or another database decides for itself
-    folder = os.path.dirname(uri[len("sqlite:///"):]) or "."
-    return pathlib.Path(os.path.abspath(folder), ARTIFACTS).as_uri()
+    from sqlalchemy.engine import make_url  # (MLflow's own database layer: the file as SQLite will open it)
+    database = make_url(uri).database
+    if not database or database == ":memory:":
+        return None
+    return pathlib.Path(os.path.abspath(os.path.dirname(database) or "."), ARTIFACTS).as_uri()
 
 
 def experiment_id(c, name: str) -> str:

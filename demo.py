@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.configuration.cli import new_parser, parse_args, run_main
 from utils.configuration.config import Config
-from utils.output.predictions import (class_thresholds, find_images, finish, label_record, prediction_line,
+from utils.output.predictions import (find_images, finish, label_record, prediction_line, read_class_thresholds,
                                       thresholds_line)
 from utils.output.visualize import ImageMaps, save_heatmaps
 from utils.process.inference import open_session
@@ -100,7 +100,7 @@ def run(args) -> list:
     n_maps = len(model.head.temperatures)
     if not 0 <= args.heatmap_head < n_maps:
         raise ConfigError(f"--heatmap_head must be below the number of heads ({n_maps})")
-    cut = class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
+    cut = read_class_thresholds(args.thresholds, names) if args.thresholds else [args.threshold] * len(names)
     print(thresholds_line(args.thresholds, cut), file=sys.stderr)
     stems = unique_stems(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, ImageTransform(cfg.model.img_size, train=False)),

@@ -196,7 +196,7 @@ def find_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
     return files, skipped
 
 
-def class_thresholds(path: str, names) -> list:
+def read_class_thresholds(path: str, names) -> list:
     """Per-class thresholds from a thresholds.json (val.py --report), in the order of ``names``."""
     data = read_json(path)
     table = data.get("thresholds") if isinstance(data, dict) else None
@@ -400,7 +400,7 @@ def run(argv=None) -> List[dict]:
     names = json.loads(meta["classes"])
     if a.topk is not None and a.topk > len(names):
         raise ConfigError(f"--topk is {a.topk} but there are only {len(names)} classes")
-    cut = class_thresholds(a.thresholds, names) if a.thresholds else [a.threshold] * len(names)
+    cut = read_class_thresholds(a.thresholds, names) if a.thresholds else [a.threshold] * len(names)
     print(thresholds_line(a.thresholds, cut), file=sys.stderr)
     files, skipped = find_images(a.img_dir)
     for s in skipped:

@@ -194,8 +194,9 @@ class Trainer:
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
         train_model = self.training_model()
-        self.loop = TrainingLoop(train_model, p.optimizer, p.runtime, p.criterion, p.lr_fn, p.iters_per_epoch,
-                                 cfg.training.total_epoch, p.scaler, p.ema, cfg.run.seed, cfg.run.print_freq)
+        self.loop = TrainingLoop(train_model, p.optimizer, p.runtime, p.criterion, lr_fn=p.lr_fn,
+                                 iters_per_epoch=p.iters_per_epoch, total_epochs=cfg.training.total_epoch,
+                                 scaler=p.scaler, ema=p.ema, seed=cfg.run.seed, print_freq=cfg.run.print_freq)
         loader = make_loader(p.data.train_set, cfg.data.batch_size, cfg.data.num_workers, p.sampler, p.runtime.device)
         self.open_logs()
         self.clock = RunClock(self.start_epoch, cfg.training.total_epoch, p.iters_per_epoch, self.start_iter,

@@ -523,3 +523,26 @@ def test_prepare_annotation_files_bom_latin1_and_missing_keys(tmp_path):
                "--out_dir", str(tmp_path / "mine"), "--test_split", "0")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "mine" / "all.json").read_text())[0]["img_path"].endswith("a.jpg")
+
+
+def test_a_metrics_log_line_cut_short_by_a_kill(tmp_path):
+    """log.jsonl has one reader: a resumed run drops a line a kill cut short (and the epochs it redoes), the
+    sweep counts such a run unfinished, and plot_curves names the line."""
+    from utils.experiments.plan import final_entry
+    from utils.runs.loggers import EpochLog, read_epoch_log
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "args.json").write_text(json.dumps({"model": "small_cnn", "head": "csra", "num_heads": 1, "num_cls": 6,
+                                               "img_size": 32, "total_epoch": 3}))
+    whole = [{"epoch": 1, "mAP": 10.0}, {"epoch": 2, "mAP": 20.0}, {"epoch": 3, "mAP": 30.0, "final": {"epoch": 3}}]
+    log = run / "log.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in whole))
+    assert read_epoch_log(str(log)) == whole and final_entry(str(run)) == {"epoch": 3}
+    log.write_text("".join(json.dumps(e) + "\n" for e in whole[:2]) + '{"epoch": 3, "mA')
+    assert final_entry(str(run)) is None
+    with pytest.raises(DataError, match=r"log.jsonl: line 3 is not a JSON object with an 'epoch'"):
+        read_epoch_log(str(log))
+    r = run_py("tools/plot_curves.py", run, "--out", tmp_path / "curves.png")
+    assert r.returncode == 1 and "line 3 is not a JSON object" in r.stderr and r.stderr.count("\n") == 1
+    EpochLog(str(log), resumed_epoch=1)  # resumed after epoch 1: epoch 2 is redone, the cut line goes
+    assert log.read_text() == json.dumps(whole[0]) + "\n"

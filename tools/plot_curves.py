@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import textwrap
@@ -31,6 +30,7 @@ from utils.configuration.option_help import show_option
 from utils.configuration.options import APPLIES_TO, BY_NAME, RUN_DEFINING
 from utils.configuration.train_options import get_args as main_options
 from utils.output.fileio import save_figure_atomic
+from utils.runs.loggers import read_epoch_log
 from utils.runs.run_record import read_record
 
 
@@ -38,19 +38,10 @@ def read_log(run: str) -> List[Dict]:
     path = os.path.join(run, "log.jsonl") if os.path.isdir(run) else run
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such metrics log")
-    entries = []
-    with open(path) as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise DataError(f"{path}: line {n} is not JSON") from None
+    entries = read_epoch_log(path)
     if not entries:
         raise DataError(f"{path}: empty log")
     for n, e in enumerate(entries, start=1):
-        if not isinstance(e, dict):
-            raise DataError(f"{path}: entry {n} is not a JSON object")
         for key in ("epoch",) + PLOTTED:
             v = e.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):

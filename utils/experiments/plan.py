@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -22,6 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pipeline.errors import ConfigError, CSRAError
 from utils.configuration.options import BY_NAME, NEGATIONS
 from utils.output.fileio import make_folder, write_json_atomic
+from utils.runs.loggers import read_epoch_log
 from utils.runs.run_folder import LOG_FILE
 from utils.runs.run_lock import RunLock
 from utils.runs.run_record import read_record
@@ -209,13 +209,12 @@ def final_entry(folder: str) -> Optional[dict]:
     if not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [ln for ln in f if ln.strip()]
-        last = json.loads(lines[-1]) if lines else {}
+        entries = read_epoch_log(path)
         total = (read_record(folder) or {}).get("total_epoch")
     except (OSError, ValueError, CSRAError):
         return None
-    final = last.get("final") if isinstance(last, dict) else None
+    last = entries[-1] if entries else {}
+    final = last.get("final")
     return final if isinstance(final, dict) and last.get("epoch") == total else None
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from typing import List, Optional, Sequence
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from utils.output.fileio import atomic_write
 from utils.output.progress import StepLog
 
@@ -29,6 +29,25 @@ class Sink:
         pass
 
 
+def read_epoch_log(path: str, skip_bad: bool = False) -> List[dict]:
+    """log.jsonl's entries, one JSON object a line (blank lines skipped). A line that is not a JSON object with
+    an 'epoch' stops with one line naming it, or with ``skip_bad`` is left out (a line a kill cut short)."""
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if isinstance(entry, dict) and "epoch" in entry:
+                entries.append(entry)
+            elif not skip_bad:
+                raise DataError(f"{path}: line {n} is not a JSON object with an 'epoch'")
+    return entries
+
+
 class EpochLog(Sink):
     """log.jsonl: one JSON line per finished epoch (the last one also holds the run's ``final`` result); a
     resumed run first drops the lines of the epochs after its state, which it is about to redo."""
@@ -36,17 +55,10 @@ class EpochLog(Sink):
     def __init__(self, path: str, resumed_epoch: Optional[int] = None):
         self.path = path
         if resumed_epoch is not None and os.path.isfile(path):  # (0 too: killed before the first epoch's state)
-            with open(path) as f:
-                lines = [ln for ln in f if ln.strip()]
-            kept = []
-            for ln in lines:
-                try:
-                    if json.loads(ln)["epoch"] <= resumed_epoch:
-                        kept.append(ln)
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    pass
+            kept = [e for e in read_epoch_log(path, skip_bad=True)
+                    if isinstance(e["epoch"], int) and e["epoch"] <= resumed_epoch]
             with atomic_write(path) as f:
-                f.writelines(kept)
+                f.writelines(json.dumps(e) + "\n" for e in kept)
 
     def epoch(self, entry: dict) -> None:
         with open(self.path, "a") as f:

@@ -52,13 +52,16 @@ def test_per_class_table_and_best_thresholds_by_brute_force(kind):
         p = (pred & gt).sum() / pred.sum() if pred.sum() else 0.0
         r = (pred & gt).sum() / gt.sum()
         assert a.precision[c] == pytest.approx(p) and a.recall[c] == pytest.approx(r)
-        best = (-1.0, None)
-        for thr in sorted(set(scores[counted, c]), reverse=True):  # every distinct score
+        best = (-1.0, None, None)
+        distinct = sorted(set(scores[counted, c]), reverse=True)
+        for i, thr in enumerate(distinct):  # every distinct score as the lowest one kept
             pr = (scores[:, c] >= thr) & counted
             f1 = 2 * (pr & gt).sum() / (pr.sum() + gt.sum())
             if f1 > best[0]:
-                best = (f1, thr)
-        assert a.best_f1[c] == pytest.approx(best[0]) and a.best_threshold[c] == best[1]
+                best = (f1, thr, distinct[i + 1] if i + 1 < len(distinct) else 0.0)
+        assert a.best_f1[c] == pytest.approx(best[0]) and a.best_threshold[c] == pytest.approx((best[1] + best[2]) / 2)
+        cut = (scores[:, c] >= a.best_threshold[c]) & counted  # the threshold keeps exactly those images
+        assert 2 * (cut & gt).sum() / (cut.sum() + gt.sum()) == pytest.approx(best[0])
     # the global sweep equals the evaluator at each threshold
     for k, thr in enumerate(a.sweep["thresholds"]):
         again = evaluate(scores, targets, threshold=thr)
@@ -77,6 +80,19 @@ def test_worst_mistakes_by_sorting():
 
 def test_best_threshold_without_positives():
     assert best_f1_threshold(np.array([0.2, 0.9]), np.array([False, False]), np.array([True, True])) == (0.5, 0.0)
+
+
+def test_best_threshold_lies_between_scores_by_hand():
+    every = np.array([True] * 4)
+    # keep 0.9 and 0.7 (F1 1): halfway to 0.4, so 0.7 - 1e-6 (another backend's score) is still kept
+    t, f1 = best_f1_threshold(np.array([0.9, 0.4, 0.7, 0.2]), np.array([True, False, True, False]), every)
+    assert (t, f1) == (pytest.approx(0.55), 1.0)
+    # every image positive: keep all, halfway between the lowest score and 0
+    t, f1 = best_f1_threshold(np.array([0.8, 0.6, 0.7, 0.9]), every, every)
+    assert (t, f1) == (pytest.approx(0.3), 1.0)
+    # a tie of F1 goes to the higher cut: keeping {0.9} gives 2/3 (1 of 2 positives), keeping all four 2/3 too
+    t, f1 = best_f1_threshold(np.array([0.9, 0.8, 0.7, 0.6]), np.array([True, False, False, True]), every)
+    assert (t, f1) == (pytest.approx(0.85), pytest.approx(2 / 3))
 
 
 @pytest.fixture(scope="module")

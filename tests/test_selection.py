@@ -132,16 +132,18 @@ def fake_scores(monkeypatch, seen, chosen=None):
 
 
 def brute_force_thresholds(scores, targets):
-    """Per class, the threshold among the scores with the best F1 of predicting score >= t (the higher on a tie)."""
+    """Per class, the lowest score kept by the best F1 of predicting score >= t (the higher on a tie), and the
+    threshold halfway from it to the next score below (to 0 below the lowest)."""
     out = []
     for c in range(scores.shape[1]):
         best = (-1.0, 0.5)
-        for t in sorted(set(scores[:, c].tolist()), reverse=True):
+        distinct = sorted(set(scores[:, c].tolist()), reverse=True)
+        for i, t in enumerate(distinct):
             tp = sum(1 for s, y in zip(scores[:, c], targets[:, c]) if s >= t and y == 1)
             pred = sum(1 for s in scores[:, c] if s >= t)
             f1 = 2 * tp / (pred + int((targets[:, c] == 1).sum()))
             if f1 > best[0]:
-                best = (f1, t)
+                best = (f1, (t + (distinct[i + 1] if i + 1 < len(distinct) else 0.0)) / 2)
         out.append(best[1] if (targets[:, c] == 1).any() else 0.5)
     return np.array(out)
 

@@ -40,15 +40,19 @@ def pr_curve(scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> ClassCurve
 
 def best_f1_threshold(scores: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> Tuple[float, float]:
     """(threshold, F1): predicting ``score >= threshold`` for this class gives the best F1 over every
-    distinct score (ties of F1 go to the higher threshold). (0.5, 0.0) when there is no positive."""
+    distinct score (ties of F1 go to the higher cut). The threshold lies halfway between the lowest score
+    kept and the next one below (halfway to 0 when every score is kept), not on a score: the image that
+    set it stays on its side when another backend (ONNX, another precision) scores it a hair differently.
+    (0.5, 0.0) when there is no positive."""
     s, g = scores[valid], gt[valid]
     n_gt = int(g.sum())
     if n_gt == 0 or s.size == 0:
         return 0.5, 0.0
     values, (tp, n_pred) = _descending_blocks(s, g.astype(np.int64), np.ones_like(g, dtype=np.int64))
     f1 = 2 * tp / (n_pred + n_gt)
-    k = int(np.argmax(f1))  # first maximum = highest threshold among equals
-    return float(values[k]), float(f1[k])
+    k = int(np.argmax(f1))  # first maximum = highest cut among equals
+    below = float(values[k + 1]) if k + 1 < len(values) else min(0.0, float(values[k]))
+    return (float(values[k]) + below) / 2, float(f1[k])
 
 
 @dataclass

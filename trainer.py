@@ -140,10 +140,12 @@ class Trainer:
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
         self.resumed = state is not None
         self.epoch_files: List[int] = []  # the epochs whose checkpoint this run wrote and keeps (--keep_epochs)
+        self.best_pending: Optional[int] = None  # the epoch whose new best weights wait for a state to name them
         if state is not None:
             restore_train_state(state, state_path, p.trained_objects())
             self.start_epoch, self.start_iter, self.best = state["epoch"], state["iter"], state["best"]
             self.epoch_files = list(state.get("epoch_files") or [])  # (a state from before lists none: none go)
+            self.out.do(run.settle_best, state.get("best_pending"))  # (a killed run's pending weights)
             self.out.say(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
         self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
@@ -187,9 +189,13 @@ class Trainer:
         if not checked:
             self.ensure_finite(f"at epoch {epoch + 1}, iteration {it}")
         self.logs.flush()  # every step up to the state is on disk before the state is
-        progress = {"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files}
+        progress = {"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files,
+                    "best_pending": self.best_pending}
         self.out.do(save_train_state, self.state_path, self.p.trained_objects(), progress=progress,
                     args=self.cfg.record(), run_id=self.run.run_id, runtime=self.p.runtime.as_dict())
+        if self.best_pending is not None:  # a state names the new best: now it is best.pth
+            self.out.do(self.run.settle_best, self.best_pending)
+            self.best_pending = None
 
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
@@ -311,8 +317,9 @@ class Trainer:
                      f"OF1 {report.overall['OF1']:.2f}{note}")
 
     def new_best(self, epoch: int, source: str, net: nn.Module, scored: Scored) -> None:
-        """``net`` (the model or its EMA) scored best so far: its weights become best.pth (and, with a validation
-        set, are kept with their validation scores for the end: the test set's one scoring and the thresholds)."""
+        """``net`` (the model or its EMA) scored best so far: its weights become best.pth once the training
+        state that names them is saved (and, with a validation set, are kept with their validation scores for
+        the end: the test set's one scoring and the thresholds)."""
         report = scored.report
         self.best = {"mAP": float(report.map), "epoch": epoch + 1, "source": source,  # (plain floats: the state
                      "CF1": float(report.overall["CF1"]), "OF1": float(report.overall["OF1"])}  # loads weights only)
@@ -321,7 +328,8 @@ class Trainer:
             weights = self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
             if fits_dense(len(scored.scores), self.cfg.model.num_cls):  # (what thresholds.json is searched on)
                 self.best_val = (scored.scores, scored.targets)
-        self.out.do(save_torch_atomic, weights, self.run.file(BEST_FILE))
+        self.out.do(save_torch_atomic, weights, self.run.pending_best(epoch + 1))  # best.pth with the next state
+        self.best_pending = epoch + 1
 
     def chosen_model(self) -> nn.Module:
         """The model with the weights that scored best: kept in memory when they did, read back from best.pth

@@ -188,6 +188,43 @@ def test_a_run_killed_around_the_end_of_epoch_saves_logs_each_epoch_once(tmp_pat
     assert [int(ln.split(",")[0]) for ln in steps] == list(range(1, 5))  # each step once
 
 
+def test_a_run_killed_between_new_best_weights_and_its_state_resumes_with_the_states_best(tmp_path, files,
+                                                                                          monkeypatch):
+    """best.pth holds the weights the training state names as the best: a run killed after an epoch's new best
+    but before the state that names it redoes that epoch, which (on a GPU, or on another thread count) may
+    score lower; the result then is the state's best epoch, its weights and its test figures."""
+    import trainer
+    import utils.runs.train_state
+    maps = iter([50.0, 80.0, 40.0])  # validation mAP: epoch 1, epoch 2 (killed before its state), epoch 2 again
+    real_score, real_state = trainer.Trainer.score, utils.runs.train_state.save_torch_atomic
+
+    def score(self, net, dataset, what, source, epoch):
+        scored = real_score(self, net, dataset, what, source, epoch)
+        if what == "validation" and source == "model":
+            scored.report.map = next(maps)
+        return scored
+
+    def state(obj, path):
+        if obj["epoch"] == 2 and not killed:
+            killed.append(path)
+            raise Killed
+        real_state(obj, path)
+    killed = []
+    monkeypatch.setattr(trainer.Trainer, "score", score)
+    monkeypatch.setattr(utils.runs.train_state, "save_torch_atomic", state)
+    run = tmp_path / "run"
+    argv = train_argv(files, run, "--val_split", "0.25")
+    with pytest.raises(Killed):
+        train_main.main(argv)
+    assert (run / ".best_epoch2.pth.pending").exists()  # epoch 2's weights, named by no state
+    train_main.main(argv + ["--resume", str(run)])
+    final = [json.loads(line) for line in open(run / "log.jsonl")][-1]["final"]
+    assert final["epoch"] == 1 and final["val_mAP"] == 50.0
+    best, first = (torch.load(run / n, weights_only=True) for n in ("best.pth", "epoch_1.pth"))
+    assert all(torch.equal(best[k], first[k]) for k in first)  # not the killed attempt's epoch 2
+    assert not [n for n in os.listdir(run) if n.endswith(".pending")]
+
+
 # --- 3: labels ------------------------------------------------------------------------------------
 def write_json(path, obj, encoding="utf-8", bom=False):
     text = json.dumps(obj)

@@ -22,9 +22,10 @@ from pipeline.errors import ConfigError, CSRAError
 from utils.configuration.options import BY_NAME, NEGATIONS
 from utils.output.fileio import make_folder, write_json_atomic
 from utils.runs.loggers import read_epoch_log
-from utils.runs.run_folder import LOG_FILE
-from utils.runs.run_lock import RunLock
-from utils.runs.run_record import read_record
+from utils.runs.run_folder import BEST_FILE, BEST_PENDING, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE
+from utils.experiments.tracking import ID_FILE
+from utils.runs.run_lock import LOCK_FILE, RunLock
+from utils.runs.run_record import RECORD_FILE, read_record
 from utils.runs.train_state import STATE_FILE
 
 FORMAT, VERSION = "csra-sweep", 1
@@ -32,8 +33,9 @@ PLAN_FILE = "sweep.json"
 NOT_IN_GRID = {"seed": "--seeds", "output_dir": "--out", "resume": "the sweep itself", "config": "main.py's flags"}
 SWITCH_VALUES = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False,
                  "0": False}
-RUN_FILES = re.compile(r"^(args\.json|log\.jsonl|steps\.csv|best\.pth|epoch_\d+\.pth|thresholds\.json|"
-                       r"train_state\.pth|mlflow\.json|\.lock|\..+\.tmp\d+)$")  # what main.py writes in its folder
+RUN_FILES = re.compile("^(" + "|".join([re.escape(name) for name in (  # what main.py writes in its folder
+    RECORD_FILE, LOG_FILE, STEPS_FILE, BEST_FILE, THRESHOLDS_FILE, STATE_FILE, ID_FILE, LOCK_FILE)]
+    + [r"epoch_\d+\.pth", BEST_PENDING.pattern, r"\..+\.tmp\d+"]) + ")$")
 RUN_FOLDERS = {"tensorboard"}
 
 

@@ -18,6 +18,8 @@ from utils.runs.train_state import STATE_FILE, read_recorded_args
 LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
 BEST_FILE = "best.pth"
+BEST_PENDING = re.compile(r"\.best_epoch(\d+)\.pth\.pending")  # an epoch's new best weights, until the
+#                                                                    training state that names them is saved
 THRESHOLDS_FILE = "thresholds.json"  # with a validation set: per-class thresholds chosen on it
 
 
@@ -38,6 +40,21 @@ class RunFolder:
 
     def epoch_path(self, epoch: int) -> str:
         return self.file(f"epoch_{epoch}.pth")
+
+    def pending_best(self, epoch: int) -> str:
+        """Where epoch ``epoch``'s new best weights wait for the training state that names them (BEST_PENDING)."""
+        return self.file(f".best_epoch{epoch}.pth.pending")
+
+    def settle_best(self, named: Optional[int]) -> None:
+        """Epoch ``named``'s pending best weights become best.pth (a training state naming them was saved); any
+        other epoch's are removed: a run killed before its state named them never resumes with a best.pth of
+        another epoch than its state's best."""
+        for name in os.listdir(self.path):
+            found = BEST_PENDING.fullmatch(name)
+            if found and int(found.group(1)) == named:
+                os.replace(self.file(name), self.file(BEST_FILE))
+            elif found:
+                os.remove(self.file(name))
 
     def last_good(self) -> str:
         """The line a diverged run ends with: the last epoch checkpoint kept, or that there is none."""

@@ -4,7 +4,8 @@ loaded and checked in one place.
 Layout: ``{"format": FORMAT, "version": VERSION, "model", "optimizer", "scaler", "ema", "epoch",
 "iter", "best", "epoch_files", "args"}``. ``epoch`` counts finished epochs and ``iter`` the finished
 iterations of the next one; ``epoch_files`` lists the epochs whose checkpoint this run wrote and keeps
-(``--keep_epochs`` removes only those). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
+(``--keep_epochs`` removes only those); ``best_pending`` is the epoch whose best weights it names while they
+still wait in the run folder's pending file, not yet best.pth (``RunFolder.settle_best``). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
 demo.py load the file like any checkpoint.
 """
 from __future__ import annotations
@@ -35,8 +36,8 @@ class TrainedObjects(NamedTuple):
 
 def save_train_state(path: str, objects: TrainedObjects, *, progress: dict, args: Optional[dict] = None,
                      run_id: Optional[str] = None, runtime: Optional[dict] = None) -> None:
-    """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best`` and
-    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps); ``runtime``: what the steps up
+    """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best``,
+    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps) and ``best_pending``; ``runtime``: what the steps up
     to this state ran in (``Runtime.as_dict``), for the resume note."""
     scaler, ema = objects.scaler, objects.ema
     save_torch_atomic({
@@ -45,7 +46,7 @@ def save_train_state(path: str, objects: TrainedObjects, *, progress: dict, args
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": progress["epoch"], "iter": progress["iter"], "best": progress["best"],
-        "epoch_files": list(progress.get("epoch_files", [])),
+        "epoch_files": list(progress.get("epoch_files", [])), "best_pending": progress.get("best_pending"),
         "args": {k: str(v) for k, v in (args or {}).items()},
     }, path)
 

@@ -12,6 +12,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 import main as train_main
+import demo as demo_script
+import export as export_script
 import val as val_script
 from helpers import image_kinds, run_py, tiny_demo, train_argv
 from pipeline.data.dataset import MultiLabelDataset, ImageTransform
@@ -20,6 +22,7 @@ from pipeline.images import read_rgb
 from pipeline.models.model import CSRANet
 from pipeline.models.runtime import resolve_runtime
 from pipeline.weights.checkpoint import load_model_weights
+from utils.configuration.cli import parse_args
 from utils.prepare.prepare_wider import prepare as prepare_wider
 
 
@@ -181,6 +184,41 @@ def test_class_names_survive_an_explicit_json(run, tmp_path):
     img = json.loads(open(files["test"]).read())[0]["img_path"]
     r = run_py("demo.py", "--load_from", folder / "best.pth", "--img_dir", img, "--thresholds",
                tmp_path / "rep" / "thresholds.json")
+    assert r.returncode == 0, r.stderr
+
+
+def test_class_names_that_contradict_the_checkpoints_record_stop(run, tmp_path):
+    """The model's outputs are in its record's class order: a --classes file, or the names beside the data
+    val.py scores, in another order (or with other names) would label or score every output as another class."""
+    files, folder = run
+    names = ["circle", "square", "triangle", "cross", "ring", "bar"]
+    (tmp_path / "sorted.txt").write_text("\n".join(sorted(names)))
+    (tmp_path / "same.txt").write_text("\n".join(names))
+    (tmp_path / "other.txt").write_text("\n".join(names[:5] + ["pole"]))
+    best = str(folder / "best.pth")
+    for script, argv in (("val", ["--load_from", best]), ("demo", ["--load_from", best, "--img_dir", "x.jpg"]),
+                         ("export", ["--load_from", best, "--format", "onnx", "--out", "x.onnx"])):
+        get_args = {"val": val_script.get_args, "demo": demo_script.get_args,
+                    "export": lambda a: parse_args(export_script.build_parser(), a)}[script]
+        with pytest.raises(ConfigError, match=re.escape(f"--classes {tmp_path / 'sorted.txt'} lists the same classes "
+                                                        "in another order than the checkpoint's run record (class 0: "
+                                                        "'bar' here, 'circle' there)")):
+            get_args(argv + ["--classes", str(tmp_path / "sorted.txt")])
+        with pytest.raises(ConfigError, match=r"lists other classes \(6\) than .* \(class 5: 'pole' here, 'bar'"):
+            get_args(argv + ["--classes", str(tmp_path / "other.txt")])
+        assert get_args(argv + ["--classes", str(tmp_path / "same.txt")]).class_names == names
+    # data whose labels follow another order (its class file beside it says so)
+    permuted = tmp_path / "permuted"
+    permuted.mkdir()
+    order = [names.index(n) for n in sorted(names)]
+    records = [dict(r, target=[r["target"][i] for i in order]) for r in json.loads(open(files["test"]).read())]
+    (permuted / "test.json").write_text(json.dumps(records))
+    (permuted / "classes.txt").write_text("\n".join(sorted(names)))
+    r = run_py("val.py", "--load_from", best, "--test_json", permuted / "test.json")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"{permuted / 'test.json'}: its labels follow {permuted / 'classes.txt'}, which lists the same classes " \
+           "in another order" in r.stderr
+    r = run_py("val.py", "--load_from", best, "--test_json", files["test"])  # its own order: scored
     assert r.returncode == 0, r.stderr
 
 

@@ -148,3 +148,27 @@ def test_a_resumed_runs_record_is_checked_as_a_config_record_is(tmp_path):
     with pytest.raises(ConfigError, match=r'--resume .*args.json: "total_epoch": 1.5 in the record; --total_epoch '
                                           r'must be an integer'):
         get_args(["--resume", run])
+
+
+def test_config_with_other_data_takes_their_class_names_not_the_recorded_runs(tmp_path):
+    """--config RUN with other data typed: a class file beside them (their labels' order) names the new run's
+    classes; the recorded run's names and its --classes file named the old data's."""
+    files = tiny_demo(tmp_path / "data", num_train=8, num_test=4)
+    old = get_args(train_argv(files, tmp_path / "a"))
+    run = tmp_path / "run"
+    os.makedirs(run)
+    RunFolder(str(run)).write_record(dict(Config.from_args(old).record(), run_id="0" * 32, runtime={"device": "cpu"}))
+    names = old.class_names
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "test"):
+        (other / f"{split}.json").write_text(open(files[split]).read())
+    (other / "classes.txt").write_text("\n".join(reversed(names)))
+    new = get_args(["--config", str(run), "--train_json", str(other / "train.json"), "--test_json",
+                    str(other / "test.json")])
+    assert new.class_names == list(reversed(names)) and new.classes is None
+    assert get_args(["--config", str(run)]).class_names == names  # the same data: the record's names
+    same = tmp_path / "same"  # other data without a class file: the record's names still
+    same.mkdir()
+    (same / "test.json").write_text(open(files["test"]).read())
+    assert get_args(["--config", str(run), "--test_json", str(same / "test.json")]).class_names == names

@@ -185,6 +185,10 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:
         args.record_names = config.get("class_names")
+        if names_of_other_data(args, typed):
+            args.record_names = None
+            if "classes" not in typed:
+                args.classes = None  # (the recorded run's names file named its own data's classes)
         for key, other in HOLDS_WITH.items():  # e.g. lam means something else for another head: its default
             if key not in typed and getattr(args, other) != config.get(other):
                 setattr(args, key, BY_NAME[key].kwargs.get("default"))
@@ -195,7 +199,49 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         raise blame_record(e, typed, pre.config, config) from None
     if found:
         check_flags(args, typed, found[0], record)
+        check_class_order(args, found[0], record.get("class_names"))
     return args
+
+
+def names_of_other_data(args: argparse.Namespace, typed: Set[str]) -> bool:
+    """--config RUN with other data typed: whether those data name their classes themselves (a class file
+    beside the typed JSON, or a typed --dataset's own names); then they, not the recorded run's, are the new
+    run's (labels in another order would otherwise be trained and reported under the old run's names)."""
+    if "dataset" in typed and DATASETS[args.dataset].classes:
+        return True
+    data = [getattr(args, k, None) for k in ("train_json", "test_json") if k in typed]
+    return any(d and names_beside(d) for d in data)
+
+
+def _unlike(names: Sequence[str], recorded: Sequence[str]) -> str:
+    """How a list of class names differs from the record's, for a message: order or names, and where."""
+    at = next((i for i, (a, b) in enumerate(zip(names, recorded)) if a != b), min(len(names), len(recorded)))
+    how = "lists the same classes in another order than" if sorted(names) == sorted(recorded) else \
+        f"lists other classes ({len(names)}) than"
+    here = repr(names[at]) if at < len(names) else "nothing"
+    there = repr(recorded[at]) if at < len(recorded) else "nothing"
+    return f"{how} the checkpoint's run record (class {at}: {here} here, {there} there)"
+
+
+def check_class_order(args: argparse.Namespace, path: str, recorded: Optional[Sequence[str]]) -> None:
+    """A trained model's outputs are in its record's class order: a --classes file, or the class file beside
+    the data it is evaluated on, that names or orders the classes otherwise would label (or score) every
+    output as another class. Both stop; a record that only numbers its classes (class_0, ...) is named by
+    --classes as before."""
+    if not recorded or list(recorded) == [f"class_{i}" for i in range(len(recorded))]:
+        return
+    recorded = list(recorded)
+    if args.classes:
+        names = load_class_names(args.classes)
+        if names != recorded:
+            raise ConfigError(f"--classes {args.classes} {_unlike(names, recorded)} {path}; the model's outputs "
+                              "follow the record: drop the flag, or pass --no_record to describe the model by flags")
+    data = getattr(args, "test_json", None) or (DATASETS[args.dataset].test_json if hasattr(args, "test_json")
+                                                else None)
+    beside = names_beside(data) if data and os.path.isfile(data) else None
+    if beside is not None and beside[1] != recorded:
+        raise ConfigError(f"{data}: its labels follow {beside[0]}, which {_unlike(beside[1], recorded)} {path}; "
+                          "its targets would be scored against other classes' outputs")
 
 
 def recorded_count_origin(num_cls: Optional[int], typed: Set[str], config_path: Optional[str],

@@ -201,10 +201,10 @@ def test_class_names_that_contradict_the_checkpoints_record_stop(run, tmp_path):
         get_args = {"val": val_script.get_args, "demo": demo_script.get_args,
                     "export": lambda a: parse_args(export_script.build_parser(), a)}[script]
         with pytest.raises(ConfigError, match=re.escape(f"--classes {tmp_path / 'sorted.txt'} lists the same classes "
-                                                        "in another order than the checkpoint's run record (class 0: "
-                                                        "'bar' here, 'circle' there)")):
+                                                        "in another order than the checkpoint's run record "
+                                                        f"{folder / 'args.json'} (class 0: 'bar' here, 'circle' there)")):
             get_args(argv + ["--classes", str(tmp_path / "sorted.txt")])
-        with pytest.raises(ConfigError, match=r"lists other classes \(6\) than .* \(class 5: 'pole' here, 'bar'"):
+        with pytest.raises(ConfigError, match=r"lists other classes than .* \(class 5: 'pole' here, 'bar' there\)"):
             get_args(argv + ["--classes", str(tmp_path / "other.txt")])
         assert get_args(argv + ["--classes", str(tmp_path / "same.txt")]).class_names == names
     # data whose labels follow another order (its class file beside it says so)

@@ -213,35 +213,32 @@ def names_of_other_data(args: argparse.Namespace, typed: Set[str]) -> bool:
     return any(d and names_beside(d) for d in data)
 
 
-def _unlike(names: Sequence[str], recorded: Sequence[str]) -> str:
-    """How a list of class names differs from the record's, for a message: order or names, and where."""
-    at = next((i for i, (a, b) in enumerate(zip(names, recorded)) if a != b), min(len(names), len(recorded)))
-    how = "lists the same classes in another order than" if sorted(names) == sorted(recorded) else \
-        f"lists other classes ({len(names)}) than"
-    here = repr(names[at]) if at < len(names) else "nothing"
-    there = repr(recorded[at]) if at < len(recorded) else "nothing"
-    return f"{how} the checkpoint's run record (class {at}: {here} here, {there} there)"
+def _unlike(names: Sequence[str], recorded: Sequence[str], path: str) -> str:
+    """How a list of as many class names as the record's differs from them, for a message: order or names,
+    and where."""
+    at = next(i for i, (a, b) in enumerate(zip(names, recorded)) if a != b)
+    how = "the same classes in another order than" if sorted(names) == sorted(recorded) else "other classes than"
+    return f"lists {how} the checkpoint's run record {path} (class {at}: {names[at]!r} here, {recorded[at]!r} there)"
 
 
 def check_class_order(args: argparse.Namespace, path: str, recorded: Optional[Sequence[str]]) -> None:
     """A trained model's outputs are in its record's class order: a --classes file, or the class file beside
     the data it is evaluated on, that names or orders the classes otherwise would label (or score) every
     output as another class. Both stop; a record that only numbers its classes (class_0, ...) is named by
-    --classes as before."""
+    --classes as before, and another number of classes is the count checks' to name."""
     if not recorded or list(recorded) == [f"class_{i}" for i in range(len(recorded))]:
         return
     recorded = list(recorded)
-    if args.classes:
-        names = load_class_names(args.classes)
-        if names != recorded:
-            raise ConfigError(f"--classes {args.classes} {_unlike(names, recorded)} {path}; the model's outputs "
-                              "follow the record: drop the flag, or pass --no_record to describe the model by flags")
+    names = load_class_names(args.classes) if args.classes else None
+    if names is not None and len(names) == len(recorded) and names != recorded:
+        raise ConfigError(f"--classes {args.classes} {_unlike(names, recorded, path)}; the model's outputs follow "
+                          "the record: drop the flag, or pass --no_record to describe the model by flags")
     data = getattr(args, "test_json", None) or (DATASETS[args.dataset].test_json if hasattr(args, "test_json")
                                                 else None)
     beside = names_beside(data) if data and os.path.isfile(data) else None
-    if beside is not None and beside[1] != recorded:
-        raise ConfigError(f"{data}: its labels follow {beside[0]}, which {_unlike(beside[1], recorded)} {path}; "
-                          "its targets would be scored against other classes' outputs")
+    if beside is not None and len(beside[1]) == len(recorded) and beside[1] != recorded:
+        raise ConfigError(f"{data}: its labels follow {beside[0]}, which {_unlike(beside[1], recorded, path)}; its "
+                          "targets would be scored against other classes' outputs")
 
 
 def recorded_count_origin(num_cls: Optional[int], typed: Set[str], config_path: Optional[str],

@@ -201,12 +201,19 @@ def load_scores_binary(path: str):
     return scores, TableRows(table), table.paths(), names
 
 
+def float32_values(row) -> List[float]:
+    """A row of scores as JSON numbers that read back as the same float32 values (9 significant digits):
+    rounding to fewer merges the saturated scores of a confident model (0.9999996 and 1.0), so --from_scores
+    would score other ties than the file's own metrics were computed on."""
+    return [float(f"{v:.9g}") for v in np.asarray(row, dtype=np.float32).tolist()]
+
+
 def _save_scores_json(path: str, paths: List[str], scores: np.ndarray, targets,
                       class_names: Optional[Sequence[str]], metrics: Optional[dict]) -> None:
     """Per-image scores with their paths (and the metrics) as one JSON file."""
     obj = {
         "classes": [class_name(class_names, i) for i in range(scores.shape[1])],
-        "images": [{"img_path": p, "scores": [round(float(v), 6) for v in s]} for p, s in zip(paths, scores)],
+        "images": [{"img_path": p, "scores": float32_values(s)} for p, s in zip(paths, scores)],
         "metrics": metrics,
     }
     if targets is not None:

@@ -20,8 +20,8 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.images import read_rgb
 from utils.configuration.cli import new_parser, parse_args, run_main
 from utils.configuration.config import Config
-from utils.output.predictions import (find_images, finish, label_record, prediction_line, read_class_thresholds,
-                                      thresholds_line)
+from utils.output.predictions import (find_images, finish, label_record, prediction_line, probabilities,
+                                      read_class_thresholds, thresholds_line)
 from utils.output.visualize import ImageMaps, save_heatmaps
 from utils.process.inference import open_session
 
@@ -112,11 +112,12 @@ def run(args) -> list:
             print(f"warning: skipped {e}", file=sys.stderr)
         if out is None:
             continue
-        probs = torch.sigmoid(out.logits.float()).cpu()
+        logits = out.logits.float().cpu().numpy()
+        probs = probabilities(logits)
         for i, index in enumerate(indices):
             f = files[index]
             scores = probs[i].tolist()
-            rec = label_record(f, names, scores, cut, args.topk)
+            rec = label_record(f, names, scores, cut, args.topk, logits=logits[i].tolist())
             print(prediction_line(rec))
             if args.heatmaps:
                 rec["heatmaps"] = save_heatmaps(args.heatmaps, stems[f], read_rgb(f),

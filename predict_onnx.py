@@ -211,11 +211,19 @@ def read_class_thresholds(path: str, names) -> list:
     return [float(table[n]) for n in names]
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Scores from logits, in float64 (demo.py uses this too): float32's sigmoid is exactly 1.0 from a logit of
+    about 17 (float64's from about 37)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+
+
 def label_record(image: str, names: Sequence[str], scores: Sequence[float], cut: Sequence[float],
-                 topk: Optional[int] = None) -> dict:
+                 topk: Optional[int] = None, logits: Optional[Sequence[float]] = None) -> dict:
     """One image's prediction: the labels at or above their thresholds, highest first, and with ``topk``
-    the k highest-scoring classes whatever the thresholds, in a list of their own."""
-    order = sorted(range(len(scores)), key=lambda c: -scores[c])
+    the k highest-scoring classes whatever the thresholds, in a list of their own. Ordered by ``logits`` when
+    given: the same order where scores differ, and a real one where a confident model's scores are all 1.0."""
+    key = scores if logits is None else logits
+    order = sorted(range(len(scores)), key=lambda c: -key[c])
     entry = lambda c: {"class": names[c], "score": round(float(scores[c]), 6)}  # noqa: E731
     rec = {"image": image, "labels": [entry(c) for c in order if scores[c] >= cut[c]]}
     if topk:
@@ -386,9 +394,9 @@ def predict(session, meta: Dict[str, str], files: Sequence[str], cut: Sequence[f
                 print(f"warning: skipped {e}", file=sys.stderr)
         if not batch:
             continue
-        logits = session.run(["logits"], {"images": np.stack(batch)})[0].astype(np.float64)
-        for f, scores in zip(kept, 1.0 / (1.0 + np.exp(-logits))):
-            rec = label_record(f, names, scores.tolist(), cut, topk)
+        logits = session.run(["logits"], {"images": np.stack(batch)})[0]
+        for f, scores, row in zip(kept, probabilities(logits), logits):
+            rec = label_record(f, names, scores.tolist(), cut, topk, logits=row.tolist())
             print(prediction_line(rec))
             results.append(rec)
     return results

@@ -125,6 +125,37 @@ def test_predict_onnx_without_torch_matches_demo(tmp_path):
             assert abs(x["scores"][n] - y["scores"][n]) < 1e-4
 
 
+def test_a_confident_models_classes_are_listed_in_the_same_order_by_demo_and_predict_onnx(tmp_path):
+    """Both order classes by logit: float32's sigmoid is 1.0 from a logit of ~17 (float64's from ~37), and demo.py
+    listed a confident model's saturated classes by class index where predict_onnx.py listed them by logit."""
+    from predict_onnx import label_record, probabilities
+    logits = [40.0, 17.0, 20.0, 38.0]
+    p = probabilities(np.array(logits, dtype=np.float32))
+    assert p[0] == p[3] == 1.0  # tied, even in float64
+    rec = label_record("x.jpg", list("abcd"), p.tolist(), [0.5] * 4, topk=4, logits=logits)
+    assert [e["class"] for e in rec["top"]] == [e["class"] for e in rec["labels"]] == ["a", "d", "c", "b"]
+    files = tiny_demo(tmp_path / "data", num_train=16, num_test=10)
+    train_main.main(train_argv(files, tmp_path / "run", "--total_epoch", "1"))
+    sd = torch.load(tmp_path / "run" / "best.pth", weights_only=True)
+    for k in ("small_cnn.stage3.1.1.weight", "small_cnn.stage3.1.1.bias"):
+        sd[k] = sd[k] * 1000  # the last feature map 1000 times larger: the logits too (a very confident model)
+    sd["classifier.multi_head.0.head.weight"] *= -1  # (and very sure of the classes it was sure against)
+    (tmp_path / "sure").mkdir()
+    torch.save(sd, tmp_path / "sure" / "best.pth")
+    shutil.copy(tmp_path / "run" / "args.json", tmp_path / "sure" / "args.json")
+    model = str(tmp_path / "sure" / "best.pth")
+    assert run_py("export.py", "--load_from", model, "--format", "onnx", "--out", tmp_path / "m.onnx").returncode == 0
+    img_dir = os.path.dirname(json.loads(open(files["test"]).read())[0]["img_path"])
+    r = run_py("demo.py", "--load_from", model, "--img_dir", img_dir, "--topk", "6", "--output", tmp_path / "a.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_py("predict_onnx.py", "--onnx", tmp_path / "m.onnx", "--img_dir", img_dir, "--topk", "6", "--output",
+               tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert sum(1 for x in a for s in x["scores"].values() if s == 1.0) > 10  # saturated (to 6 decimals)
+    assert [[e["class"] for e in x["top"]] for x in a] == [[e["class"] for e in y["top"]] for y in b]
+
+
 # --- predict_onnx.py stands alone ------------------------------------------------------------------------
 STANDALONE_PACKAGES = ("numpy", "pillow", "onnxruntime")
 

@@ -2,4 +2,4 @@
 images, per-class thresholds, one record per image, and the JSON/CSV output. Defined in predict_onnx.py,
 which must run alone beside its .onnx; demo.py takes them from here, so both write the same files."""
 from predict_onnx import (find_images, finish, label_record, list_images, prediction_line,  # noqa: F401
-                          read_class_thresholds, thresholds_line, write_output)
+                          probabilities, read_class_thresholds, thresholds_line, write_output)

@@ -44,7 +44,8 @@ def loop_pr(scores, targets, voc, keep=None):
             pred[c] += p
             gt[c] += g
     cp = sum(tp[c] / max(pred[c], 1) for c in range(C)) / C
-    cr = sum(tp[c] / max(gt[c], 1) for c in range(C)) / C
+    with_gt = [c for c in range(C) if gt[c]]  # a class without positives has no recall: not in the mean
+    cr = sum(tp[c] / gt[c] for c in with_gt) / len(with_gt) if with_gt else 0.0
     op, orr = sum(tp) / max(sum(pred), 1), sum(tp) / max(sum(gt), 1)
     f1 = lambda p, r: 2 * p * r / (p + r) if p + r else 0.0  # noqa: E731
     return {"CP": 100 * cp, "CR": 100 * cr, "CF1": 100 * f1(cp, cr), "OP": 100 * op, "OR": 100 * orr,
@@ -189,6 +190,10 @@ def test_class_without_positive_is_left_out_and_named():
     from utils.evaluation import format_report
     text = format_report(rep, ["cat", "dog"])
     assert "no positive image for dog" in text and "nan" not in text.split("\n")[0]
+    # by hand: dog predicted once (0.6), never right: precision 0 counts in CP; its recall (0/0) is not in CR
+    rep = evaluate(np.array([[0.9, 0.6], [0.2, 0.3]]), targets)
+    assert (rep.overall["CP"], rep.overall["CR"]) == (pytest.approx(50.0), pytest.approx(100.0))
+    assert rep.overall["CF1"] == pytest.approx(200 / 3)
 
 
 def test_every_printed_line_of_the_report_is_under_100_characters():

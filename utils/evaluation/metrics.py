@@ -134,10 +134,13 @@ def precision_recall(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarra
 
 
 def pr_from_counts(tp: np.ndarray, n_pred: np.ndarray, n_gt: np.ndarray, convention: str = "ours") -> Dict[str, float]:
-    """precision_recall's figures from the per-class counts of true positives, predictions, ground truth."""
+    """precision_recall's figures from the per-class counts of true positives, predictions, ground truth.
+    A class without positives has no recall (the authors' code divides by zero): it is left out of CR's
+    mean, as it is out of mAP's; its predictions still count against CP."""
     p_c = tp / np.maximum(n_pred, 1)
     r_c = tp / np.maximum(n_gt, 1)
-    cp, cr = p_c.mean(), r_c.mean()
+    cp = p_c.mean()
+    cr = r_c[n_gt > 0].mean() if (n_gt > 0).any() else 0.0
     op = tp.sum() / max((np.maximum(n_pred, 1) if convention == "authors" else n_pred).sum(), 1.0)
     orr = tp.sum() / max(n_gt.sum(), 1.0)
     f1 = lambda p, r: 2 * p * r / (p + r) if p + r > 0 else 0.0  # noqa: E731

@@ -170,18 +170,22 @@ def atomic_write(path: str, mode: str = "w"):
 
 # --- predictions on a folder of images: shared with demo.py -------------------------------------------
 def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Files to try (folders expanded, sorted) and the names skipped as not images."""
+    """Files to try (folders expanded, sorted, not searched below) and what was skipped, each with why."""
     files, skipped = [], []
     for p in paths:
         if os.path.isdir(p):
             for name in sorted(os.listdir(p)):
                 full = os.path.join(p, name)
-                if os.path.isfile(full):
-                    (files if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else skipped).append(full)
+                if os.path.isdir(full):
+                    skipped.append(f"{full}: a folder inside {p} (its images are not read: name it too)")
+                elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                    files.append(full)
+                elif os.path.isfile(full):
+                    skipped.append(f"{full}: not an image file")
         elif os.path.isfile(p):
             files.append(p)
         else:
-            skipped.append(p)
+            skipped.append(f"{p}: not a file or folder")
     return files, skipped
 
 
@@ -192,7 +196,10 @@ def find_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
         raise DataError(f"{missing[0]}: no such file or folder")
     files, skipped = list_images(paths)
     if not files:
-        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        folders = sum(": a folder inside " in s for s in skipped)
+        below = f"; {folders} folder{'s' if folders > 1 else ''} inside not searched: name them" if folders else ""
+        raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                        f"{below})")
     return files, skipped
 
 
@@ -412,7 +419,7 @@ def run(argv=None) -> List[dict]:
     print(thresholds_line(a.thresholds, cut), file=sys.stderr)
     files, skipped = find_images(a.img_dir)
     for s in skipped:
-        print(f"warning: skipped {s}: not an image file", file=sys.stderr)
+        print(f"warning: skipped {s}", file=sys.stderr)
     results = predict(session, meta, files, cut, a.topk, a.batch_size)
     finish(results, files, a.output, names)
     return results

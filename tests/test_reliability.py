@@ -508,6 +508,17 @@ def test_demo_inputs(tmp_path, files):
                                                          "--heatmaps", str(tmp_path / "maps"), "--num_workers", "1"]))
     grids = sorted(n for n in os.listdir(tmp_path / "maps") if n.endswith("_grid.png"))
     assert grids == ["a_same_grid.png", "b_same_grid.png"] and len(results) == 2
+    # a folder inside a named folder is not searched, and says so (it was skipped without a word)
+    (tmp_path / "a" / "more").mkdir()
+    Image.open(test_images[0]).save(tmp_path / "a" / "more" / "x.jpg")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    r = run_py("demo.py", *common, "--img_dir", str(tmp_path / "a"))
+    assert r.returncode == 0 and f"warning: skipped {tmp_path / 'a' / 'more'}: a folder inside {tmp_path / 'a'} " \
+        "(its images are not read: name it too)" in r.stderr and "notes.txt: not an image file" in r.stderr
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "sub").mkdir()
+    msg = one_line_exit(demo_main.main, common + ["--img_dir", str(tmp_path / "only")])
+    assert "no image files in" in msg and "1 folder inside not searched: name them" in msg
     # described by flags, with nothing that counts the classes: one line naming the flags (was a TypeError)
     unknown = ["--load_from", str(out / "best.pth"), "--no_record", "--dataset", "custom", "--model", "small_cnn"]
     msg = one_line_exit(demo_main.main, unknown + ["--img_dir", str(tmp_path / "a")])

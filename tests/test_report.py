@@ -137,6 +137,8 @@ def test_val_report_with_model_and_from_scores(trained, tmp_path):
     assert set(thresholds["thresholds"]) == set(saved["classes"]) and "held-out" in thresholds["note"]
     r = run_py("val.py", *common, "--from_scores", str(scores_file), "--report", str(tmp_path / "again"))
     assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "again" / "thresholds.json").read_text())["chosen_on"] == str(scores_file)
+    assert thresholds["chosen_on"] == files["test"]
     again = page_links_exist(tmp_path / "again")
     assert f"mAP {rep.map:.2f}" in again and "without attention heatmaps" in again
     page_links_exist(root / "from_main")

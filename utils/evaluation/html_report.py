@@ -249,7 +249,7 @@ def draw_figures(out_dir, scored: ScoredImages, names, report, info, pr_conventi
     draw_pr_curves(os.path.join(out_dir, "pr_curves.png"), a, names, figured)
     draw_threshold_sweep(os.path.join(out_dir, "threshold_sweep.png"), a)
     thresholds_file(os.path.join(out_dir, "thresholds.json"), names, a.best_threshold, a.best_f1,
-                    info.get("data", ""), "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
+                    info.get("data") or info.get("scores", ""), "best-F1 thresholds chosen on the evaluated set: optimistic for that set; "
                     "choose them on a held-out split for honest figures")
     return Figures(names, a, figured, subset)
 

@@ -116,6 +116,12 @@ def test_bad_grids_are_one_line_before_anything_runs(tmp_path):
         assert r.returncode == 1 and fragment in r.stderr and "Traceback" not in r.stderr, (grid, r.stderr)
     r = sweep("--grid", "lr=0.1", "--out", tmp_path / "sw", "--", *main_args(files, "--val_split", "2"))
     assert r.returncode == 1 and "the run lr=0.1,seed=0: " in r.stderr and "--val_split" in r.stderr
+    # a switch main.py cannot turn off where the dataset turns it on: the "off" runs would be "on" ones
+    r = sweep("--grid", "cache_images=on,off", "--out", tmp_path / "sw", "--dry_run", "--", *main_args(files))
+    assert r.returncode == 1 and "--grid cache_images=off: --dataset demo turns --cache_images on in these runs" \
+        in r.stderr, r.stderr
+    r = sweep("--grid", "randaugment=on,off", "--out", tmp_path / "sw", "--dry_run", "--", *main_args(files))
+    assert r.returncode == 0 and "--no_randaugment" in r.stdout  # a switch with a flag that turns it off
     r = sweep("--grid", "lam=0.1,0.3", "--baseline", "lam=0.2", "--out", tmp_path / "sw", "--", *main_args(files))
     assert r.returncode == 1 and "lam=0.2 is not in the grid" in r.stderr  # before any run trains
     r = sweep("--grid", "lam=0.1,0.3", "--seeds", "0,1", "--out", tmp_path / "sw", "--dry_run", "--",

@@ -18,6 +18,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import ConfigError, CSRAError
 from utils.configuration.options import BY_NAME, NEGATIONS
 from utils.output.fileio import make_folder, write_json_atomic
@@ -114,6 +115,9 @@ def check_value(row, value: str, item: str) -> None:
     choices = settings.get("choices")
     if choices is not None and value not in choices:
         raise ConfigError(f"--grid {item}: --{row.name} takes {', '.join(map(str, choices))} (got {value!r})")
+
+
+SWITCHES = {o for o in BY_NAME if BY_NAME[o].settings("T").get("action") == "store_true"}
 
 
 def flags_for(key: str, value: str) -> List[str]:
@@ -263,6 +267,13 @@ def check_commands(plan: Plan) -> bool:
             raise ConfigError(f"the run {run.name}: {said[-1] if said else 'main.py refused its command line'}") from None
         except CSRAError as e:
             raise ConfigError(f"the run {run.name}: {e}") from None
+        for k, v in run.cell.items():  # a switch main.py cannot turn off where a dataset or recipe turns it on
+            if k in SWITCHES and bool(getattr(args, k)) != SWITCH_VALUES[v.lower()]:
+                spec = DATASETS[args.dataset]
+                by = f"--dataset {args.dataset}" if k in spec.train_overrides else \
+                    f"--recipe {args.recipe}" if k in spec.recipe_overrides.get(args.recipe, {}) else "the data"
+                raise ConfigError(f"--grid {k}={v}: {by} turns --{k} on in these runs and main.py has no flag that "
+                                  "turns it off: the runs would not differ; leave it out of the grid")
         demo = demo or (args.dataset == "demo" and not args.train_json and not args.test_json)
     return demo
 

@@ -99,6 +99,7 @@ def test_a_grid_over_seeds_tabulates_each_runs_own_log(tmp_path):
     assert "| lam | num_heads | n | test mAP | CF1 | OF1 | epoch | Δ test mAP vs num_heads=1 [95% CI] |" in md
     mean, sd = float(rows[("0.3", "2")]["test_mAP_mean"]), float(rows[("0.3", "2")]["test_mAP_sd"])
     assert f"| 0.3 | 2 | 2 | {mean:.2f} ± {sd:.2f} |" in md and "| baseline |" in md
+    assert "--baseline num_heads=1 --" in md  # the command shown redraws this table, its Δ column included
     assert (out / "results.png").stat().st_size > 10_000
     again = sweep("--grid", "lam=0.1,0.3", "num_heads=1,2", "--seeds", "0,1", "--out", out, "--",
                   *main_args(files, "--total_epoch", "1"))

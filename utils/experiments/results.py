@@ -112,11 +112,12 @@ def selection_note(results: List[CellResult]) -> str:
     return "runs chose on different sets (validation or test): compare with care"
 
 
-def plan_command(plan: Plan, folder: str) -> str:
+def plan_command(plan: Plan, folder: str, baseline: Optional[str] = None) -> str:
+    """The sweep's command line, as results.md shows it (running it again redraws the same table)."""
     grid = " ".join(f"{k}={','.join(v)}" for k, v in plan.grid)
     main = " ".join(plan.main_args)
     return (f"python tools/sweep.py {'--grid ' + grid + ' ' if grid else ''}--seeds {','.join(map(str, plan.seeds))} "
-            f"--out {folder}" + (f" -- {main}" if main else ""))
+            f"--out {folder}" + (f" --baseline {baseline}" if baseline else "") + (f" -- {main}" if main else ""))
 
 
 def markdown(plan: Plan, results: List[CellResult], spec: Dict[str, str], command: str) -> str:
@@ -227,7 +228,7 @@ def write_results(folder: str, plan: Plan, baseline: Optional[str]) -> Tuple[str
     """Collect the finished runs and write the table files; returns (the Markdown table, the files written)."""
     results = collect(folder, plan)
     spec = parse_baseline(baseline, plan)
-    text = markdown(plan, results, spec, plan_command(plan, folder))
+    text = markdown(plan, results, spec, plan_command(plan, folder, baseline))
     md = os.path.join(folder, "results.md")
     with atomic_write(md) as f:
         f.write(text)

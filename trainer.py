@@ -5,7 +5,6 @@ governor). Its datasets come from ``utils.runs.run_data``, what it prints about 
 ``utils.output.run_header``."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -28,7 +27,8 @@ from pipeline.training.losses import loss_parameters, make_criterion
 from pipeline.training.optim import make_optimizer, make_schedule, param_groups
 from pipeline.weights.checkpoint import safe_load, to_authors_layout
 from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
-from utils.configuration.cli import describe_model, init_class_names, model_kwargs
+from utils.configuration.class_names import init_class_names
+from utils.configuration.cli import describe_model, model_kwargs
 from utils.configuration.config import Config
 from utils.evaluation import evaluate, format_report
 from utils.evaluation.html_report import ScoredImages, report_targets, write_report
@@ -254,7 +254,8 @@ class Trainer:
         if due and p.data.chooser.has_labels:
             entry.update(self.evaluate(epoch))
         self.out.do(save_torch_atomic, p.model.state_dict(), self.run.epoch_path(epoch + 1))
-        self.out.do(self.keep_recent_epochs, epoch + 1)
+        if self.out.on:
+            self.epoch_files = self.run.keep_recent_epochs(self.epoch_files, epoch + 1, self.cfg.run.keep_epochs)
         entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
         if epoch + 1 == total:  # before the state that marks the run finished: a kill now redoes this epoch
             self.final = entry["final"] = self.conclude()
@@ -262,18 +263,6 @@ class Trainer:
         self.save_state(epoch + 1, 0, checked=True)  # checked after the epoch; the weights have not changed since
         self.out.say(self.clock.after_epoch(epoch + 1))
         du.barrier()
-
-    def keep_recent_epochs(self, epoch: int) -> None:
-        """--keep_epochs N: remove this run's checkpoints of the epochs before the last N (best.pth and the
-        training state are other files); a file this run did not write is never touched."""
-        self.epoch_files = sorted(set(self.epoch_files) | {epoch})
-        keep = self.cfg.run.keep_epochs
-        if keep is None:
-            return
-        for old in self.epoch_files[:-keep]:
-            with contextlib.suppress(FileNotFoundError):  # (removed before a kill, listed in the last state)
-                os.remove(self.run.epoch_path(old))
-        self.epoch_files = self.epoch_files[-keep:]
 
     def candidates(self) -> List[Tuple[str, nn.Module]]:
         return [("model", self.p.model)] + ([("ema", self.p.ema.module)] if self.p.ema is not None else [])

@@ -18,9 +18,8 @@ import argparse
 import os
 import re
 import sys
-from typing import Callable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Optional, Sequence, Set, Tuple
 
-from pipeline.data.classes import load_class_names
 from pipeline.data.dataset import CUSTOM, DATASETS, ImageReading, ImageTransform
 from pipeline.data.labels import expected_count
 from pipeline.errors import ConfigError
@@ -28,6 +27,8 @@ from pipeline.models.backbones import get_backbone
 from pipeline.models.heads import get_head
 from pipeline.models.runtime import default_normalize, normalization
 from pipeline.training.recipes import RECIPES
+from utils.configuration.class_names import (check_class_order, class_names_known_now, config_class_names,
+                                             custom_json, default_class_names, finish_class_names)
 from utils.configuration.config import Config, ModelConfig
 from utils.configuration.entry import ScriptParser, run_main  # noqa: F401  (entry scripts import run_main from here)
 from utils.configuration.options import (BY_NAME, CHECKS, DATA_OPTIONS, HOLDS_WITH, MODEL_OPTIONS, NOT_REPEATED_OPTIONS,
@@ -37,7 +38,6 @@ from utils.runs.run_record import (BOOKKEEPING, RECORD_FILE, check_flags, check_
                                    read_record, record_defaults)
 from predict_onnx import DefaultsHelpFormatter as HelpFormatter  # '(default: X)' where a default is literal
 
-CLASS_FILES = ("classes.txt", "classes.json")  # a class-names file beside a prepared JSON
 
 
 def new_parser(description: str, script: Optional[str] = None) -> argparse.ArgumentParser:
@@ -184,11 +184,7 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
     args.record_path, args.record_names = (found[0], record.get("class_names")) if found else (None, None)
     args.config_changes = sorted(typed & known - {"config"}) if config else None
     if config:
-        args.record_names = config.get("class_names")
-        if names_of_other_data(args, typed):
-            args.record_names = None
-            if "classes" not in typed:
-                args.classes = None  # (the recorded run's names file named its own data's classes)
+        config_class_names(args, typed, config)
         for key, other in HOLDS_WITH.items():  # e.g. lam means something else for another head: its default
             if key not in typed and getattr(args, other) != config.get(other):
                 setattr(args, key, BY_NAME[key].kwargs.get("default"))
@@ -201,44 +197,6 @@ def parse_args(p: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None,
         check_flags(args, typed, found[0], record)
         check_class_order(args, found[0], record.get("class_names"))
     return args
-
-
-def names_of_other_data(args: argparse.Namespace, typed: Set[str]) -> bool:
-    """--config RUN with other data typed: whether those data name their classes themselves (a class file
-    beside the typed JSON, or a typed --dataset's own names); then they, not the recorded run's, are the new
-    run's (labels in another order would otherwise be trained and reported under the old run's names)."""
-    if "dataset" in typed and DATASETS[args.dataset].classes:
-        return True
-    data = [getattr(args, k, None) for k in ("train_json", "test_json") if k in typed]
-    return any(d and names_beside(d) for d in data)
-
-
-def _unlike(names: Sequence[str], recorded: Sequence[str], path: str) -> str:
-    """How a list of as many class names as the record's differs from them, for a message: order or names,
-    and where."""
-    at = next(i for i, (a, b) in enumerate(zip(names, recorded)) if a != b)
-    how = "the same classes in another order than" if sorted(names) == sorted(recorded) else "other classes than"
-    return f"lists {how} the checkpoint's run record {path} (class {at}: {names[at]!r} here, {recorded[at]!r} there)"
-
-
-def check_class_order(args: argparse.Namespace, path: str, recorded: Optional[Sequence[str]]) -> None:
-    """A trained model's outputs are in its record's class order: a --classes file, or the class file beside
-    the data it is evaluated on, that names or orders the classes otherwise would label (or score) every
-    output as another class. Both stop; a record that only numbers its classes (class_0, ...) is named by
-    --classes as before, and another number of classes is the count checks' to name."""
-    if not recorded or list(recorded) == [f"class_{i}" for i in range(len(recorded))]:
-        return
-    recorded = list(recorded)
-    names = load_class_names(args.classes) if args.classes else None
-    if names is not None and len(names) == len(recorded) and names != recorded:
-        raise ConfigError(f"--classes {args.classes} {_unlike(names, recorded, path)}; the model's outputs follow "
-                          "the record: drop the flag, or pass --no_record to describe the model by flags")
-    data = getattr(args, "test_json", None) or (DATASETS[args.dataset].test_json if hasattr(args, "test_json")
-                                                else None)
-    beside = names_beside(data) if data and os.path.isfile(data) else None
-    if beside is not None and len(beside[1]) == len(recorded) and beside[1] != recorded:
-        raise ConfigError(f"{data}: its labels follow {beside[0]}, which {_unlike(beside[1], recorded, path)}; its "
-                          "targets would be scored against other classes' outputs")
 
 
 def recorded_count_origin(num_cls: Optional[int], typed: Set[str], config_path: Optional[str],
@@ -283,83 +241,13 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(f"{expected_count(args.num_cls, args.num_cls_from)} but the class names ({source}) list "
                           f"{len(names)} classes")
     args.class_names = names
-    if args.num_cls is None and not _custom_json(args) and spec.classes:
+    if args.num_cls is None and not custom_json(args) and spec.classes:
         args.num_cls = spec.num_cls
         args.num_cls_from = f"--dataset {args.dataset} has {spec.num_cls} classes"
     check_values(args)
     if args.num_cls is not None:
         finish_class_names(args, args.num_cls)
     return args
-
-
-def _custom_json(args) -> Optional[str]:
-    return args.test_json or args.train_json
-
-
-def names_beside(json_path: str) -> Optional[Tuple[str, List[str]]]:
-    """(path, names) of a class-names file beside a prepared JSON (the preparation scripts write one)."""
-    folder = os.path.dirname(os.path.abspath(json_path))
-    for name in CLASS_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path, load_class_names(path)
-    return None
-
-
-def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
-    """The first steps of the one rule for class names, every entry script: --classes; else the
-    checkpoint's run record; else a class file beside the JSON; else the --dataset's names when the
-    data are the dataset's own. (None, '') when only the label count can decide (finish_class_names)."""
-    class_file = args.classes
-    if class_file:
-        return load_class_names(class_file), class_file
-    if args.record_names:
-        return list(args.record_names), args.record_path
-    spec = DATASETS[args.dataset]
-    custom = _custom_json(args) or (None if spec.classes else spec.test_json or spec.train_json)
-    if custom:
-        found = names_beside(custom)
-        if found:
-            return found[1], found[0]
-        return None, ""
-    return (list(spec.classes), args.dataset) if spec.classes else (None, "")
-
-
-def init_class_names(path: str, init_classes: Optional[str]) -> List[str]:
-    """The class names of --init_from's checkpoint: --init_classes (a names file, or a dataset's), else the run
-    record beside the checkpoint."""
-    if init_classes:
-        spec = DATASETS.get(init_classes)
-        if spec is not None and spec.classes:
-            return list(spec.classes)
-        if not os.path.isfile(init_classes):
-            named = ", ".join(k for k, v in DATASETS.items() if v.classes)
-            raise ConfigError(f"--init_classes {init_classes}: neither a class-names file nor a dataset with class "
-                              f"names ({named})")
-        return load_class_names(init_classes)
-    found = find_record(path)
-    if found is not None and found[1].get("class_names"):
-        return list(found[1]["class_names"])
-    raise ConfigError(f"--init_from {path}: its class names are unknown (no run record beside it): name them with "
-                      "--init_classes FILE, or the dataset it was trained on (e.g. --init_classes coco)")
-
-
-def default_class_names(dataset: str, num_cls: int) -> List[str]:
-    """The last step of the rule, once the label count is known: the --dataset's names when their number
-    matches, else class_<i> with a one-line warning."""
-    spec = DATASETS[dataset]
-    if spec.classes and len(spec.classes) == num_cls:
-        return list(spec.classes)
-    print(f"warning: no class names for these {num_cls} classes (pass --classes FILE, or put "
-          f"{CLASS_FILES[0]} beside the JSON); calling them class_0 ... class_{num_cls - 1}", file=sys.stderr)
-    return [f"class_{i}" for i in range(num_cls)]
-
-
-def finish_class_names(args: argparse.Namespace, num_cls: int) -> List[str]:
-    """Class names on a command line being resolved, once the label count is known."""
-    if args.class_names is None:
-        args.class_names = default_class_names(args.dataset, num_cls)
-    return args.class_names
 
 
 def with_label_count(cfg: Config, num_cls: int, partial_labels: Optional[bool] = None,

@@ -3,11 +3,12 @@
 reach the folder's files only through here (what --resume reads and checks: utils.runs.resume)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import uuid
-from typing import Optional
+from typing import List, Optional
 
 from utils.output.fileio import OutputError, atomic_write, make_folder
 from utils.process import distributed as du
@@ -40,6 +41,18 @@ class RunFolder:
 
     def epoch_path(self, epoch: int) -> str:
         return self.file(f"epoch_{epoch}.pth")
+
+    def keep_recent_epochs(self, written: List[int], epoch: int, keep: Optional[int]) -> List[int]:
+        """--keep_epochs N: the epochs this run wrote a checkpoint of (``written``, and ``epoch`` now), less
+        those before the last N, whose files are removed (best.pth and the training state are other files); a
+        file this run did not write is never touched. Returns the epochs kept."""
+        written = sorted(set(written) | {epoch})
+        if keep is None:
+            return written
+        for old in written[:-keep]:
+            with contextlib.suppress(FileNotFoundError):  # (removed before a kill, listed in the last state)
+                os.remove(self.epoch_path(old))
+        return written[-keep:]
 
     def pending_best(self, epoch: int) -> str:
         """Where epoch ``epoch``'s new best weights wait for the training state that names them (BEST_PENDING)."""

@@ -84,8 +84,8 @@ def collate_files(batch):
 
 def run(args) -> list:
     files, skipped = find_images(args.img_dir)
-    for s in skipped:
-        print(f"warning: skipped {s}", file=sys.stderr)
+    for path, why in skipped:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
     cfg = Config.from_args(args)
     session = open_session(cfg, args.load_from)
     model, runtime = session.model, session.runtime

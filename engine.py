@@ -15,18 +15,12 @@ from torch.utils.data import DataLoader, Sampler
 from pipeline.data.dataset import collate_skipping_bad
 from pipeline.errors import CSRAError, DataError
 from pipeline.models.runtime import Runtime
-from pipeline.weights.checkpoint import non_finite_keys
 from utils.output.progress import EpochProgress, bar
 from utils.process import distributed as du
 
 
 class NonFiniteLossError(CSRAError):
     """The loss became NaN or infinite; raised before the step that would have used it."""
-
-
-def non_finite_entries(model: nn.Module) -> List[str]:
-    """Names of the weights and buffers (BatchNorm statistics included) holding NaN or inf."""
-    return non_finite_keys(model.state_dict())
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

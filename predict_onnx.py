@@ -169,23 +169,23 @@ def atomic_write(path: str, mode: str = "w"):
 
 
 # --- predictions on a folder of images: shared with demo.py -------------------------------------------
-def list_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Files to try (folders expanded, sorted, not searched below) and what was skipped, each with why."""
+def list_images(paths: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """Files to try (folders expanded, sorted, not searched below) and (path, why) of each one skipped."""
     files, skipped = [], []
     for p in paths:
         if os.path.isdir(p):
             for name in sorted(os.listdir(p)):
                 full = os.path.join(p, name)
                 if os.path.isdir(full):
-                    skipped.append(f"{full}: a folder inside {p} (its images are not read: name it too)")
+                    skipped.append((full, f"a folder inside {p} (its images are not read: name it too)"))
                 elif os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                     files.append(full)
                 elif os.path.isfile(full):
-                    skipped.append(f"{full}: not an image file")
+                    skipped.append((full, "not an image file"))
         elif os.path.isfile(p):
             files.append(p)
         else:
-            skipped.append(f"{p}: not a file or folder")
+            skipped.append((p, "not a file or folder"))
     return files, skipped
 
 
@@ -196,7 +196,7 @@ def find_images(paths: Sequence[str]) -> Tuple[List[str], List[str]]:
         raise DataError(f"{missing[0]}: no such file or folder")
     files, skipped = list_images(paths)
     if not files:
-        folders = sum(": a folder inside " in s for s in skipped)
+        folders = sum(os.path.isdir(path) for path, _ in skipped)
         below = f"; {folders} folder{'s' if folders > 1 else ''} inside not searched: name them" if folders else ""
         raise DataError(f"no image files in {', '.join(paths)} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}"
                         f"{below})")
@@ -225,12 +225,11 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
 
 
 def label_record(image: str, names: Sequence[str], scores: Sequence[float], cut: Sequence[float],
-                 topk: Optional[int] = None, logits: Optional[Sequence[float]] = None) -> dict:
+                 topk: Optional[int] = None, *, logits: Sequence[float]) -> dict:
     """One image's prediction: the labels at or above their thresholds, highest first, and with ``topk``
-    the k highest-scoring classes whatever the thresholds, in a list of their own. Ordered by ``logits`` when
-    given: the same order where scores differ, and a real one where a confident model's scores are all 1.0."""
-    key = scores if logits is None else logits
-    order = sorted(range(len(scores)), key=lambda c: -key[c])
+    the k highest-scoring classes whatever the thresholds, in a list of their own. Ordered by ``logits``: the
+    scores' order where they differ, and a real one where a confident model's scores are all 1.0."""
+    order = sorted(range(len(scores)), key=lambda c: -logits[c])
     entry = lambda c: {"class": names[c], "score": round(float(scores[c]), 6)}  # noqa: E731
     rec = {"image": image, "labels": [entry(c) for c in order if scores[c] >= cut[c]]}
     if topk:
@@ -418,8 +417,8 @@ def run(argv=None) -> List[dict]:
     cut = read_class_thresholds(a.thresholds, names) if a.thresholds else [a.threshold] * len(names)
     print(thresholds_line(a.thresholds, cut), file=sys.stderr)
     files, skipped = find_images(a.img_dir)
-    for s in skipped:
-        print(f"warning: skipped {s}", file=sys.stderr)
+    for path, why in skipped:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
     results = predict(session, meta, files, cut, a.topk, a.batch_size)
     finish(results, files, a.output, names)
     return results

@@ -16,8 +16,7 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from engine import (NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, non_finite_entries,
-                    predict, thumbnails_by_row)
+from engine import NonFiniteLossError, SeededShardSampler, TrainingLoop, make_loader, predict, thumbnails_by_row
 from pipeline.data.dataset import MultiLabelDataset
 from pipeline.data.labels import DENSE_LIMIT, fits_dense
 from pipeline.errors import CSRAError
@@ -25,7 +24,7 @@ from pipeline.models.model import MultiLabelNet
 from pipeline.models.runtime import Runtime, resolve_runtime, runtime_warning
 from pipeline.training.losses import loss_parameters, make_criterion
 from pipeline.training.optim import make_optimizer, make_schedule, param_groups
-from pipeline.weights.checkpoint import safe_load, to_authors_layout
+from pipeline.weights.checkpoint import non_finite_keys, safe_load, to_authors_layout
 from pipeline.weights.finetune import InitSummary, init_from, read_class_map, shipped_pairs
 from utils.configuration.class_names import init_class_names
 from utils.configuration.cli import describe_model, model_kwargs
@@ -140,12 +139,11 @@ class Trainer:
         self.best = {"mAP": -1.0, "epoch": None, "source": None}
         self.resumed = state is not None
         self.epoch_files: List[int] = []  # the epochs whose checkpoint this run wrote and keeps (--keep_epochs)
-        self.best_pending: Optional[int] = None  # the epoch whose new best weights wait for a state to name them
+        self.unsaved_best: Optional[dict] = None  # new best weights, written with the next training state
         if state is not None:
             restore_train_state(state, state_path, p.trained_objects())
             self.start_epoch, self.start_iter, self.best = state["epoch"], state["iter"], state["best"]
             self.epoch_files = list(state.get("epoch_files") or [])  # (a state from before lists none: none go)
-            self.out.do(run.settle_best, state.get("best_pending"))  # (a killed run's pending weights)
             self.out.say(f"resumed from {state_path}: epoch {self.start_epoch + 1}, iteration {self.start_iter}")
         self.logs = Loggers([])
         self.best_weights: Optional[dict] = None  # with a validation set: the best weights, on the CPU
@@ -180,7 +178,7 @@ class Trainer:
 
     def ensure_finite(self, when: str) -> None:
         """Refuse to save a diverged state: every weight and buffer must be finite."""
-        bad = non_finite_entries(self.p.model)
+        bad = non_finite_keys(self.p.model.state_dict())  # (BatchNorm statistics included)
         if bad:
             raise DivergedError(f"weights became NaN or infinite ({len(bad)} tensors, e.g. {bad[0]}) {when}; "
                                 f"stopped; {self.run.last_good()}")
@@ -189,13 +187,14 @@ class Trainer:
         if not checked:
             self.ensure_finite(f"at epoch {epoch + 1}, iteration {it}")
         self.logs.flush()  # every step up to the state is on disk before the state is
-        progress = {"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files,
-                    "best_pending": self.best_pending}
+        progress = {"epoch": epoch, "iter": it, "best": self.best, "epoch_files": self.epoch_files}
+        best, self.unsaved_best = self.unsaved_best, None
+        if best is not None:  # the new best's weights, then the state that names them, then they are best.pth
+            self.out.do(save_torch_atomic, best, self.run.pending_best(self.best["epoch"]))
         self.out.do(save_train_state, self.state_path, self.p.trained_objects(), progress=progress,
                     args=self.cfg.record(), run_id=self.run.run_id, runtime=self.p.runtime.as_dict())
-        if self.best_pending is not None:  # a state names the new best: now it is best.pth
-            self.out.do(self.run.settle_best, self.best_pending)
-            self.best_pending = None
+        if best is not None:
+            self.out.do(self.run.settle_best, self.best["epoch"])
 
     def fit(self) -> dict:
         cfg, p = self.cfg, self.p
@@ -253,8 +252,8 @@ class Trainer:
         due = (epoch + 1) % cfg.run.eval_every == 0 or epoch + 1 == total
         if due and p.data.chooser.has_labels:
             entry.update(self.evaluate(epoch))
-        self.out.do(save_torch_atomic, p.model.state_dict(), self.run.epoch_path(epoch + 1))
         if self.out.on:
+            save_torch_atomic(p.model.state_dict(), self.run.epoch_path(epoch + 1))
             self.epoch_files = self.run.keep_recent_epochs(self.epoch_files, epoch + 1, self.cfg.run.keep_epochs)
         entry.update(best_mAP=self.best["mAP"], best_epoch=self.best["epoch"], best_source=self.best["source"])
         if epoch + 1 == total:  # before the state that marks the run finished: a kill now redoes this epoch
@@ -317,8 +316,7 @@ class Trainer:
             weights = self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
             if fits_dense(len(scored.scores), self.cfg.model.num_cls):  # (what thresholds.json is searched on)
                 self.best_val = (scored.scores, scored.targets)
-        self.out.do(save_torch_atomic, weights, self.run.pending_best(epoch + 1))  # best.pth with the next state
-        self.best_pending = epoch + 1
+        self.unsaved_best = weights  # (written once, with the state: the EMA may beat the model in this epoch too)
 
     def chosen_model(self) -> nn.Module:
         """The model with the weights that scored best: kept in memory when they did, read back from best.pth

@@ -59,6 +59,11 @@ class ImageReading:
     cache: bool = False
     fast_decode: Optional[bool] = None
 
+    def decodes_fast(self, transform: "ImageTransform") -> bool:
+        """Reduced-scale JPEG decoding: as asked, else on for training (speed), off for evaluation (exact
+        pixels)."""
+        return transform.train if self.fast_decode is None else self.fast_decode
+
 
 class MultiLabelDataset(Dataset):
     """Images, targets and paths from a prepared file (dense JSON or sparse JSON Lines).
@@ -90,8 +95,7 @@ class MultiLabelDataset(Dataset):
         self.skip_bad_images = reading.skip_bad
         self._cache: Optional[Dict[int, Image.Image]] = {} if reading.cache else None
         self._targets: Optional[np.ndarray] = None
-        # reduced-scale JPEG decoding: on for training (speed), off for evaluation (exact pixels)
-        self.fast_decode = transform.train if reading.fast_decode is None else reading.fast_decode
+        self.fast_decode = reading.decodes_fast(transform)
         self.record_numbers: Optional[np.ndarray] = None  # a subset's records in the file (for messages)
 
     def subset(self, rows, transform: ImageTransform, fast_decode: Optional[bool] = None) -> "MultiLabelDataset":
@@ -101,7 +105,7 @@ class MultiLabelDataset(Dataset):
         out.table = self.table.take(rows)
         out.records = Records(out.table)
         out.record_numbers = np.asarray(rows) if self.record_numbers is None else self.record_numbers[rows]
-        out.transform, out.fast_decode = transform, transform.train if fast_decode is None else fast_decode
+        out.transform, out.fast_decode = transform, ImageReading(fast_decode=fast_decode).decodes_fast(transform)
         out._cache = {} if self._cache is not None else None
         out._targets = None
         return out

@@ -20,14 +20,16 @@ def custom_json(args) -> Optional[str]:
     return args.test_json or args.train_json
 
 
-def names_beside(json_path: str) -> Optional[Tuple[str, List[str]]]:
-    """(path, names) of a class-names file beside a prepared JSON (the preparation scripts write one)."""
+def class_file_beside(json_path: str) -> Optional[str]:
+    """The class-names file beside a prepared JSON (the preparation scripts write one), if there is one."""
     folder = os.path.dirname(os.path.abspath(json_path))
-    for name in CLASS_FILES:
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            return path, load_class_names(path)
-    return None
+    return next((p for p in (os.path.join(folder, n) for n in CLASS_FILES) if os.path.isfile(p)), None)
+
+
+def names_beside(json_path: str) -> Optional[Tuple[str, List[str]]]:
+    """(path, names) of the class-names file beside a prepared JSON."""
+    path = class_file_beside(json_path)
+    return None if path is None else (path, load_class_names(path))
 
 
 def class_names_known_now(args) -> Tuple[Optional[List[str]], str]:
@@ -76,6 +78,11 @@ def default_class_names(dataset: str, num_cls: int) -> List[str]:
         return list(spec.classes)
     print(f"warning: no class names for these {num_cls} classes (pass --classes FILE, or put "
           f"{CLASS_FILES[0]} beside the JSON); calling them class_0 ... class_{num_cls - 1}", file=sys.stderr)
+    return numbered_names(num_cls)
+
+
+def numbered_names(num_cls: int) -> List[str]:
+    """class_0 ... class_<n-1>: the names of classes nothing names."""
     return [f"class_{i}" for i in range(num_cls)]
 
 
@@ -103,7 +110,7 @@ def names_of_other_data(args: argparse.Namespace, typed: Set[str]) -> bool:
     if "dataset" in typed and DATASETS[args.dataset].classes:
         return True
     data = [getattr(args, k, None) for k in ("train_json", "test_json") if k in typed]
-    return any(d and names_beside(d) for d in data)
+    return any(d and class_file_beside(d) for d in data)
 
 
 def _unlike(names: Sequence[str], recorded: Sequence[str], path: str) -> str:
@@ -119,15 +126,14 @@ def check_class_order(args: argparse.Namespace, path: str, recorded: Optional[Se
     the data it is evaluated on, that names or orders the classes otherwise would label (or score) every
     output as another class. Both stop; a record that only numbers its classes (class_0, ...) is named by
     --classes as before, and another number of classes is the count checks' to name."""
-    if not recorded or list(recorded) == [f"class_{i}" for i in range(len(recorded))]:
+    if not recorded or list(recorded) == numbered_names(len(recorded)):
         return
     recorded = list(recorded)
-    names = load_class_names(args.classes) if args.classes else None
+    names = args.class_names if args.classes else None  # (read from --classes by the rule, first)
     if names is not None and len(names) == len(recorded) and names != recorded:
         raise ConfigError(f"--classes {args.classes} {_unlike(names, recorded, path)}; the model's outputs follow "
                           "the record: drop the flag, or pass --no_record to describe the model by flags")
-    data = getattr(args, "test_json", None) or (DATASETS[args.dataset].test_json if hasattr(args, "test_json")
-                                                else None)
+    data = (args.test_json or DATASETS[args.dataset].test_json) if hasattr(args, "test_json") else None
     beside = names_beside(data) if data and os.path.isfile(data) else None
     if beside is not None and len(beside[1]) == len(recorded) and beside[1] != recorded:
         raise ConfigError(f"{data}: its labels follow {beside[0]}, which {_unlike(beside[1], recorded, path)}; its "

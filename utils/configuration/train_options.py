@@ -38,9 +38,15 @@ def _origin(args: argparse.Namespace, typed: set, key: str) -> str:
     return f" (--recipe {args.recipe}'s" + (f" on --dataset {args.dataset})" if by_dataset else ")")
 
 
-def check_run_schedule(args: argparse.Namespace, typed: set) -> None:
-    """A new run's schedule, from its options alone: before the data are read (the steps per epoch come with
-    them; trainer.build checks the rest, through pipeline.training.optim.make_schedule)."""
+def check_new_run(args: argparse.Namespace, typed: set) -> None:
+    """What a new run starts from: its weight files exist, and its schedule can train, from its options alone
+    (before the data are read: the steps per epoch come with them; trainer.build checks the rest). A resumed
+    run needs neither: its weights are in its training state, and its record's schedule trained already."""
+    check_source(args.pretrained)
+    if args.cutmix:
+        check_source(args.cutmix, "--cutmix")
+    if args.init_from and not os.path.isfile(args.init_from):
+        raise ConfigError(f"--init_from {args.init_from}: no such file")
     check_schedule(args.scheduler, args.total_epoch, args.warmup_epoch, origin=_origin(args, typed, "warmup_epoch"))
 
 
@@ -75,16 +81,12 @@ def get_args(argv=None) -> argparse.Namespace:
         build_parser().parse_args(argv)  # a flag the parser refuses is the first thing to mend
         raise
     args = parse_args(build_parser(), argv, train=True, resumed=plan.record if plan else None)
-    if not plan:  # (a resumed run's weights are in its training state: the file it started from may be gone)
-        check_source(args.pretrained)
-        if args.cutmix:
-            check_source(args.cutmix, "--cutmix")
     typed = given_flags(argv)
     check_combinations(args, typed)
+    if not plan:
+        check_new_run(args, typed)
     if args.mlflow:
         args.mlflow = resolve_uri(args.mlflow)  # recorded as the store it is, wherever the run resumes
-    if not args.resume:  # a resumed run's options come from its record: trainer.build checks them there
-        check_run_schedule(args, typed)
     # the loss's own defaults for its options left unset: args.json records every value in force
     given = {k: getattr(args, k) for k in loss_parameters()}
     for key, value in resolved_options(args.loss, given).items():
@@ -108,8 +110,6 @@ def check_combinations(args: argparse.Namespace, typed: set) -> None:
         clash = [f"--{k}" for k in ("pretrained", "cutmix") if k in typed]
         if clash:
             raise ConfigError(f"--init_from supplies the backbone's weights; drop {' and '.join(clash)}")
-        if not os.path.isfile(args.init_from) and not args.resume:  # (a resumed run's state holds the weights)
-            raise ConfigError(f"--init_from {args.init_from}: no such file")
     elif args.init_classes or args.class_map:
         raise ConfigError(f"--{'init_classes' if args.init_classes else 'class_map'} applies to --init_from")
     if args.mlflow_parent and not args.mlflow:

@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from pipeline.data.dataset_table import DATASETS
 from pipeline.errors import ConfigError, CSRAError
 from utils.configuration.options import BY_NAME, NEGATIONS
-from utils.output.fileio import make_folder, write_json_atomic
+from utils.output.fileio import TEMPORARY, make_folder, write_json_atomic
 from utils.runs.loggers import read_epoch_log
-from utils.runs.run_folder import BEST_FILE, BEST_PENDING, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE
+from utils.runs.run_folder import BEST_FILE, BEST_PENDING, EPOCH_FILE, LOG_FILE, STEPS_FILE, THRESHOLDS_FILE
 from utils.experiments.tracking import ID_FILE
 from utils.runs.run_lock import LOCK_FILE, RunLock
 from utils.runs.run_record import RECORD_FILE, read_record
@@ -36,7 +36,7 @@ SWITCH_VALUES = {"on": True, "true": True, "yes": True, "1": True, "off": False,
                  "0": False}
 RUN_FILES = re.compile("^(" + "|".join([re.escape(name) for name in (  # what main.py writes in its folder
     RECORD_FILE, LOG_FILE, STEPS_FILE, BEST_FILE, THRESHOLDS_FILE, STATE_FILE, ID_FILE, LOCK_FILE)]
-    + [r"epoch_\d+\.pth", BEST_PENDING.pattern, r"\..+\.tmp\d+"]) + ")$")
+    + [EPOCH_FILE.pattern, BEST_PENDING.pattern, TEMPORARY.pattern]) + ")$")
 RUN_FOLDERS = {"tensorboard"}
 
 
@@ -99,10 +99,13 @@ def parse_grid(items: Sequence[str]) -> List[Tuple[str, List[str]]]:
     return grid
 
 
+SWITCHES = {o for o in BY_NAME if BY_NAME[o].settings("T").get("action") == "store_true"}
+
+
 def check_value(row, value: str, item: str) -> None:
     """One line when ``value`` cannot be the option's: a switch's on/off, the flag's type and choices."""
     settings = row.settings("T")
-    if settings.get("action") == "store_true":
+    if row.name in SWITCHES:
         if value.lower() not in SWITCH_VALUES:
             raise ConfigError(f"--grid {item}: {row.name} is a switch: its values are on or off (got {value!r})")
         return
@@ -117,13 +120,12 @@ def check_value(row, value: str, item: str) -> None:
         raise ConfigError(f"--grid {item}: --{row.name} takes {', '.join(map(str, choices))} (got {value!r})")
 
 
-SWITCHES = {o for o in BY_NAME if BY_NAME[o].settings("T").get("action") == "store_true"}
 
 
 def flags_for(key: str, value: str) -> List[str]:
     """The main.py flags that set option ``key`` to ``value`` (a switch turned off by its negating flag, when
     it has one, so a recipe's 'on' is overridden)."""
-    if BY_NAME[key].settings("T").get("action") == "store_true":
+    if key in SWITCHES:
         if SWITCH_VALUES[value.lower()]:
             return [f"--{key}"]
         off = next((flag for flag, target in NEGATIONS.items() if target == key), None)

@@ -54,7 +54,7 @@ def artifact_root(uri: str) -> Optional[str]:
     database = make_url(uri).database
     if not database or database == ":memory:":
         return None
-    return pathlib.Path(os.path.abspath(os.path.dirname(database) or "."), ARTIFACTS).as_uri()
+    return pathlib.Path(os.path.abspath(os.path.dirname(database)), ARTIFACTS).as_uri()
 
 
 def experiment_id(c, name: str) -> str:

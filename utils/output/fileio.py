@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 
 # the atomic writer and its one-line errors are defined in the stand-alone predict_onnx.py (which writes
 # its predictions with them); the writers every other output goes through are here
 from predict_onnx import OutputError, atomic_write, describe_os_error, make_folder  # noqa: F401
+
+TEMPORARY = re.compile(r"\..+\.tmp\d+")  # the name atomic_write gives its temporary: .<name>.tmp<pid>
 
 
 def write_json_atomic(obj: object, path: str) -> None:

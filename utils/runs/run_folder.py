@@ -19,6 +19,7 @@ from utils.runs.train_state import STATE_FILE, read_recorded_args
 LOG_FILE = "log.jsonl"
 STEPS_FILE = "steps.csv"
 BEST_FILE = "best.pth"
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth")  # a checkpoint after each epoch (RunFolder.epoch_path)
 BEST_PENDING = re.compile(r"\.best_epoch(\d+)\.pth\.pending")  # an epoch's new best weights, until the
 #                                                                    training state that names them is saved
 THRESHOLDS_FILE = "thresholds.json"  # with a validation set: per-class thresholds chosen on it
@@ -71,7 +72,7 @@ class RunFolder:
 
     def last_good(self) -> str:
         """The line a diverged run ends with: the last epoch checkpoint kept, or that there is none."""
-        epochs = sorted(int(n[6:-4]) for n in os.listdir(self.path) if re.fullmatch(r"epoch_\d+\.pth", n)) \
+        epochs = sorted(int(m.group(1)) for m in map(EPOCH_FILE.fullmatch, os.listdir(self.path)) if m) \
             if os.path.isdir(self.path) else []
         return f"last good checkpoint kept: {self.epoch_path(epochs[-1])}" if epochs else \
             "no checkpoint had been saved yet"

@@ -4,21 +4,19 @@ loaded and checked in one place.
 Layout: ``{"format": FORMAT, "version": VERSION, "model", "optimizer", "scaler", "ema", "epoch",
 "iter", "best", "epoch_files", "args"}``. ``epoch`` counts finished epochs and ``iter`` the finished
 iterations of the next one; ``epoch_files`` lists the epochs whose checkpoint this run wrote and keeps
-(``--keep_epochs`` removes only those); ``best_pending`` is the epoch whose best weights it names while they
-still wait in the run folder's pending file, not yet best.pth (``RunFolder.settle_best``). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
+(``--keep_epochs`` removes only those). Its ``"model"`` entry is a plain state dict in the authors' layout, so val.py and
 demo.py load the file like any checkpoint.
 """
 from __future__ import annotations
 
 import os
-import re
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional
 
 from pipeline.errors import CheckpointError
 from pipeline.models.runtime import bf16_is_emulated, precision_name
 from pipeline.weights.checkpoint import safe_load
 from utils.configuration.options import RUN_DEFINING
-from utils.output.fileio import save_torch_atomic
+from utils.output.fileio import TEMPORARY, save_torch_atomic
 from utils.runs.run_record import RECORD_FILE, read_record
 
 FORMAT = "csra-train-state"
@@ -37,7 +35,7 @@ class TrainedObjects(NamedTuple):
 def save_train_state(path: str, objects: TrainedObjects, *, progress: dict, args: Optional[dict] = None,
                      run_id: Optional[str] = None, runtime: Optional[dict] = None) -> None:
     """``progress``: ``epoch`` (finished epochs), ``iter`` (finished iterations of the next one), ``best``,
-    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps) and ``best_pending``; ``runtime``: what the steps up
+    ``epoch_files`` (the epochs whose epoch_<i>.pth this run wrote and keeps); ``runtime``: what the steps up
     to this state ran in (``Runtime.as_dict``), for the resume note."""
     scaler, ema = objects.scaler, objects.ema
     save_torch_atomic({
@@ -46,7 +44,7 @@ def save_train_state(path: str, objects: TrainedObjects, *, progress: dict, args
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": progress["epoch"], "iter": progress["iter"], "best": progress["best"],
-        "epoch_files": list(progress.get("epoch_files", [])), "best_pending": progress.get("best_pending"),
+        "epoch_files": list(progress.get("epoch_files", [])),
         "args": {k: str(v) for k, v in (args or {}).items()},
     }, path)
 
@@ -96,8 +94,10 @@ def check_state_identity(state: dict, path: str, recorded: dict, args_path: str)
                                   f"records {recorded[key]}; a training state resumes only the run that wrote it")
 
 
-# --- which run --resume continues, and with which options --------------------------------
+# --- the files --resume reads ----------------------------------------------------------------------------
 STATE_FILE = "train_state.pth"
+
+
 def read_recorded_args(folder: str) -> dict:
     """The record of a run folder that --resume continues (utils.runs.run_record.read_record); an error when
     the folder holds none of main.py's."""
@@ -106,53 +106,6 @@ def read_recorded_args(folder: str) -> dict:
         raise CheckpointError(f"{os.path.join(folder, RECORD_FILE)}: missing or not main.py's; this folder does "
                               "not hold a run of main.py")
     return record
-
-
-def progress(folder: str) -> Optional[Tuple[int, int]]:
-    """(finished epochs, recorded total epochs) of a run folder, or None when it holds no training
-    state. The state file is memory-mapped: its weights are not read."""
-    path = os.path.join(folder, STATE_FILE)
-    if not os.path.isfile(path):
-        return None
-    done = int(load_train_state(path, mmap=True)["epoch"])
-    total = read_recorded_args(folder).get("total_epoch")
-    return done, int(total) if isinstance(total, int) else done
-
-
-def run_folders(base: str) -> List[str]:
-    """``base`` and its numbered siblings ``base_2``, ``base_3``, ... that exist."""
-    base = os.path.normpath(base)
-    parent, name = os.path.split(base)
-    pattern = re.compile(re.escape(name) + r"_(\d+)$")
-    found = [base] if os.path.isdir(base) else []
-    if not os.path.isdir(parent or "."):
-        return found
-    siblings = []
-    for entry in os.listdir(parent or "."):
-        m = pattern.match(entry)
-        if m and os.path.isdir(os.path.join(parent, entry)):
-            siblings.append((int(m.group(1)), os.path.join(parent, entry)))
-    return found + [p for _, p in sorted(siblings)]
-
-
-def find_unfinished_run(base: str) -> str:
-    """The one unfinished run among ``base``, ``base_2``, ...; an error naming the candidates when
-    there is none or more than one."""
-    unfinished, finished = [], []
-    for folder in run_folders(base):
-        p = progress(folder)
-        if p is not None:
-            (unfinished if p[0] < p[1] else finished).append((folder, p))
-    named = lambda runs: ", ".join(f"{f} ({done}/{total} epochs)" for f, (done, total) in runs)  # noqa: E731
-    if len(unfinished) == 1:
-        return unfinished[0][0]
-    if not unfinished:
-        seen = f"; finished: {named(finished)} (raise --total_epoch and name it with --resume PATH)" \
-            if finished else ""
-        raise CheckpointError(f"--resume: no training state of an unfinished run in {base} or its numbered "
-                              f"siblings{seen}")
-    raise CheckpointError(f"--resume: several unfinished runs: {named(unfinished)}; "
-                          "name one with --resume PATH")
 
 
 def precision_change_note(trained: Optional[dict], runtime, amp_flag: str) -> str:
@@ -173,7 +126,7 @@ def remove_stale_temporaries(folder: str) -> List[str]:
     """Temporary files left by writes interrupted in this run folder (see utils.output.fileio.atomic_write)."""
     removed = []
     for name in os.listdir(folder):
-        if name.startswith(".") and re.search(r"\.tmp\d+$", name):
+        if TEMPORARY.fullmatch(name):
             os.remove(os.path.join(folder, name))
             removed.append(name)
     return removed
